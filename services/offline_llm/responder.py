@@ -1,0 +1,533 @@
+"""The offline responder: a deterministic, persona-aware stand-in for a chat model.
+
+With no API key Rapport still runs end to end against this responder, served over the same
+OpenAI-compatible protocol (orchestrator.md "LLM client": deterministic, persona-aware, visibly uses
+the recalled memories and the mood lines). It reads the system prompt Rapport assembles — persona
+paragraph, identity line (`You are Mara, female, 34, INTJ. Local time for you: Tuesday 21:14.`),
+bracketed sections (`[user_profile]`, `[shared_memories]`, `[session_summary]`, `[mood]`,
+`[turn_style]`, `[now]`, …) and the rules with the length guidance — and writes a short plain-text
+reply that answers the last user message, recalls one memory, takes its tone from the mood and
+ends with a question when the mood is curious.
+
+Pure: no I/O, no clock; every choice is seeded from a hash of the input.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+OFFLINE_MODEL_ID = "rapport-offline-responder"
+MAX_REPLY_WORDS = 80
+DEFAULT_SENTENCE_LIMIT = 3
+COLD_SENTENCE_LIMIT = 2
+ECHO_MAX_WORDS = 12
+MEMORY_MAX_WORDS = 20
+
+Register = Literal["cold", "neutral", "warm"]
+
+# --- reading the prompt -------------------------------------------------------------------------
+
+_HEADER = re.compile(r"^\[([a-z0-9_]+)\]\s*$")
+_IDENTITY = re.compile(r"\bYou are ([A-Z][\w'-]*(?: [A-Z][\w'-]*)*)[,.]")
+_LOCAL_TIME = re.compile(r"Local time for you:\s*([^.\n]+?)\.?\s*$", re.MULTILINE)
+_CLOCK = re.compile(r"\b(\d{1,2}):(\d{2})\b")
+_WEEKDAY = re.compile(r"\b(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b")
+_NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7}
+_EMPTY_LINE = re.compile(r"^\(?\s*(none|nothing|n/a|no \w+( yet)?|empty)\s*\)?\.?$", re.IGNORECASE)
+_LABELS = ("romantic", "friend", "frenemy", "slow_burn", "stranger")
+
+
+@dataclass(frozen=True)
+class PromptBrief:
+    """What the responder takes from Rapport's system prompt (orchestrator.md "Prompt assembly")."""
+
+    persona_name: str | None
+    local_time: str | None
+    sections: Mapping[str, tuple[str, ...]]
+    sentence_limit: int
+
+    def lines(self, section: str) -> tuple[str, ...]:
+        return self.sections.get(section, ())
+
+
+def read_prompt_brief(system_text: str) -> PromptBrief:
+    """Parse the identity line, the bracketed sections (header alone on its line, body until the
+    next header or a blank line) and the sentence-length guidance from a system prompt."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in system_text.splitlines():
+        line = raw.strip()
+        header = _HEADER.match(line)
+        if header:
+            current = sections.setdefault(header.group(1), [])
+        elif not line:
+            current = None
+        elif current is not None and not _EMPTY_LINE.match(_strip_bullet(line)):
+            current.append(line)
+    identity = _IDENTITY.search(system_text)
+    local_time = _LOCAL_TIME.search(system_text)
+    now_lines = sections.get("now", [])
+    return PromptBrief(
+        persona_name=identity.group(1).strip() if identity else None,
+        local_time=local_time.group(1).strip() if local_time else (now_lines[0] if now_lines else None),
+        sections={name: tuple(body) for name, body in sections.items()},
+        sentence_limit=read_sentence_limit(system_text),
+    )
+
+
+def read_sentence_limit(text: str) -> int:
+    """Length guidance (affinity.md: "one or two sentences" / "up to three" / "up to five")."""
+    lowered = text.lower()
+    if re.search(r"\bone or two sentences\b", lowered):
+        return 2
+    bounded = re.search(r"\b(?:up to|at most|no more than)\s+(\w+)\s+sentences\b", lowered)
+    if bounded:
+        word = bounded.group(1)
+        count = int(word) if word.isdigit() else _NUMBER_WORDS.get(word)
+        if count:
+            return max(1, min(count, 5))
+    if re.search(r"\b(?:one|a single) sentence\b", lowered):
+        return 1
+    return DEFAULT_SENTENCE_LIMIT
+
+
+@dataclass(frozen=True)
+class Tone:
+    """How the `[mood]` and `[turn_style]` lines say to sound (affinity.md attitude lines)."""
+
+    register: Register
+    curious: bool
+    teasing: bool
+    label: str | None
+
+
+_COLD_MARKERS = (r"\bcold\b", r"\bterse\b", r"\bdistant\b", r"\bkeeps? distance\b", r"\buninterested\b")
+_WARM_MARKERS = (r"\baffectionate\b", r"\bwarm\b", r"\bfriendly\b", r"\bshares? secrets\b",
+                 r"\bcallbacks\b", r"\binside jokes\b")
+
+
+def read_tone(brief: PromptBrief) -> Tone:
+    """Cold when cold markers outnumber warm ones, warm in the opposite case, else neutral;
+    curious on "curious"/"asks back"; teasing on push-pull or a frenemy label."""
+    text = " ".join(brief.lines("mood") + brief.lines("turn_style")).lower()
+    cold = sum(bool(re.search(marker, text)) for marker in _COLD_MARKERS)
+    warm = sum(bool(re.search(marker, text)) for marker in _WARM_MARKERS)
+    label = next((name for name in _LABELS if re.search(rf"\b{name.replace('_', '[_ -]')}\b", text)), None)
+    if label in ("romantic", "friend") and cold == 0:
+        warm += 1
+    register: Register = "cold" if cold > warm else "warm" if warm > cold else "neutral"
+    return Tone(
+        register=register,
+        curious=bool(re.search(r"\bcurious\b|\basks? back\b", text)),
+        teasing=bool(re.search(r"push[- ]pull", text)) or label == "frenemy",
+        label=label,
+    )
+
+
+# --- talking about the user ---------------------------------------------------------------------
+
+_REFLECT = {
+    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
+    "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd",
+    "your": "my", "yours": "mine", "yourself": "myself", "you're": "I'm", "you've": "I've",
+    "you'll": "I'll", "you'd": "I'd",
+}
+_SUBJECT_CONTEXT = {"do", "did", "does", "can", "could", "will", "would", "should", "are", "were",
+                    "have", "has", "and", "but", "if", "when", "because", "so", "that", "as", "than"}
+_WORD_OR_GAP = re.compile(r"[A-Za-z']+|[^A-Za-z']+")
+
+
+def reflect_pronouns(text: str) -> str:
+    """Swap first and second person, ELIZA style: "I love my dog" → "you love your dog"."""
+    tokens = _WORD_OR_GAP.findall(text)
+    words = [index for index, token in enumerate(tokens) if token[0].isalpha() or token[0] == "'"]
+    out = list(tokens)
+    for position, index in enumerate(words):
+        word = tokens[index].lower()
+        before = tokens[words[position - 1]].lower() if position else None
+        after = tokens[words[position + 1]].lower() if position + 1 < len(words) else None
+        if word == "you":
+            out[index] = "I" if before is None or before in _SUBJECT_CONTEXT else "me"
+        elif word == "are" and "you" in (before, after):
+            out[index] = "am"
+        elif word == "was" and before == "i":
+            out[index] = "were"
+        elif word == "were" and "you" in (before, after):
+            out[index] = "was"
+        elif word in _REFLECT:
+            out[index] = _REFLECT[word]
+    return "".join(out)
+
+
+_IRREGULAR = {"is": "are", "was": "were", "has": "have", "does": "do", "goes": "go"}
+_ADVERBS = {"always", "never", "often", "sometimes", "still", "also", "usually", "recently", "once", "just"}
+_SUBJECTLESS_VERBS = {"lives", "works", "likes", "loves", "has", "is", "enjoys", "hates", "plays",
+                      "studies", "wants", "prefers", "owns", "goes", "speaks", "moved", "grew", "was"}
+_USER_POSSESSIVE = re.compile(r"\b(?:the user|user)'s\b", re.IGNORECASE)
+_USER_SUBJECT = re.compile(r"\b(?:the user|user)\b", re.IGNORECASE)
+_USER_AND_VERB = re.compile(
+    r"\b(?:the user|user)\b(\s+(?:(?:\w+ly|" + "|".join(_ADVERBS) + r")\s+)*)([A-Za-z]+)", re.IGNORECASE
+)
+
+
+def _second_person_verb(word: str) -> str:
+    lowered = word.lower()
+    if lowered in _IRREGULAR:
+        return _IRREGULAR[lowered]
+    if lowered.endswith("ies") and len(lowered) > 4:
+        return lowered[:-3] + "y"
+    if re.search(r"(ss|sh|ch|x|z|o)es$", lowered):
+        return lowered[:-2]
+    if lowered.endswith("s") and not lowered.endswith("ss"):
+        return lowered[:-1]
+    return lowered
+
+
+def _address_user(text: str) -> str:
+    """Rewrite "the user lives" → "you live", "User's dog" → "your dog"."""
+    text = _USER_POSSESSIVE.sub("your", text)
+    text = _USER_AND_VERB.sub(lambda m: "you" + m.group(1) + _second_person_verb(m.group(2)), text)
+    return _USER_SUBJECT.sub("you", text)
+
+
+def memory_as_said_to_user(line: str) -> str:
+    """A memory or profile line rephrased as something said to the user: "User lives in Lisbon
+    (importance 0.8)" → "you live in Lisbon"; "city: Lisbon" → "you live in Lisbon"."""
+    text = _strip_metadata(_strip_bullet(line))
+    key_value = re.match(r"^([A-Za-z][\w ]{0,30}):\s*(.+)$", text)
+    if key_value:
+        key, value = key_value.group(1).strip().lower().replace("_", " "), key_value.group(2).strip()
+        if key in ("city", "location", "home", "lives in"):
+            return f"you live in {value}"
+        if key in ("interests", "hobbies", "likes"):
+            return f"you're into {value}"
+        return f"your {key} is {value}"
+    first, _, rest = text.partition(" ")
+    if first.lower() in ("i", "i'm", "my", "i've"):
+        return reflect_pronouns(text)
+    if first.lower() in ("you", "your", "you're", "you've"):
+        return first.lower() + (" " + rest if rest else "")
+    if first.lower() in ("they", "their"):
+        return ("you" if first.lower() == "they" else "your") + (" " + rest if rest else "")
+    if first.lower() in _SUBJECTLESS_VERBS:
+        return "you " + _second_person_verb(first) + (" " + rest if rest else "")
+    if _USER_SUBJECT.match(text):
+        return _address_user(text)
+    return "that " + _lower_function_word(_address_user(text))
+
+
+def _strip_bullet(line: str) -> str:
+    return re.sub(r"^\s*(?:[-*•]+|\d+[.)])\s*", "", line).strip()
+
+
+def _strip_metadata(text: str) -> str:
+    """Drop a leading date and trailing "(importance 0.8)" / "[fact]" annotations and end punctuation."""
+    text = re.sub(r"^\d{4}-\d{2}-\d{2}(?:[T ][\d:]+)?[:\s-]+", "", text)
+    while True:
+        trimmed = re.sub(r"\s*[(\[][^()\[\]]*[)\]]\s*$", "", text)
+        if trimmed == text:
+            break
+        text = trimmed
+    return text.rstrip(" .!;:")
+
+
+def _lower_function_word(text: str) -> str:
+    first = text.split(" ", 1)[0]
+    if first in ("The", "A", "An", "We", "It", "Our", "She", "He", "His", "Her", "There"):
+        return first.lower() + text[len(first):]
+    return text
+
+
+def _cap_words(text: str, limit: int) -> str:
+    words = text.split()
+    if len(words) <= limit:
+        return text
+    clause = re.split(r"[,;:—]", text, maxsplit=1)[0].strip()
+    return clause if 0 < len(clause.split()) <= limit else " ".join(words[:limit])
+
+
+# --- composing the reply --------------------------------------------------------------------------
+
+Intent = Literal["remember", "name", "how_are_you", "time", "greeting", "question", "statement", "silent"]
+
+
+def read_intent(message: str) -> Intent:
+    """What the last user message asks for, by simple patterns."""
+    lowered = message.lower().strip()
+    if not lowered:
+        return "silent"
+    if re.search(r"\bremember\b|\bwhat do you know about me\b|\brecall\b", lowered):
+        return "remember"
+    if re.search(r"\bwhat'?s your name\b|\bwhat is your name\b|\bwho are you\b", lowered):
+        return "name"
+    if re.search(r"\bhow are you\b|\bhow'?s it going\b|\bhow have you been\b|\bhow do you feel\b", lowered):
+        return "how_are_you"
+    if re.search(r"\bwhat time\b|\bwhat day is it\b", lowered):
+        return "time"
+    greeting = re.match(r"^(hi|hello|hey|hiya|yo|good (morning|afternoon|evening))\b", lowered)
+    if greeting and len(lowered.split()) <= 4:
+        return "greeting"
+    return "question" if lowered.endswith("?") else "statement"
+
+
+def key_phrase(message: str) -> str:
+    """The longest sentence of the message, unformatted, capped at ECHO_MAX_WORDS words."""
+    plain = re.sub(r"[*_`#>]", "", message)
+    sentences = [part.strip() for part in re.split(r"(?<=[.!?])\s+|\n+", plain) if part.strip()]
+    longest = max(sentences, key=lambda sentence: len(sentence.split()), default="")
+    return _cap_words(longest.rstrip(" .!?,;:"), ECHO_MAX_WORDS)
+
+
+def _daypart(local_time: str | None) -> str:
+    clock = _CLOCK.search(local_time or "")
+    if clock is None:
+        return "today"
+    hour = int(clock.group(1))
+    return "this morning" if 5 <= hour < 12 else "this afternoon" if hour < 18 else "tonight"
+
+
+def _weekday(local_time: str | None) -> str:
+    day = _WEEKDAY.search(local_time or "")
+    return day.group(1) if day else "day"
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    text = text[0].upper() + text[1:] if text else text
+    return text if text[-1:] in ".?!" else text + "."
+
+
+@dataclass(frozen=True)
+class _Turn:
+    brief: PromptBrief
+    tone: Tone
+    intent: Intent
+    message: str
+    memories: tuple[str, ...]
+    rng: random.Random
+
+    def pick(self, options: Sequence[str]) -> str:
+        return options[self.rng.randrange(len(options))]
+
+
+def _opening(turn: _Turn) -> str:
+    """The answer to the user's last message."""
+    tone, brief, register = turn.tone, turn.brief, turn.tone.register
+    name = brief.persona_name
+    day, daypart = _weekday(brief.local_time), _daypart(brief.local_time)
+    if turn.intent == "remember":
+        said = [memory_as_said_to_user(line) for line in turn.memories[: 1 if register == "cold" else 3]]
+        if not said:
+            return "Not much yet, you'll have to tell me more about you" if register != "cold" else "Not much"
+        listed = said[0] if len(said) == 1 else ", ".join(said[:-1]) + ", and " + said[-1]
+        return f"I remember {listed}"
+    if turn.intent == "name":
+        if name is None:
+            return "I'm Rapport's offline responder, nobody in particular"
+        return {"cold": f"{name}", "neutral": f"I'm {name}", "warm": f"I'm {name}, glad you asked"}[register]
+    if turn.intent == "how_are_you":
+        if tone.teasing:
+            return "Depends who's asking"
+        return {
+            "cold": "Fine",
+            "neutral": f"I'm alright, it's a quiet {day} {daypart} here",
+            "warm": f"I'm good, better now that you're here, it's a slow {day} {daypart} for me",
+        }[register]
+    if turn.intent == "time":
+        return f"It's {brief.local_time} here" if brief.local_time else "I honestly lost track of time"
+    if turn.intent == "greeting":
+        if tone.teasing:
+            return "Oh, it's you again"
+        who = f", {name} here" if name else ""
+        warm = "Hey, you, it's good to hear from you"
+        return {"cold": "Hi", "neutral": f"Hello{who}", "warm": warm}[register]
+    if turn.intent == "silent":
+        return "I'm here"
+    echo = reflect_pronouns(key_phrase(turn.message))
+    if not echo:
+        return "I'm listening"
+    echo = echo[0].upper() + echo[1:]
+    if turn.intent == "question":
+        reaction = "wouldn't you like to know" if tone.teasing else {
+            "cold": "hardly matters", "neutral": "let me think about that", "warm": "I love that you asked",
+        }[register]
+        return f"{echo}, {reaction}"
+    if tone.teasing:
+        return f"{echo}, huh"
+    return {
+        "cold": f"Noted, {_lower_first(echo)}",
+        "neutral": f"So {_lower_first(echo)}",
+        "warm": f"{echo}, thank you for telling me that",
+    }[register]
+
+
+def _memory_sentence(turn: _Turn) -> str | None:
+    """One recalled memory, the one sharing most words with the message (ties seeded)."""
+    if not turn.memories or turn.intent == "remember":
+        return None
+    wanted = _content_words(turn.message)
+    best = max(len(wanted & _content_words(line)) for line in turn.memories)
+    chosen = turn.pick([line for line in turn.memories if len(wanted & _content_words(line)) == best])
+    said = _cap_words(memory_as_said_to_user(chosen), MEMORY_MAX_WORDS)
+    templates = {
+        "cold": (f"You said {said}",),
+        "neutral": (f"You told me {said}", f"You mentioned {said}"),
+        "warm": (f"I remember {said}", f"You told me {said}, and I haven't forgotten"),
+    }[turn.tone.register]
+    return turn.pick(templates)
+
+
+def _summary_sentence(turn: _Turn) -> str | None:
+    lines = turn.brief.lines("session_summary")
+    if not lines or turn.tone.register == "cold":
+        return None
+    first = re.split(r"(?<=[.!?])\s+", _strip_bullet(lines[0]))[0]
+    if turn.brief.persona_name:  # the summary names the persona in the third person
+        name = re.escape(turn.brief.persona_name)
+        first = re.sub(rf"\b{name}'s\b", "my", re.sub(rf"\b{name}\b(?!')", "I", first))
+    summary = _cap_words(_lower_function_word(_address_user(first)).rstrip(" .!?"), MEMORY_MAX_WORDS)
+    return f"I keep thinking about what we covered earlier: {summary}"
+
+
+_LABEL_LINES = {
+    "romantic": "I like this, you and me talking like this",
+    "friend": "It's good to talk to you",
+    "slow_burn": "You're still a bit of a puzzle to me",
+    "frenemy": "Don't think this means I like you",
+    "stranger": "I don't know you that well yet",
+}
+
+
+def _question(turn: _Turn) -> str:
+    daypart = _daypart(turn.brief.local_time)
+    by_intent = {
+        "greeting": ("How has your day been?", f"What are you up to {daypart}?"),
+        "how_are_you": ("And you, how are you really?",),
+        "name": ("What should I call you?",),
+        "remember": ("What did I miss?", "What else should I know about you?"),
+        "time": (f"Why, do you have plans {daypart}?",),
+    }
+    if turn.tone.teasing:
+        return "Are you going to make me ask twice?"
+    return turn.pick(by_intent.get(turn.intent, (
+        "What happened next?", "How did that feel?", "What made you think of that?",
+        f"What's on your mind {daypart}?",
+    )))
+
+
+def _lower_first(text: str) -> str:
+    return text if text.startswith(("I ", "I'")) else text[:1].lower() + text[1:]
+
+
+_STOPWORDS = {"the", "and", "you", "your", "user", "that", "this", "with", "have", "was", "are", "for",
+              "but", "not", "what", "about", "how", "they", "their", "had", "has", "just", "from"}
+
+
+def _content_words(text: str) -> set[str]:
+    """Lower-cased words of three letters or more, minus stopwords, plural/verb "s" dropped."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return {word.removesuffix("s") for word in words if len(word) >= 3 and word not in _STOPWORDS}
+
+
+def compose_reply(messages: list[dict[str, Any]], model: str) -> str:
+    """Reply in character to the last user message: answer it, recall one memory, take the tone
+    from `[mood]`/`[turn_style]`, respect the sentence guidance (cold → at most two), end with a
+    question when curious, stay under MAX_REPLY_WORDS. Same input → same output."""
+    system = "\n\n".join(message_text(m) for m in messages if m.get("role") in ("system", "developer"))
+    brief = read_prompt_brief(system)
+    tone = read_tone(brief)
+    last_user = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    memories = tuple(
+        line for line in brief.lines("shared_memories") + brief.lines("user_profile")
+        if not re.match(r"^(training[ _]level|confidence)\b", _strip_bullet(line), re.IGNORECASE)
+    )
+    rng = random.Random(_seed(messages, model))
+    turn = _Turn(brief, tone, read_intent(last_user), last_user, memories, rng)
+
+    limit = brief.sentence_limit
+    if tone.register == "cold":
+        limit = min(limit, COLD_SENTENCE_LIMIT)
+    opening = _sentence(_opening(turn))
+    memory = _optional_sentence(_memory_sentence(turn))
+    question = _optional_sentence(_question(turn) if tone.curious else None)
+    flourish = None
+    if tone.teasing and not tone.curious:
+        flourish = "Don't get used to me being this nice"
+    elif tone.label and tone.register != "cold":
+        flourish = _LABEL_LINES[tone.label]
+    flourish, summary = _optional_sentence(flourish), _optional_sentence(_summary_sentence(turn))
+    kept = _fit_to_limits([opening, memory, question, flourish, summary], limit)
+    if question is not None and question not in kept:
+        if memory is not None and memory in kept:  # no room for a question: ask about the memory
+            kept.remove(memory)
+            memory = memory.rstrip(".!") + ", right?"
+            kept.append(memory)
+        else:
+            kept.append(question)
+    reply = " ".join(s for s in (opening, memory, summary, flourish, question) if s in kept)
+    reply = re.sub(r"[*`#]", "", reply)  # plain text, whatever the memories were written in
+    if tone.register == "cold":
+        reply = reply.replace("!", ".")
+    return " ".join(reply.split()[:MAX_REPLY_WORDS])
+
+
+def _fit_to_limits(by_priority: list[str | None], limit: int) -> list[str]:
+    """The first piece (the answer) always, then the others in priority order while they fit the
+    sentence limit and MAX_REPLY_WORDS."""
+    kept: list[str] = []
+    for piece in by_priority:
+        if piece is None:
+            continue
+        sentences = sum(_sentence_count(s) for s in kept) + _sentence_count(piece)
+        words = sum(len(s.split()) for s in kept) + len(piece.split())
+        if not kept or (sentences <= limit and words <= MAX_REPLY_WORDS):
+            kept.append(piece)
+    return kept
+
+
+def _optional_sentence(text: str | None) -> str | None:
+    return None if text is None else _sentence(text)
+
+
+def _sentence_count(text: str) -> int:
+    return max(1, len(re.findall(r"[.!?]+(?=\s|$)", text)))
+
+
+# --- JSON tasks -----------------------------------------------------------------------------------
+
+_JSON_REQUEST = re.compile(r"strict json|respond with json|json only|return json|valid json", re.IGNORECASE)
+
+
+def asks_for_json(messages: list[dict[str, Any]]) -> bool:
+    """True when a system or user message asks for strict JSON output."""
+    prompts = (message_text(m) for m in messages if m.get("role") in ("system", "developer", "user"))
+    return any(_JSON_REQUEST.search(text) for text in prompts)
+
+
+def compose_json_reply(messages: list[dict[str, Any]]) -> str:
+    """Always `{}`. A valid answer to an arbitrary caller schema cannot be produced generically;
+    offline tasks (PDE judge, extraction, summaries) take their rule-based paths and never call
+    the responder for JSON. This exists so the endpoint answers such a request without crashing,
+    and a caller that does ask gets a parse/validation failure it already handles."""
+    del messages
+    return "{}"
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of an OpenAI chat message whose content is a string, a list of parts, or null."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def _seed(messages: list[dict[str, Any]], model: str) -> int:
+    digest = hashlib.sha256(json.dumps([messages, model], sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "big")

@@ -1,0 +1,274 @@
+"""Orchestrator gRPC server: personas, sessions, history and the streamed turn."""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from rapport.affinity.v1 import affinity_pb2
+from rapport.orchestrator.v1 import orchestrator_pb2 as pb
+from rapport.orchestrator.v1 import orchestrator_pb2_grpc as pb_grpc
+from services.servicekit.grpc_errors import (
+    Aborted,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ServiceError,
+    maps_errors,
+    parse_uuid,
+    trailing_details,
+)
+from services.servicekit.grpc_runtime import call_timeout
+from services.servicekit.llm import LlmClient, llm_endpoint_from_env
+from services.servicekit.service import ServiceContext, ServiceParts
+
+from . import frames, store
+from .live_turns import LiveTurns, TooManyTurns
+from .outbox import OutboxWorker
+from .peers import Peers
+from .turn import TurnEngine, TurnInput
+
+log = logging.getLogger("rapport.orchestrator")
+
+CLIENT_MSG_ID = re.compile(r"^[\x21-\x7e]{26,36}$")
+MAX_CONTENT = 4096
+
+
+def validate_send(request: pb.SendMessageRequest) -> None:
+    """Reject bad fields before anything is persisted."""
+    if not request.content.strip():
+        raise InvalidArgument("content must not be empty", field="content")
+    if len(request.content) > MAX_CONTENT:
+        raise InvalidArgument(f"content must be at most {MAX_CONTENT} characters", field="content",
+                              user_message="That message is too long.")
+    if not CLIENT_MSG_ID.match(request.client_msg_id):
+        raise InvalidArgument("client_msg_id must be 26–36 printable characters without spaces",
+                              field="client_msg_id")
+
+
+class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
+    def __init__(self, ctx: ServiceContext, peers: Peers, engine: TurnEngine, live: LiveTurns) -> None:
+        self.pool = ctx.pool
+        self.peers = peers
+        self.engine = engine
+        self.live = live
+
+    async def _owned_session(self, user_id: str, session_id: str) -> store.SessionRow:
+        session = await store.get_session(self.pool, parse_uuid(session_id, "session_id"))
+        if session is None:
+            raise NotFound("unknown session", user_message="This conversation does not exist.")
+        if session.user_id != parse_uuid(user_id, "user_id"):
+            raise PermissionDenied("session belongs to another user", user_message="This is not your conversation.")
+        return session
+
+    @maps_errors
+    async def ListPersonas(self, request: pb.ListPersonasRequest, context: grpc.aio.ServicerContext) -> pb.ListPersonasResponse:
+        rows = await store.list_personas(self.pool)
+        return pb.ListPersonasResponse(personas=[persona_message(row) for row in rows])
+
+    @maps_errors
+    async def StartChat(self, request: pb.StartChatRequest, context: grpc.aio.ServicerContext) -> pb.StartChatResponse:
+        user_id = parse_uuid(request.user_id, "user_id")
+        async with self.pool.acquire() as conn:
+            if request.instance_id:
+                instance = await store.instance_owner(self.pool, parse_uuid(request.instance_id, "instance_id"))
+                if instance is None:
+                    raise NotFound("unknown persona instance")
+                if instance["user_id"] != user_id:
+                    raise PermissionDenied("persona instance belongs to another user")
+                persona_id = instance["persona_id"]
+            elif request.persona_id:
+                persona_id = parse_uuid(request.persona_id, "persona_id")
+            else:
+                raise InvalidArgument("persona_id or instance_id is required", field="persona_id")
+            persona = await store.get_persona(conn, persona_id)
+            if persona is None:
+                raise NotFound("unknown persona", user_message="That persona does not exist.")
+            async with conn.transaction():
+                instance_id = await store.ensure_instance(conn, user_id, persona_id)
+                session_id = None if request.force_new else await store.latest_session(conn, instance_id)
+                is_new = session_id is None
+                if session_id is None:
+                    session_id = await store.create_session(conn, user_id, instance_id, request.is_demo)
+        if is_new:
+            try:
+                await self.peers.affinity.OpenSession(affinity_pb2.OpenSessionRequest(
+                    user_id=str(user_id), session_id=str(session_id), instance_id=str(instance_id),
+                    is_demo=request.is_demo, reset_affinity=request.reset_affinity), timeout=call_timeout(5.0))
+            except grpc.aio.AioRpcError:
+                await store.delete_session(self.pool, session_id)  # never leave a half-opened session
+                raise
+        return pb.StartChatResponse(session_id=str(session_id), instance_id=str(instance_id),
+                                    persona_name=persona["name"], is_new=is_new, persona_id=str(persona_id))
+
+    @maps_errors
+    async def ListSessions(self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext) -> pb.ListSessionsResponse:
+        limit = request.limit or 50
+        if not 1 <= limit <= 200:
+            raise InvalidArgument("limit must be in 1..200", field="limit")
+        rows = await store.list_sessions(self.pool, parse_uuid(request.user_id, "user_id"), limit)
+        response = pb.ListSessionsResponse()
+        for row in rows:
+            info = response.sessions.add(session_id=str(row["id"]), instance_id=str(row["instance_id"]),
+                                         persona_id=str(row["persona_id"]), persona_name=row["persona_name"],
+                                         message_count=row["message_count"], is_demo=row["is_demo"])
+            info.started_at.FromDatetime(row["started_at"])
+            info.last_active_at.FromDatetime(row["last_active_at"])
+            info.usage.update({**row["usage"], "cost": row["cost"]})
+        return response
+
+    @maps_errors
+    async def GetHistory(self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext) -> pb.GetHistoryResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        limit = request.limit or 20
+        if not 1 <= limit <= 50:
+            raise InvalidArgument("limit must be in 1..50", field="limit")
+        rows, total, has_more = await store.history_page(self.pool, session.id, limit, request.before or None)
+        response = pb.GetHistoryResponse(total=total, has_more=has_more)
+        for row in rows:
+            message = response.messages.add(id=row["id"], role=row["role"], content=row["content"], kind=row["kind"],
+                                            client_msg_id=row["client_msg_id"] or "")
+            message.sent_at.FromDatetime(row["sent_at"])
+        if has_more and rows:
+            response.next_cursor = rows[0]["id"]
+        return response
+
+    async def SendMessage(self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
+                          ) -> AsyncIterator[pb.SendMessageResponse]:
+        try:
+            validate_send(request)
+            session = await self._owned_session(request.user_id, request.session_id)
+            log_ = await self._start_or_attach(session, request)
+        except ServiceError as error:
+            context.set_trailing_metadata(trailing_details(error))
+            await context.abort(error.code, error.message)
+            return
+        async for frame in log_:
+            yield frames.to_proto(frame)
+
+    async def _start_or_attach(self, session: store.SessionRow, request: pb.SendMessageRequest
+                               ) -> AsyncIterator[dict[str, Any]]:
+        """Idempotency on client_msg_id: replay a finished turn, attach to a live one, or start a new one."""
+        existing = await store.find_turn(self.pool, session.id, request.client_msg_id)
+        if existing is not None and existing["status"] == "done":
+            return _replay(existing["frames"])
+        if existing is not None and existing["status"] == "running":
+            live = self.live.get(existing["id"])
+            if live is not None:
+                return live.follow()
+            raise _in_progress(existing["user_message_id"])
+        user_key = str(session.user_id)
+        try:
+            self.live.admit(user_key)
+        except TooManyTurns as error:
+            raise ResourceExhausted(str(error), user_message="Too many replies at once. Wait a moment.") from None
+        try:
+            turn_id, message_id, created = await store.begin_turn(
+                self.pool, session_id=session.id, user_id=session.user_id, client_msg_id=request.client_msg_id,
+                content=request.content)
+            if not created:
+                existing = await store.find_turn(self.pool, session.id, request.client_msg_id)
+                assert existing is not None
+                if existing["status"] == "done":
+                    self.live.release(user_key)
+                    return _replay(existing["frames"])
+                live = self.live.get(turn_id)
+                if existing["status"] == "running":
+                    self.live.release(user_key)
+                    if live is not None:
+                        return live.follow()
+                    raise _in_progress(existing["user_message_id"])
+                await self.pool.execute("UPDATE chat.turns SET status = 'running', frames = '[]', error = NULL "
+                                        "WHERE id = $1", turn_id)  # a failed turn is generated again
+        except BaseException:
+            self.live.release(user_key)
+            raise
+        turn = TurnInput(turn_id=turn_id, user_message_id=message_id, session=session, content=request.content,
+                         client_msg_id=request.client_msg_id, request=request)
+
+        async def work(frame_log: Any) -> None:
+            try:
+                async with self.live.session_lock(str(session.id)):
+                    fresh = await store.get_session(self.pool, session.id)
+                    await self.engine.run(frame_log, TurnInput(**{**turn.__dict__, "session": fresh or session}))
+            finally:
+                self.live.release(user_key)
+
+        return self.live.start(turn_id, work).follow()
+
+    @maps_errors
+    async def ApplyGift(self, request: pb.ApplyGiftRequest, context: grpc.aio.ServicerContext) -> pb.ApplyGiftResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        reply = await self.peers.affinity.ApplyGift(affinity_pb2.ApplyGiftRequest(
+            user_id=str(session.user_id), session_id=str(session.id), deltas=dict(request.deltas),
+            label=request.label, metadata=request.metadata), timeout=call_timeout(5.0))
+        return pb.ApplyGiftResponse(applied_deltas=dict(reply.applied_deltas), affinity=reply.state)
+
+    @maps_errors
+    async def ListGifts(self, request: pb.ListGiftsRequest, context: grpc.aio.ServicerContext) -> pb.ListGiftsResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        reply = await self.peers.affinity.ListGifts(affinity_pb2.ListGiftsRequest(
+            user_id=str(session.user_id), session_id=str(session.id)), timeout=call_timeout(5.0))
+        return pb.ListGiftsResponse(gifts=list(reply.gifts))
+
+
+def _in_progress(message_id: str) -> Aborted:
+    return Aborted("a turn with this client_msg_id is still in progress", reason="duplicate_in_progress",
+                   extra={"message-id": message_id},
+                   user_message="That message is still being answered.")
+
+
+async def _replay(saved: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for frame in saved:
+        yield frame
+
+
+def persona_message(row: Any) -> pb.Persona:
+    meta = row["art_metadata"] or {}
+    return pb.Persona(id=str(row["id"]), name=row["name"], tip_personality=row["tip_personality"] or "",
+                      gender=str(meta.get("gender", "")), age=int(meta.get("age") or 0), mbti=str(meta.get("mbti", "")),
+                      timezone=str(meta.get("timezone", "")), appearance=str(meta.get("appearance", "")),
+                      topics=[str(t) for t in meta.get("topics", [])], source=row["source"])
+
+
+async def build(ctx: ServiceContext) -> ServiceParts:
+    env = ctx.env
+    peers = Peers.connect(env)
+    endpoint = llm_endpoint_from_env(env)
+    offline_server = None
+    if endpoint is None:
+        from services.offline_llm.server import build_llm_app, serve_llm
+        from services.servicekit.llm import OFFLINE_MODEL_ID, LlmEndpoint
+
+        offline_server = await serve_llm(build_llm_app("offline"), host="127.0.0.1", port=0)
+        endpoint = LlmEndpoint(base_url=offline_server.base_url, api_key="offline", offline=True,
+                               default_model=OFFLINE_MODEL_ID)
+    llm = LlmClient(endpoint, timeout=env.float("LLM_TIMEOUT_SECS", 60.0, 1.0, 600.0))
+    outbox = OutboxWorker(ctx.pool, peers)
+    recovered = await store.fail_abandoned_turns(ctx.pool)
+    if recovered:
+        log.warning("%d turns were interrupted by a previous stop; marked failed (a retry regenerates them)", recovered)
+    engine = TurnEngine(pool=ctx.pool, peers=peers, llm=llm, outbox=outbox, chat_models=(endpoint.default_model,),
+                        generation_timeout=env.float("CHAT_GEN_TIMEOUT_SECS", 300.0, 1.0, 3600.0))
+    live = LiveTurns(max_per_user=env.int("MAX_TURNS_PER_USER", 3, 1, 100))
+    servicer = OrchestratorServicer(ctx, peers, engine, live)
+
+    async def stop() -> None:
+        await live.drain(timeout=5.0)
+        await peers.close()
+        await llm.close()
+        if offline_server is not None:
+            await offline_server.stop()
+
+    return ServiceParts(
+        register=[lambda server: pb_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)],
+        service_names=[pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name],
+        background=[outbox.run],
+        on_stop=[stop],
+    )
+
+

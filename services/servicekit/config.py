@@ -1,0 +1,153 @@
+"""Settings from the environment, validated at start-up.
+
+One loader for every process. A bad value stops the process with a message that names the
+variable and the expected form (STYLE 6: fail fast on configuration).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(SystemExit):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+    def __init__(self, variable: str, expected: str, got: str | None = None) -> None:
+        self.variable = variable
+        shown = "" if got is None else f" (got {got!r})"
+        super().__init__(f"configuration error: {variable} must be {expected}{shown}")
+
+
+class Env:
+    """Typed, validated reads from an environment mapping (os.environ by default)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = os.environ if environ is None else environ
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        value = self.raw(name)
+        return default if value is None else value
+
+    def required(self, name: str, expected: str = "set") -> str:
+        value = self.raw(name)
+        if value is None:
+            raise ConfigError(name, expected)
+        return value
+
+    def int(self, name: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = int(value)
+        except ValueError:
+            raise ConfigError(name, f"an integer{_range(lo, hi)}", value) from None
+        if (lo is not None and parsed < lo) or (hi is not None and parsed > hi):
+            raise ConfigError(name, f"an integer{_range(lo, hi)}", value)
+        return parsed
+
+    def float(self, name: str, default: float, lo: float | None = None, hi: float | None = None) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = float(value)
+        except ValueError:
+            raise ConfigError(name, f"a number{_range(lo, hi)}", value) from None
+        if parsed != parsed or (lo is not None and parsed < lo) or (hi is not None and parsed > hi):
+            raise ConfigError(name, f"a number{_range(lo, hi)}", value)
+        return parsed
+
+    def bool(self, name: str, default: bool = False) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(name, "a boolean (1/0, true/false, yes/no, on/off)", value)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value not in choices:
+            raise ConfigError(name, f"one of {', '.join(choices)}", value)
+        return value
+
+    def address(self, name: str, default: str | None = None) -> str | None:
+        """host:port (port 0 = ephemeral)."""
+        value = self.raw(name)
+        if value is None:
+            return default
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(name, "host:port, e.g. 127.0.0.1:50052", value)
+        return value
+
+
+def _range(lo: object, hi: object) -> str:
+    if lo is not None and hi is not None:
+        return f" in [{lo}, {hi}]"
+    if lo is not None:
+        return f" ≥ {lo}"
+    if hi is not None:
+        return f" ≤ {hi}"
+    return ""
+
+
+SERVICE_NAMES = ("orchestrator", "affinity", "memory", "insight")
+PEER_ADDRESS_VARS = {
+    "orchestrator": "ORCHESTRATOR_ADDR",
+    "affinity": "AFFINITY_ADDR",
+    "memory": "MEMORY_ADDR",
+    "insight": "INSIGHT_ADDR",
+}
+DEFAULT_PORTS = {"orchestrator": 50051, "affinity": 50052, "memory": 50053, "insight": 50054}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What every gRPC service process needs: where to listen, its database, its shutdown grace."""
+
+    name: str
+    bind_addr: str
+    database_url: str
+    grace_seconds: float
+
+    @classmethod
+    def from_env(cls, name: str, env: Env | None = None) -> ServiceSettings:
+        env = env or Env()
+        return cls(
+            name=name,
+            bind_addr=env.address("BIND_ADDR", f"127.0.0.1:{DEFAULT_PORTS[name]}") or "",
+            database_url=env.required("DATABASE_URL", "a postgresql:// URL (or run `rapport up`)"),
+            grace_seconds=env.float("SHUTDOWN_GRACE_SECS", 10.0, 0.0, 300.0),
+        )
+
+
+def peer_address(service: str, env: Env | None = None) -> str:
+    env = env or Env()
+    var = PEER_ADDRESS_VARS[service]
+    return env.address(var, f"127.0.0.1:{DEFAULT_PORTS[service]}") or ""
+
+
+def rapport_home(env: Env | None = None) -> Path:
+    """$RAPPORT_HOME, or the per-user data folder (survives restarts)."""
+    env = env or Env()
+    configured = env.str("RAPPORT_HOME")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("rapport", appauthor=False))

@@ -1,0 +1,113 @@
+"""The one database pool factory and the migrations runner.
+
+Every service owns one schema and keeps its SQL migrations in `services/<name>/migrations/NNN_name.sql`.
+`rapport migrate` applies them in order, once each, recorded in `public.rapport_migrations`, under an
+advisory lock so two migrators never race.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+log = logging.getLogger("rapport.db")
+
+SERVICES_DIR = Path(__file__).resolve().parent.parent
+MIGRATION_LOCK_KEY = 0x52415050  # "RAPP"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    has_vector = await conn.fetchval("SELECT 1 FROM pg_type WHERE typname = 'vector'")
+    if has_vector:
+        await register_vector(conn)
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0) -> asyncpg.Pool:
+    """An asyncpg pool with JSON codecs and pgvector registered on every connection."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=command_timeout
+    )
+    assert pool is not None
+    return pool
+
+
+@dataclass(frozen=True)
+class Migration:
+    service: str
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(service: str, params: Mapping[str, object] | None = None) -> list[Migration]:
+    """The ordered migrations of one service; `{{NAME}}` placeholders are filled from params."""
+    folder = SERVICES_DIR / service / "migrations"
+    migrations: list[Migration] = []
+    if not folder.is_dir():
+        return migrations
+    for path in sorted(folder.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise ValueError(f"migration file name must look like 001_name.sql: {path}")
+        sql = path.read_text()
+        for key, value in (params or {}).items():
+            sql = sql.replace("{{" + key + "}}", str(value))
+        leftover = re.search(r"\{\{([A-Z_]+)\}\}", sql)
+        if leftover:
+            raise ValueError(f"migration {path.name} needs parameter {leftover.group(1)}")
+        migrations.append(Migration(service, int(match.group(1)), path.stem, sql))
+    return migrations
+
+
+async def apply_migrations(dsn: str, services: list[str], params: Mapping[str, Mapping[str, object]] | None = None) -> list[str]:
+    """Apply pending migrations of the given services; idempotent. Returns what was applied."""
+    applied: list[str] = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS public.rapport_migrations (
+                       service text NOT NULL,
+                       version int NOT NULL,
+                       name text NOT NULL,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now(),
+                       PRIMARY KEY (service, version))"""
+            )
+            for service in services:
+                done = {
+                    r["version"]: r["checksum"]
+                    for r in await conn.fetch("SELECT version, checksum FROM public.rapport_migrations WHERE service = $1", service)
+                }
+                for migration in load_migrations(service, (params or {}).get(service)):
+                    if migration.version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(migration.sql)
+                        await conn.execute(
+                            "INSERT INTO public.rapport_migrations (service, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                            service, migration.version, migration.name, migration.checksum,
+                        )
+                    applied.append(f"{service}/{migration.name}")
+                    log.info("applied migration %s/%s", service, migration.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied

@@ -1,0 +1,77 @@
+"""OpenTelemetry set-up from the standard OTEL_* variables only.
+
+A tracer provider always exists (so trace ids reach the `final` frame and the explain endpoint);
+spans are exported only when an exporter is configured (`OTEL_TRACES_EXPORTER` or
+`OTEL_EXPORTER_OTLP_ENDPOINT`). No exporter configured -> no export, no error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+
+log = logging.getLogger("rapport.telemetry")
+_configured = False
+
+
+def _exporter_from_env() -> SpanExporter | None:
+    kind = (os.environ.get("OTEL_TRACES_EXPORTER") or "").strip().lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if kind in ("none",):
+        return None
+    if kind == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if kind == "otlp" or (not kind and endpoint):
+        protocol = (os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").lower()
+        if protocol.startswith("http"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+            return HttpExporter()
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if kind:
+        log.warning("OTEL_TRACES_EXPORTER=%s is not supported here (otlp, console, none); not exporting", kind)
+    return None
+
+
+def setup_telemetry(service_name: str, extra_exporter: SpanExporter | None = None) -> TracerProvider:
+    """Install the process-wide tracer provider once and instrument asyncpg.
+
+    `extra_exporter` is for tests (an in-memory exporter, exported synchronously).
+    """
+    global _configured
+    provider = trace.get_tracer_provider()
+    if not _configured:
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or f"rapport-{service_name}"})
+        provider = TracerProvider(resource=resource)
+        exporter = _exporter_from_env()
+        if exporter is not None:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        try:
+            from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+            AsyncPGInstrumentor().instrument()
+        except Exception:  # instrumentation is optional: never stop a service for it
+            log.warning("asyncpg instrumentation unavailable", exc_info=True)
+        _configured = True
+    if extra_exporter is not None and isinstance(provider, TracerProvider):
+        provider.add_span_processor(SimpleSpanProcessor(extra_exporter))
+    assert isinstance(provider, TracerProvider)
+    return provider
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""

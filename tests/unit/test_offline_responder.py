@@ -1,0 +1,267 @@
+"""The offline responder replies in character and visibly uses what the prompt gave it
+(orchestrator.md "LLM client", affinity.md attitude lines and length guidance)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.offline_llm.responder import (
+    MAX_REPLY_WORDS,
+    OFFLINE_MODEL_ID,
+    asks_for_json,
+    compose_json_reply,
+    compose_reply,
+    memory_as_said_to_user,
+    read_prompt_brief,
+    read_sentence_limit,
+    read_tone,
+    reflect_pronouns,
+)
+
+COLD = "cold and short\nkeeps distance\nuninterested\nrelationship: stranger"
+NEUTRAL = "polite-flat\nrelationship: stranger"
+WARM = "affectionate\nshares secrets\nuses callbacks and inside jokes\nrelationship: friend"
+CURIOUS_WARM = "affectionate\ncurious, asks back\nrelationship: romantic"
+TWO = "Reply in one or two sentences."
+THREE = "Reply in up to three sentences."
+FIVE = "Reply in up to five sentences."
+MEMORIES = "\n".join([
+    "- User lives in Lisbon (importance 0.8)", "- The user has a dog called Miso", "- User works night shifts",
+])
+
+
+def system_prompt(mood: str = NEUTRAL, length: str = THREE, memories: str = MEMORIES,
+                  profile: str = "- occupation: nurse", summary: str = "") -> str:
+    sections = [
+        "You are a quiet bookshop owner who loves rainy days and old maps.",
+        "You are Mara, female, 34, INTJ. Local time for you: Tuesday 21:14.",
+        f"[user_profile]\n{profile}",
+        f"[shared_memories]\n{memories}",
+        f"[session_summary]\n{summary}" if summary else "",
+        f"[mood]\n{mood}",
+        "[now]\nTuesday 21:14",
+        f"{length} Stay in character. Plain text. Keep to a single beat, leave room for the other person.",
+    ]
+    return "\n\n".join(part for part in sections if part)
+
+
+def reply_to(user: str, **prompt: str) -> str:
+    messages = [
+        {"role": "system", "content": system_prompt(**prompt)},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hello, Mara here."},
+        {"role": "user", "content": user},
+    ]
+    return compose_reply(messages, OFFLINE_MODEL_ID)
+
+
+def sentence_count(text: str) -> int:
+    return len(re.findall(r"[.!?]+(?=\s|$)", text))
+
+
+def test_the_model_id_says_it_is_offline() -> None:
+    assert "offline" in OFFLINE_MODEL_ID
+
+
+def test_answers_its_name_with_the_persona_name() -> None:
+    assert reply_to("What's your name?").startswith("I'm Mara.")
+    assert reply_to("who are you?", mood=COLD).startswith("Mara.")
+
+
+def test_mentions_a_shared_memory_in_the_second_person() -> None:
+    reply = reply_to("I finally finished that book.", memories="- User lives in Lisbon (importance 0.8)",
+                     profile="")
+    assert "you live in Lisbon" in reply
+    assert "importance" not in reply
+
+
+def test_uses_the_user_profile_when_there_are_no_shared_memories() -> None:
+    reply = reply_to("Long day.", memories="(none yet)", profile="- city: Porto")
+    assert "you live in Porto" in reply
+
+
+def test_picks_the_memory_that_shares_words_with_the_message() -> None:
+    for message in ("My dog was sick all day.", "Walked the dog by the river.", "Miso chewed my shoes."):
+        assert "a dog called Miso" in reply_to(message)
+
+
+def test_what_do_you_remember_lists_the_memories() -> None:
+    reply = reply_to("What do you remember about me?", mood=WARM, length=FIVE)
+    assert reply.startswith(
+        "I remember you live in Lisbon, you have a dog called Miso, and you work night shifts.")
+
+
+def test_what_do_you_remember_with_nothing_remembered_says_so() -> None:
+    reply = reply_to("what do you remember about me", memories="", profile="")
+    assert reply.startswith("Not much yet")
+
+
+def test_echoes_the_users_message_with_pronouns_swapped() -> None:
+    reply = reply_to("I moved to Porto last week and my cat hates it.")
+    assert reply.startswith("So you moved to Porto last week and your cat hates it.")
+
+
+def test_how_are_you_is_answered_in_the_moods_tone_and_the_personas_time() -> None:
+    assert reply_to("how are you?", mood=COLD).startswith("Fine.")
+    assert "Tuesday tonight" in reply_to("how are you?", mood=NEUTRAL)
+    assert "better now that you're here" in reply_to("how are you?", mood=WARM)
+
+
+def test_cold_mood_gives_a_short_reply_without_warmth() -> None:
+    message = "I had a long day at the hospital, it was exhausting."
+    cold = reply_to(message, mood=COLD, length=FIVE, summary="They talked about work.")
+    warm = reply_to(message, mood=WARM, length=FIVE, summary="They talked about work.")
+    assert sentence_count(cold) <= 2
+    assert len(cold.split()) < len(warm.split())
+    assert "!" not in cold and not cold.endswith("?")
+    assert "thank you" not in cold.lower()
+    assert "thank you for telling me" in warm
+
+
+@pytest.mark.parametrize("length", [TWO, THREE, FIVE])
+@pytest.mark.parametrize("message", ["hi", "How are you?", "Do you like jazz?", "I got the job!",
+                                     "what do you remember about me?", "what's your name"])
+def test_curious_mood_ends_with_a_question(length: str, message: str) -> None:
+    reply = reply_to(message, mood=CURIOUS_WARM, length=length)
+    assert reply.endswith("?")
+    assert sentence_count(reply) <= {TWO: 2, THREE: 3, FIVE: 5}[length]
+
+
+def test_curious_with_no_room_turns_the_memory_into_the_question() -> None:
+    reply = reply_to("It rained all day here.", mood=CURIOUS_WARM, length=TWO,
+                     memories="- User lives in Lisbon", profile="")
+    assert reply.endswith("you live in Lisbon, right?")
+
+
+@pytest.mark.parametrize(("length", "cap"), [(TWO, 2), (THREE, 3), (FIVE, 5)])
+@pytest.mark.parametrize("mood", [NEUTRAL, WARM, CURIOUS_WARM])
+def test_length_guidance_caps_the_sentences_and_words(length: str, cap: int, mood: str) -> None:
+    reply = reply_to("Tell me something about the old maps in your shop.", mood=mood, length=length,
+                     summary="The user asked about Mara's shop and the rain.")
+    assert 1 <= sentence_count(reply) <= cap
+    assert len(reply.split()) <= MAX_REPLY_WORDS
+
+
+def test_longer_guidance_uses_more_of_the_prompt() -> None:
+    reply = reply_to("It rained again.", mood=WARM, length=FIVE, summary="The user asked about Mara's shop.")
+    assert "what we covered earlier: you asked about my shop" in reply
+    assert "It's good to talk to you." in reply  # the friend label line
+
+
+def test_push_pull_teases() -> None:
+    reply = reply_to("hi", mood="friendly\npush-pull\nrelationship: frenemy")
+    assert reply.startswith("Oh, it's you again.")
+    assert reply.endswith("Don't get used to me being this nice.")
+
+
+def test_same_input_gives_the_same_reply_and_the_seed_comes_from_the_input() -> None:
+    replies = {reply_to(f"Something happened at work number {n}.", mood=WARM, length=FIVE) for n in range(12)}
+    assert reply_to("Something happened at work number 3.", mood=WARM, length=FIVE) in replies
+    assert len(replies) == 12
+    memory_sentences = {re.sub(r"^.*?thank you for telling me that\. ", "", r).split(".")[0] for r in replies}
+    assert len(memory_sentences) > 1  # ties between memories are broken by the input's hash
+
+
+def test_works_without_any_persona_prompt() -> None:
+    messages = [{"role": "user", "content": "what's your name?"}]
+    assert compose_reply(messages, "gpt-x") == "I'm Rapport's offline responder, nobody in particular."
+
+
+def test_content_given_as_parts_is_read() -> None:
+    messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt()}]},
+                {"role": "user", "content": [{"type": "text", "text": "What's your name?"}]}]
+    assert compose_reply(messages, "m").startswith("I'm Mara.")
+
+
+messages_strategy = st.lists(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": st.text(max_size=300)}),
+    min_size=1, max_size=4,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages=messages_strategy, mood=st.sampled_from([COLD, NEUTRAL, WARM, CURIOUS_WARM]),
+       length=st.sampled_from([TWO, THREE, FIVE]), memory=st.text(max_size=200))
+def test_any_conversation_gets_a_short_plain_deterministic_reply(
+        messages: list[dict[str, str]], mood: str, length: str, memory: str) -> None:
+    conversation = [{"role": "system", "content": system_prompt(mood=mood, length=length, memories=memory)},
+                    *messages]
+    reply = compose_reply(conversation, "m")
+    assert reply == compose_reply([dict(m) for m in conversation], "m")
+    assert reply.strip()
+    assert len(reply.split()) <= MAX_REPLY_WORDS
+    assert not re.search(r"[*`#]", reply)
+
+
+def test_reads_identity_time_sections_and_length_from_the_prompt() -> None:
+    brief = read_prompt_brief(system_prompt(mood=WARM, length=FIVE, memories="- one\n- (none)\n- two"))
+    assert brief.persona_name == "Mara"
+    assert brief.local_time == "Tuesday 21:14"
+    assert brief.lines("shared_memories") == ("- one", "- two")
+    assert brief.sentence_limit == 5
+    assert read_tone(brief).register == "warm"
+
+
+@pytest.mark.parametrize(("text", "limit"), [
+    ("Reply in one or two sentences.", 2), ("Answer in up to three sentences.", 3),
+    ("at most 4 sentences", 4), ("Up to five sentences.", 5), ("Use a single sentence.", 1), ("", 3),
+])
+def test_sentence_limit_from_the_length_guidance(text: str, limit: int) -> None:
+    assert read_sentence_limit(text) == limit
+
+
+@pytest.mark.parametrize(("mood", "register", "curious", "teasing", "label"), [
+    (COLD, "cold", False, False, "stranger"),
+    (NEUTRAL, "neutral", False, False, "stranger"),
+    (CURIOUS_WARM, "warm", True, False, "romantic"),
+    ("friendly\nterse and impatient\nkeeps distance", "cold", False, False, None),
+    ("polite-flat\ntension high: push-pull\nrelationship: slow_burn", "neutral", False, True, "slow_burn"),
+])
+def test_tone_from_the_mood_lines(mood: str, register: str, curious: bool, teasing: bool, label: str) -> None:
+    tone = read_tone(read_prompt_brief(f"[mood]\n{mood}"))
+    assert (tone.register, tone.curious, tone.teasing, tone.label) == (register, curious, teasing, label)
+
+
+def test_turn_style_counts_as_mood() -> None:
+    assert read_tone(read_prompt_brief("[turn_style]\ncold")).register == "cold"
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    ("- User lives in Lisbon (importance 0.8)", "you live in Lisbon"),
+    ("The user's sister is called Ana.", "your sister is called Ana"),
+    ("2024-05-01: User recently studies Japanese [fact]", "you recently study Japanese"),
+    ("user is a nurse", "you are a nurse"),
+    ("city: Porto", "you live in Porto"),
+    ("interests: climbing, jazz", "you're into climbing, jazz"),
+    ("favorite_food: ramen", "your favorite food is ramen"),
+    ("Works as a nurse", "you work as a nurse"),
+    ("I hate mornings", "you hate mornings"),
+    ("They moved in March", "you moved in March"),
+    ("We met at a bookshop", "that we met at a bookshop"),
+])
+def test_memory_lines_are_rephrased_for_the_user(line: str, said: str) -> None:
+    assert memory_as_said_to_user(line) == said
+
+
+@pytest.mark.parametrize(("text", "reflected"), [
+    ("I love my dog", "you love your dog"),
+    ("do you like jazz", "do I like jazz"),
+    ("I miss you", "you miss me"),
+    ("are you there", "am I there"),
+    ("I was tired and you were late", "you were tired and I was late"),
+])
+def test_reflects_pronouns(text: str, reflected: str) -> None:
+    assert reflect_pronouns(text) == reflected
+
+
+def test_json_requests_get_an_empty_object() -> None:
+    messages = [{"role": "system", "content": "Return strict JSON {action, tone}."},
+                {"role": "user", "content": "hi"}]
+    assert asks_for_json(messages)
+    chat = [{"role": "system", "content": system_prompt()}, {"role": "user", "content": "hi"}]
+    assert not asks_for_json(chat)
+    assert json.loads(compose_json_reply(messages)) == {}
