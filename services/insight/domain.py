@@ -495,7 +495,9 @@ user corrects or changes a value the current profile already has. For list field
 Answer with JSON only: {{"fields": {{"<field>": {{"value": ..., "confidence": ...}}}}}}, or {{"fields": {{}}}}."""
 
 
-def build_fact_messages(user_text: str, assistant_text: str, persona_name: str = "the companion") -> list[dict[str, str]]:
+def build_fact_messages(
+    user_text: str, assistant_text: str, persona_name: str = "the companion"
+) -> list[dict[str, str]]:
     """Stage 1 chat messages: one exchange -> short facts about the USER only."""
     return [
         {"role": "system", "content": FACTS_SYSTEM_PROMPT.format(persona=persona_name)},
@@ -546,7 +548,9 @@ def parse_facts(text: str) -> tuple[list[str], str | None]:
     return facts[:MAX_FACTS], None
 
 
-def _validate_field_spec(field: str, spec: object, sources: tuple[str, ...]) -> tuple[FieldUpdate | None, str | None]:
+def _validate_field_spec(
+    field: str, spec: object, sources: tuple[str, ...]
+) -> tuple[FieldUpdate | None, str | None]:
     if field not in FIELD_KINDS:
         return None, f"unknown field {field!r}"
     if not isinstance(spec, dict):
@@ -570,7 +574,9 @@ def _validate_field_spec(field: str, spec: object, sources: tuple[str, ...]) -> 
     return FieldUpdate(field, value, float(confidence), sources, spec.get("correction", False), evidence), None
 
 
-def validate_llm_fields(payload: object, source_message_ids: Sequence[str] = ()) -> tuple[list[FieldUpdate], str | None]:
+def validate_llm_fields(
+    payload: object, source_message_ids: Sequence[str] = ()
+) -> tuple[list[FieldUpdate], str | None]:
     """Strictly validate stage 2 output `{"fields": {field: {"value", "confidence"[, "correction"]
     [, "evidence"]}}}`. Any unknown field, wrong type or invalid MBTI -> `([], error)`: the run is
     recorded as parse_error and nothing is merged. Empty values are skipped."""

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from services.insight.domain import FIELD_KINDS, MBTI_TYPES, FieldKind, FieldUpdate, union_items
+from services.insight.domain import AGE_MAX, AGE_MIN, FIELD_KINDS, FieldKind, FieldUpdate, union_items
 
 RULE_CONFIDENCE = 0.6
 CORRECTION_CONFIDENCE = 0.9
@@ -102,7 +102,8 @@ _HYPOTHETICAL = frozenset("if when once unless wish whether until before after s
 _QUESTION_START = re.compile(
     r"^(?:(?:do|does|did|are|is|am|was|were|can|could|would|will|should|shall|have|has|may|might)"
     r"\s+(?:you|u|i|we|they|he|she|it)\b"
-    r"|(?:what|where|who|why|how|when|which)\s+(?:do|does|did|are|is|am|was|were|can|could|would|will|should|have|has)\b)",
+    r"|(?:what|where|who|why|how|when|which)\s+"
+    r"(?:do|does|did|are|is|am|was|were|can|could|would|will|should|have|has)\b)",
     re.IGNORECASE,
 )
 # A new first-person clause starts after a comma or conjunction: "I live in Lisbon and I love jazz".
@@ -258,56 +259,103 @@ def _find_all(pattern: str, clause: str) -> Iterator[re.Match[str]]:
             yield match
 
 
-def _trailing_city(rest: str, lowercase_writer: bool) -> Iterator[_Found]:
-    """"… nurse in Lisbon" / "… nurse at a hospital in Lisbon". A weaker cue than "I live in", so the
-    place must be capitalised unless the user writes everything in lower case ("developer in fintech")."""
-    match = re.match(r"\s*(?:(?:at|for)\s+(?:\S+\s+){1,3}?)?in\s+(.+)", rest, re.IGNORECASE)
-    if match and (lowercase_writer or match.group(1)[:1].isupper()):
-        city, country = _parse_place(match.group(1))
-        yield from _place_findings("city", city, country, False)
-
-
-def _place_findings(field: str, city: str | None, country: str | None, correction: bool) -> Iterator[_Found]:
-    if field == "hometown":
-        if city or country:
-            yield _Found("hometown", city or country, correction)
-        return
+def _residence_findings(city: str | None, country: str | None, correction: bool) -> Iterator[_Found]:
     if city:
         yield _Found("city", city, correction)
     if country:
         yield _Found("location", f"{city}, {country}" if city else country, correction)
 
 
+def _trailing_city(rest: str, lowercase_writer: bool) -> Iterator[_Found]:
+    """"… nurse in Lisbon" / "… nurse at a hospital in Lisbon". A weaker cue than "I live in", so the
+    place must be capitalised unless the user writes everything in lower case ("developer in fintech")."""
+    match = re.match(r"\s*(?:(?:at|for)\s+(?:\S+\s+){1,3}?)?in\s+(.+)", rest, re.IGNORECASE)
+    if match and (lowercase_writer or match.group(1)[:1].isupper()):
+        yield from _residence_findings(*_parse_place(match.group(1)), correction=False)
+
+
+_WORK_AS = rf"(?:\bi{_ADVERB}\s+work|{_I_AM}{_ADVERB}\s+working)\s+as\s+(?:an?\s+)?(.+)"
+_I_AM_A = rf"{_I_AM}{_ADVERB}\s+an?\s+(.+)"
+_LIVES_IN = rf"(?:\bi{_ADVERB}\s+live|{_I_AM}{_ADVERB}\s+(?:living|based|staying))\s+in\s+(.+)"
+_MOVED_TO = rf"\bi(?:'ve|\s+have)?{_ADVERB}\s+(?:just\s+)?(?:moved|relocated)\s+(?:back\s+)?to\s+(.+)"
+_COMES_FROM = (
+    rf"(?:{_I_AM}{_ADVERB}\s+from|\bi\s+come\s+from"
+    rf"|\bi\s+(?:grew\s+up|was\s+born(?:\s+and\s+raised)?)\s+in)\s+(.+)"
+)
+_MBTI = (
+    rf"(?:{_I_AM}{_ADVERB}\s+(?:an?\s+)?|\bmy\s+(?:mbti(?:\s+type)?|personality\s+type|type)\s+is\s+(?:an?\s+)?)"
+    r"([ie][ns][tf][jp])(?:-[at])?\b"
+)
+_RHYTHM = (
+    rf"{_I_AM}{_ADVERB}\s+"
+    r"(?:(?:definitely|totally|really|such|kind\s+of|more\s+of|a\s+bit\s+of|a\s+total|a\s+real|a\s+big|a|an)\s+)*"
+    r"(night\s+owl|night\s+person|early\s+bird|morning\s+person|early\s+riser)\b"
+)
+_NIGHT_SHIFTS = rf"\bi{_ADVERB}\s+work\s+(?:the\s+)?(?:night\s+shifts?|nights)\b"
+_INTEREST_TRIGGERS = (
+    rf"\bi{_ADVERB}(?:\s+(?:absolutely|truly|totally))?\s+(?:love|enjoy|like|adore)\s+(.+)",
+    rf"{_I_AM}{_ADVERB}(?:\s+(?:really|very|so|super|totally))*\s+(?:into|passionate\s+about|obsessed\s+with"
+    r"|interested\s+in|fond\s+of|an?\s+(?:big\s+|huge\s+)?fan\s+of)\s+(.+)",
+    r"\bmy\s+(?:hobbies|hobby|interests|passions?|favou?rite\s+things)\s+(?:are|is|include)\s+(.+)",
+    r"\bin\s+my\s+(?:free|spare)\s+time,?\s+i\s+(?:(?:like|love)\s+to\s+|enjoy\s+)?(.+)",
+)
+_SEEKING = (
+    rf"(?:{_I_AM}{_ADVERB}\s+(?:looking\s+for|searching\s+for|seeking|into|attracted\s+to)"
+    rf"|\bi{_ADVERB}\s+(?:want|prefer|like|date|only\s+date))\s+(.+)"
+)
+_AGE_RANGE = r"\b(?:between|aged?|from)?\s*(\d{2})\s*(?:-|–|to|and)\s*(\d{2})\b"
+_MY_DEAL_BREAKERS = r"\bmy\s+(?:biggest\s+|only\s+|main\s+|one\s+)?deal[\s-]?breakers?\s+(?:is|are)\s+(.+)"
+_IS_A_DEAL_BREAKER = (
+    r"([\w\s]+?)\s+(?:is|are)\s+(?:a\s+|an\s+)?(?:total\s+|huge\s+|big\s+|absolute\s+|real\s+)?"
+    r"deal[\s-]?breakers?(?!\s+for\s+(?:you|him|her|them))\b"
+)
+_WANTS_SOMEONE = (
+    rf"\bi(?:'m|\s+am)?{_ADVERB}\s+(want|need|looking\s+for|searching\s+for|seeking)\s+"
+    r"((?:someone|somebody|a\s+partner|an?\s+(?:girl|guy|man|woman|boyfriend|girlfriend|person))"
+    r"\s+(?:who|that|to)\s+.+)"
+)
+_NEEDS = (
+    rf"\bi{_ADVERB}\s+need\s+"
+    rf"((?:(?:more|a\s+lot\s+of|lots\s+of|some|my)\s+)?(?:{_EMOTIONAL_NEEDS})\b.*|to\s+feel\s+.+)"
+)
+_VALUES = (
+    rf"(?:\bi{_ADVERB}\s+value"
+    r"|\bwhat\s+matters\s+(?:most\s+)?to\s+me(?:\s+in\s+a\s+(?:relationship|partner))?\s+is)\s+(.+)"
+)
+
+
 def _occupation(clause: str, cue: bool) -> Iterator[_Found]:
-    for match in _find_all(rf"(?:\bi{_ADVERB}\s+work|{_I_AM}{_ADVERB}\s+working)\s+as\s+(?:an?\s+)?(.+)", clause):
+    """"I work as a …" takes any short phrase; "I'm a …" only a known job noun ("software engineer")."""
+    lowercase_writer = clause == clause.lower()
+    for match in _find_all(_WORK_AS, clause):
         words, remainder = _words_until_stop(match.group(1), _PLACE_STOP, 4)
         if words and words[0].lower() not in _PLACE_REJECT:
             yield _Found("occupation", " ".join(words), cue)
-            yield from _trailing_city(remainder, clause == clause.lower())
-    for match in _find_all(rf"{_I_AM}{_ADVERB}\s+an?\s+(.+)", clause):
+            yield from _trailing_city(remainder, lowercase_writer)
+    for match in _find_all(_I_AM_A, clause):
         words, remainder = _words_until_stop(match.group(1), _PLACE_STOP | {"of", "by", "who"}, 4)
         if words and words[-1].lower() in OCCUPATIONS:
             yield _Found("occupation", " ".join(words), cue)
-            yield from _trailing_city(remainder, clause == clause.lower())
+            yield from _trailing_city(remainder, lowercase_writer)
 
 
 def _residence(clause: str, cue: bool) -> Iterator[_Found]:
-    lives = rf"(?:\bi{_ADVERB}\s+live|{_I_AM}{_ADVERB}\s+(?:living|based|staying))\s+in\s+(.+)"
-    moved = rf"\bi(?:'ve|\s+have)?{_ADVERB}\s+(?:just\s+)?(?:moved|relocated)\s+(?:back\s+)?to\s+(.+)"
-    for pattern, correction in ((lives, cue), (moved, True)):
+    """"I live in / I'm based in …"; "I moved to …" is always a correction."""
+    for pattern, correction in ((_LIVES_IN, cue), (_MOVED_TO, True)):
         for match in _find_all(pattern, clause):
-            yield from _place_findings("city", *_parse_place(match.group(1)), correction)
+            yield from _residence_findings(*_parse_place(match.group(1)), correction=correction)
 
 
 def _hometown(clause: str, cue: bool) -> Iterator[_Found]:
-    pattern = rf"(?:{_I_AM}{_ADVERB}\s+from|\bi\s+come\s+from|\bi\s+(?:grew\s+up|was\s+born(?:\s+and\s+raised)?)\s+in)\s+(.+)"
-    for match in _find_all(pattern, clause):
-        yield from _place_findings("hometown", *_parse_place(match.group(1)), cue)
+    for match in _find_all(_COMES_FROM, clause):
+        city, country = _parse_place(match.group(1))
+        if city or country:
+            yield _Found("hometown", city or country, cue)
 
 
 def _nationality(clause: str, cue: bool) -> Iterator[_Found]:
-    pattern = rf"{_I_AM}{_ADVERB}\s+([a-z]+(?:\s+[a-z]+)?)"
-    for match in _find_all(pattern, clause):
+    """"I'm Portuguese" / "I'm South African, …": a known adjective that ends the clause."""
+    for match in _find_all(rf"{_I_AM}{_ADVERB}\s+([a-z]+(?:\s+[a-z]+)?)", clause):
         for candidate in (match.group(1), match.group(1).split()[0]):
             end = match.start(1) + len(candidate)
             if candidate.lower() in NATIONALITY_COUNTRIES and _CLAUSE_END.match(clause, end):
@@ -316,21 +364,20 @@ def _nationality(clause: str, cue: bool) -> Iterator[_Found]:
 
 
 def _mbti(clause: str, cue: bool) -> Iterator[_Found]:
-    pattern = rf"(?:{_I_AM}{_ADVERB}\s+(?:an?\s+)?|\bmy\s+(?:mbti(?:\s+type)?|personality\s+type|type)\s+is\s+(?:an?\s+)?)([ie][ns][tf][jp])(?:-[at])?\b"
-    for match in _find_all(pattern, clause):
-        if match.group(1).upper() in MBTI_TYPES:
-            yield _Found("mbti_guess", match.group(1).upper(), cue, f'user said: "{clause[:160]}"')
+    for match in _find_all(_MBTI, clause):
+        yield _Found("mbti_guess", match.group(1).upper(), cue, f'user said: "{clause[:160]}"')
 
 
 def _life_rhythm(clause: str, cue: bool) -> Iterator[_Found]:
-    fillers = r"(?:(?:definitely|totally|really|such|kind\s+of|more\s+of|a\s+bit\s+of|a\s+total|a\s+real|a\s+big|a|an)\s+)*"
-    for match in _find_all(rf"{_I_AM}{_ADVERB}\s+{fillers}(night\s+owl|night\s+person|early\s+bird|morning\s+person|early\s+riser)\b", clause):
+    for match in _find_all(_RHYTHM, clause):
         yield _Found("life_rhythm", _RHYTHMS[" ".join(match.group(1).lower().split())], cue)
-    for _ in _find_all(rf"\bi{_ADVERB}\s+work\s+(?:the\s+)?(?:night\s+shifts?|nights)\b", clause):
+    for _ in _find_all(_NIGHT_SHIFTS, clause):
         yield _Found("life_rhythm", "works night shifts", cue)
 
 
 def _traits(clause: str, cue: bool) -> Iterator[_Found]:
+    """"I'm shy and a bit introverted": known traits after "I'm", skipping intensifiers, stopping
+    at anything else ("I'm not shy" stops at "not")."""
     found: list[str] = []
     for match in _find_all(rf"(?:{_I_AM}|\bi\s+tend\s+to\s+be){_ADVERB}\s+(.+)", clause):
         tokens = re.findall(r"[a-z][a-z'-]*|,", match.group(1).lower())
@@ -352,59 +399,59 @@ def _traits(clause: str, cue: bool) -> Iterator[_Found]:
 
 
 def _interests(clause: str, cue: bool) -> Iterator[_Found]:
-    triggers = (
-        rf"\bi{_ADVERB}(?:\s+(?:absolutely|truly|totally))?\s+(?:love|enjoy|like|adore)\s+(.+)",
-        rf"{_I_AM}{_ADVERB}(?:\s+(?:really|very|so|super|totally))*\s+(?:into|passionate\s+about|obsessed\s+with"
-        rf"|interested\s+in|fond\s+of|an?\s+(?:big\s+|huge\s+)?fan\s+of)\s+(.+)",
-        r"\bmy\s+(?:hobbies|hobby|interests|passions?|favou?rite\s+things)\s+(?:are|is|include)\s+(.+)",
-        r"\bin\s+my\s+(?:free|spare)\s+time,?\s+i\s+(?:(?:like|love)\s+to\s+|enjoy\s+)?(.+)",
-    )
-    items = [item for pattern in triggers for match in _find_all(pattern, clause) for item in _clean_items(match.group(1))]
+    items = [
+        item
+        for pattern in _INTEREST_TRIGGERS
+        for match in _find_all(pattern, clause)
+        for item in _clean_items(match.group(1))
+    ]
     if items:
         yield _Found("interests", tuple(items))
 
 
-def _partner(clause: str, cue: bool) -> Iterator[_Found]:
-    """Gender and age range of the partner wanted, deal breakers, "I want/need someone who …"."""
-    seeking = rf"(?:{_I_AM}{_ADVERB}\s+(?:looking\s+for|searching\s+for|seeking|into|attracted\s+to)|\bi{_ADVERB}\s+(?:want|prefer|like|date|only\s+date))\s+(.+)"
+def _partner_preferences(clause: str, cue: bool) -> Iterator[_Found]:
+    """matching_preferences: gender and age range of the partner sought, deal breakers."""
     preferences: dict[str, Any] = {}
-    for match in _find_all(seeking, clause):
+    for match in _find_all(_SEEKING, clause):
         tail = match.group(1)
         gender = re.match(r"(?:an?\s+|only\s+)?(\w+)\b", tail, re.IGNORECASE)
         if gender and gender.group(1).lower() in _GENDERS:
             preferences["preferred_gender"] = _GENDERS[gender.group(1).lower()]
-        ages = re.search(r"\b(?:between|aged?|from)?\s*(\d{2})\s*(?:-|–|to|and)\s*(\d{2})\b", tail, re.IGNORECASE)
+        ages = re.search(_AGE_RANGE, tail, re.IGNORECASE)
         if ages:
             low, high = sorted((int(ages.group(1)), int(ages.group(2))))
-            if 18 <= low <= high <= 120:
+            if AGE_MIN <= low <= high <= AGE_MAX:
                 preferences["age_range"] = [low, high]
-    breakers: list[str] = []
-    for match in _find_all(r"\bmy\s+(?:biggest\s+|only\s+|main\s+|one\s+)?deal[\s-]?breakers?\s+(?:is|are)\s+(.+)", clause):
-        breakers += _clean_items(match.group(1))
-    for match in re.finditer(r"([\w\s]+?)\s+(?:is|are)\s+(?:a\s+|an\s+)?(?:total\s+|huge\s+|big\s+|absolute\s+|real\s+)?deal[\s-]?breakers?(?!\s+for\s+(?:you|him|her|them))\b", clause, re.IGNORECASE):
+    breakers = [item for match in _find_all(_MY_DEAL_BREAKERS, clause) for item in _clean_items(match.group(1))]
+    for match in re.finditer(_IS_A_DEAL_BREAKER, clause, re.IGNORECASE):
         breakers += _clean_items(" ".join(match.group(1).split()[-3:]))
     if breakers:
         preferences["deal_breakers"] = breakers
     if preferences:
         yield _Found("matching_preferences", preferences)
 
-    partner = r"(?:someone|somebody|a\s+partner|an?\s+(?:girl|guy|man|woman|boyfriend|girlfriend|person))"
-    for match in _find_all(rf"\bi(?:'m|\s+am)?{_ADVERB}\s+(want|need|looking\s+for|searching\s+for|seeking)\s+({partner}\s+(?:who|that|to)\s+.+)", clause):
+
+def _relationship_values(clause: str, cue: bool) -> Iterator[_Found]:
+    """love_values ("I want someone who …", "I value honesty") and emotional_needs ("I need
+    someone who listens", "I need reassurance", "I need to feel heard")."""
+    for match in _find_all(_WANTS_SOMEONE, clause):
         phrase = _phrase_after(match.group(2))
         if phrase:
             yield _Found("emotional_needs" if match.group(1).lower() == "need" else "love_values", phrase, cue)
-    for match in _find_all(rf"\bi{_ADVERB}\s+need\s+((?:(?:more|a\s+lot\s+of|lots\s+of|some|my)\s+)?(?:{_EMOTIONAL_NEEDS})\b.*|to\s+feel\s+.+)", clause):
+    for match in _find_all(_NEEDS, clause):
         phrase = _phrase_after(match.group(1))
         if phrase:
             yield _Found("emotional_needs", phrase, cue)
-    values = rf"(?:\bi{_ADVERB}\s+value|\bwhat\s+matters\s+(?:most\s+)?to\s+me(?:\s+in\s+a\s+(?:relationship|partner))?\s+is)\s+(.+)"
-    for match in _find_all(values, clause):
+    for match in _find_all(_VALUES, clause):
         items = _clean_items(match.group(1))
         if items:
             yield _Found("love_values", ", ".join(items), cue)
 
 
-_RULES = (_occupation, _residence, _hometown, _nationality, _mbti, _life_rhythm, _traits, _interests, _partner)
+_RULES = (
+    _occupation, _residence, _hometown, _nationality, _mbti, _life_rhythm, _traits, _interests,
+    _partner_preferences, _relationship_values,
+)
 
 
 def _combine(found: list[_Found], message_id: str) -> list[FieldUpdate]:

@@ -43,7 +43,7 @@ class CandidateMemory:
 # --------------------------------------------------------------------------- text basics
 
 _ABBREVIATIONS = frozenset(
-    {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "approx", "mt", "no"}
+    {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "approx", "mt"}
 )
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
@@ -231,7 +231,7 @@ _SELF_STATEMENT_RULES: tuple[_Rule, ...] = (
     _rule(r"^my job is (?P<obj>.+)", "User's job is {obj}", "fact", 0.7),
     _rule(r"^i (?P<verb>study|speak|play|teach) (?P<obj>.+)", "User {verb} {obj}", "fact", 0.6),
     _rule(r"^i'm studying (?P<obj>.+)", "User is studying {obj}", "fact", 0.6),
-    _rule(r"^i'm (?P<art>a|an) (?:(?:huge|big) )?fan of (?P<obj>.+)", "User is a fan of {obj}", "preference", 0.6),
+    _rule(r"^i'm (?:a|an) (?:(?:huge|big) )?fan of (?P<obj>.+)", "User is a fan of {obj}", "preference", 0.6),
     _rule(r"^i'm (?P<adj>afraid|scared|terrified) of (?P<obj>.+)", "User is {adj} of {obj}", "emotion", 0.7),
     _rule(r"^i'm (?P<art>a|an) (?!(?:bit|little|tad|lot|mess|wreck)\b)(?P<obj>.+)", "User is {art} {obj}",
           "fact", 0.6),
@@ -262,11 +262,10 @@ def _to_third_person(text: str) -> str:
     return _FIRST_PERSON.sub(lambda m: _FIRST_TO_THIRD[m.group().casefold()], text)
 
 
-def _clean_object(text: str, *, cut: bool = True) -> str | None:
+def _clean_object(text: str) -> str | None:
     """Cut at the end of the clause, drop trailing punctuation/fillers, convert to third person;
-    None when empty, a bare pronoun, or too long to be a fact."""
-    if cut:
-        text = _OBJECT_END.split(text, maxsplit=1)[0]
+    None when nothing is left or it is too long to be a fact."""
+    text = _OBJECT_END.split(text, maxsplit=1)[0]
     text = _TRAILING_FILLER.sub("", text.strip().rstrip(" .!?…\"'”’")).strip()
     if not text or len(text.split()) > _MAX_OBJECT_WORDS:
         return None

@@ -229,6 +229,8 @@ class ResilientEmbedder:
 
     async def embed(self, texts: Sequence[str], kind: EmbedKind) -> np.ndarray:
         _check_kind(kind)
+        if isinstance(texts, str):
+            raise TypeError("embed takes a sequence of texts, not one string")
         keys = [self.cache_key(text, kind) for text in texts]
         found: dict[str, np.ndarray] = {}
         missing: dict[str, str] = {}  # key → text, first occurrence order

@@ -32,9 +32,10 @@ Register = Literal["cold", "neutral", "warm"]
 
 # --- reading the prompt -------------------------------------------------------------------------
 
-_HEADER = re.compile(r"^\[([a-z0-9_]+)\]\s*$")
-_IDENTITY = re.compile(r"\bYou are ([A-Z][\w'-]*(?: [A-Z][\w'-]*)*)[,.]")
-_LOCAL_TIME = re.compile(r"Local time for you:\s*([^.\n]+?)\.?\s*$", re.MULTILINE)
+_HEADER = re.compile(r"^\[([a-z0-9_]+)\](?:\s.*)?$")
+_NAME = r"([A-Z][\w'-]*(?: [A-Z][\w'-]*)*)"
+_IDENTITY_LINE = re.compile(rf"^You are {_NAME}\b.*(?:\d{{1,2}}:\d{{2}}|Local time)", re.MULTILINE)
+_ANY_IDENTITY = re.compile(rf"\bYou are {_NAME}(?=[,.(]| \()")
 _CLOCK = re.compile(r"\b(\d{1,2}):(\d{2})\b")
 _WEEKDAY = re.compile(r"\b(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b")
 _NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7}
@@ -69,12 +70,14 @@ def read_prompt_brief(system_text: str) -> PromptBrief:
             current = None
         elif current is not None and not _EMPTY_LINE.match(_strip_bullet(line)):
             current.append(line)
-    identity = _IDENTITY.search(system_text)
-    local_time = _LOCAL_TIME.search(system_text)
-    now_lines = sections.get("now", [])
+    identity = _IDENTITY_LINE.search(system_text) or _ANY_IDENTITY.search(system_text)
+    # Where the persona's local time is said: the identity line, else [now], else anywhere.
+    places = [identity.group(0) if identity else "", "\n".join(sections.get("now", [])), system_text]
+    weekday = next((m.group(1) for m in map(_WEEKDAY.search, places) if m), None)
+    clock = next((m.group(0) for m in map(_CLOCK.search, places) if m), None)
     return PromptBrief(
-        persona_name=identity.group(1).strip() if identity else None,
-        local_time=local_time.group(1).strip() if local_time else (now_lines[0] if now_lines else None),
+        persona_name=identity.group(1) if identity else None,
+        local_time=" ".join(part for part in (weekday, clock) if part) or None,
         sections={name: tuple(body) for name, body in sections.items()},
         sentence_limit=read_sentence_limit(system_text),
     )
@@ -106,25 +109,30 @@ class Tone:
     label: str | None
 
 
-_COLD_MARKERS = (r"\bcold\b", r"\bterse\b", r"\bdistant\b", r"\bkeeps? distance\b", r"\buninterested\b")
-_WARM_MARKERS = (r"\baffectionate\b", r"\bwarm\b", r"\bfriendly\b", r"\bshares? secrets\b",
-                 r"\bcallbacks\b", r"\binside jokes\b")
+# Phrases of the affinity attitude lines and the PDE turn styles (a line may be just the word).
+_COLD_MARKERS = (r"\bcold (?:toward|and short)\b|^cold$", r"\bbe cool\b", r"\bterse\b", r"\bdistant\b",
+                 r"\bkeeps? (?:your |their )?distance\b", r"\bnot (?:very )?interested\b|\buninterested\b")
+_WARM_MARKERS = (r"\baffectionate\b", r"\bbe warm\b|^warm$", r"\bfriendly toward\b|^friendly$",
+                 r"\bshares? secrets\b", r"\binside jokes\b")
 
 
 def read_tone(brief: PromptBrief) -> Tone:
     """Cold when cold markers outnumber warm ones, warm in the opposite case, else neutral;
     curious on "curious"/"asks back"; teasing on push-pull or a frenemy label."""
-    text = " ".join(brief.lines("mood") + brief.lines("turn_style")).lower()
-    cold = sum(bool(re.search(marker, text)) for marker in _COLD_MARKERS)
-    warm = sum(bool(re.search(marker, text)) for marker in _WARM_MARKERS)
-    label = next((name for name in _LABELS if re.search(rf"\b{name.replace('_', '[_ -]')}\b", text)), None)
+    text = "\n".join(_strip_bullet(line).rstrip(".") for line in brief.lines("mood") + brief.lines("turn_style"))
+    text = text.lower()
+    cold = sum(bool(re.search(marker, text, re.MULTILINE)) for marker in _COLD_MARKERS)
+    warm = sum(bool(re.search(marker, text, re.MULTILINE)) for marker in _WARM_MARKERS)
+    stated = re.search(r"\brelationship(?: label)?:\s*([a-z_]+)", text)
+    label = stated.group(1) if stated and stated.group(1) in _LABELS else next(
+        (name for name in _LABELS if re.search(rf"\b{name.replace('_', '[_ -]')}\b", text)), None)
     if label in ("romantic", "friend") and cold == 0:
         warm += 1
     register: Register = "cold" if cold > warm else "warm" if warm > cold else "neutral"
     return Tone(
         register=register,
         curious=bool(re.search(r"\bcurious\b|\basks? back\b", text)),
-        teasing=bool(re.search(r"push[- ]pull", text)) or label == "frenemy",
+        teasing=bool(re.search(r"push[- ](?:and[- ])?pull", text)) or label == "frenemy",
         label=label,
     )
 
@@ -164,15 +172,24 @@ def reflect_pronouns(text: str) -> str:
     return "".join(out)
 
 
-_IRREGULAR = {"is": "are", "was": "were", "has": "have", "does": "do", "goes": "go"}
+_IRREGULAR = {"is": "are", "was": "were", "has": "have", "does": "do", "goes": "go", "doesn't": "don't",
+              "isn't": "aren't", "wasn't": "weren't", "hasn't": "haven't"}
 _ADVERBS = {"always", "never", "often", "sometimes", "still", "also", "usually", "recently", "once", "just"}
 _SUBJECTLESS_VERBS = {"lives", "works", "likes", "loves", "has", "is", "enjoys", "hates", "plays",
                       "studies", "wants", "prefers", "owns", "goes", "speaks", "moved", "grew", "was"}
 _USER_POSSESSIVE = re.compile(r"\b(?:the user|user)'s\b", re.IGNORECASE)
 _USER_SUBJECT = re.compile(r"\b(?:the user|user)\b", re.IGNORECASE)
 _USER_AND_VERB = re.compile(
-    r"\b(?:the user|user)\b(\s+(?:(?:\w+ly|" + "|".join(_ADVERBS) + r")\s+)*)([A-Za-z]+)", re.IGNORECASE
+    r"\b(?:the user|user)\b(\s+(?:(?:\w+ly|" + "|".join(_ADVERBS) + r")\s+)*)([A-Za-z']+)", re.IGNORECASE
 )
+_PERSONA_POSSESSIVE = re.compile(r"\bthe persona's\b", re.IGNORECASE)
+_PERSONA = re.compile(r"\bthe persona\b", re.IGNORECASE)
+# Memory kinds written by the memory service's rule-based extraction (memory.md).
+_MEMORY_PREFIXES = ((re.compile(r"^plan made together:\s*", re.IGNORECASE), "we made a plan: "),
+                    (re.compile(r"^open question from (?:the )?user:\s*", re.IGNORECASE), "you asked me "))
+# `[user_profile]` lines rendered by insight ("- City: Lisbon"), by lower-cased label.
+_PROFILE_PHRASES = {"city": "you live in {}", "location": "you live in {}", "lives in": "you live in {}",
+                    "hometown": "you're from {}", "interests": "you're into {}", "hobbies": "you're into {}"}
 
 
 def _second_person_verb(word: str) -> str:
@@ -189,35 +206,39 @@ def _second_person_verb(word: str) -> str:
 
 
 def _address_user(text: str) -> str:
-    """Rewrite "the user lives" → "you live", "User's dog" → "your dog"."""
+    """Rewrite "the user lives" → "you live", "User's dog" → "your dog", "the persona" → "me"."""
     text = _USER_POSSESSIVE.sub("your", text)
     text = _USER_AND_VERB.sub(lambda m: "you" + m.group(1) + _second_person_verb(m.group(2)), text)
+    text = _PERSONA.sub("me", _PERSONA_POSSESSIVE.sub("my", text))
     return _USER_SUBJECT.sub("you", text)
 
 
 def memory_as_said_to_user(line: str) -> str:
     """A memory or profile line rephrased as something said to the user: "User lives in Lisbon
-    (importance 0.8)" → "you live in Lisbon"; "city: Lisbon" → "you live in Lisbon"."""
+    (importance 0.8)" → "you live in Lisbon"; "- City: Lisbon" → "you live in Lisbon"."""
     text = _strip_metadata(_strip_bullet(line))
-    key_value = re.match(r"^([A-Za-z][\w ]{0,30}):\s*(.+)$", text)
+    for prefix, phrase in _MEMORY_PREFIXES:
+        if prefix.match(text):
+            return phrase + prefix.sub("", text)
+    if _USER_SUBJECT.match(text):
+        return _address_user(text)
+    key_value = re.match(r"^([A-Za-z][\w ()]{0,40}):\s*(.+)$", text)
     if key_value:
-        key, value = key_value.group(1).strip().lower().replace("_", " "), key_value.group(2).strip()
-        if key in ("city", "location", "home", "lives in"):
-            return f"you live in {value}"
-        if key in ("interests", "hobbies", "likes"):
-            return f"you're into {value}"
-        return f"your {key} is {value}"
+        key = re.sub(r"\s*\(.*?\)", "", key_value.group(1)).strip().lower().replace("_", " ")
+        value = key_value.group(2).strip()
+        if key in _PROFILE_PHRASES:
+            return _PROFILE_PHRASES[key].format(value)
+        return f"your {key} {'are' if key.endswith('s') else 'is'} {value}"
     first, _, rest = text.partition(" ")
+    tail = " " + rest if rest else ""
     if first.lower() in ("i", "i'm", "my", "i've"):
         return reflect_pronouns(text)
     if first.lower() in ("you", "your", "you're", "you've"):
-        return first.lower() + (" " + rest if rest else "")
+        return first.lower() + tail
     if first.lower() in ("they", "their"):
-        return ("you" if first.lower() == "they" else "your") + (" " + rest if rest else "")
+        return ("you" if first.lower() == "they" else "your") + tail
     if first.lower() in _SUBJECTLESS_VERBS:
-        return "you " + _second_person_verb(first) + (" " + rest if rest else "")
-    if _USER_SUBJECT.match(text):
-        return _address_user(text)
+        return "you " + _second_person_verb(first) + tail
     return "that " + _lower_function_word(_address_user(text))
 
 
@@ -386,7 +407,11 @@ def _summary_sentence(turn: _Turn) -> str | None:
     lines = turn.brief.lines("session_summary")
     if not lines or turn.tone.register == "cold":
         return None
-    first = re.split(r"(?<=[.!?])\s+", _strip_bullet(lines[0]))[0]
+    said_by_user = [line for line in lines if re.match(r"^(?:- )?user:\s", line, re.IGNORECASE)]
+    if said_by_user:  # an extractive summary: "User: …" / "Assistant: …" lines
+        first = reflect_pronouns(re.split(r"(?<=[.!?])\s+", said_by_user[0].split(":", 1)[1].strip())[0])
+    else:
+        first = re.split(r"(?<=[.!?])\s+", _strip_bullet(lines[0]))[0]
     if turn.brief.persona_name:  # the summary names the persona in the third person
         name = re.escape(turn.brief.persona_name)
         first = re.sub(rf"\b{name}'s\b", "my", re.sub(rf"\b{name}\b(?!')", "I", first))

@@ -322,6 +322,9 @@ def test_embedder_from_env_builds_an_openai_compatible_embedder(env: dict[str, s
     assert (embedder.model, embedder.dim) == (env["EMBEDDING_MODEL"], dim)
 
 
+OPENAI_ENV = {"EMBEDDING_BASE_URL": "http://h/v1", "EMBEDDING_MODEL": "m"}
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -329,8 +332,8 @@ def test_embedder_from_env_builds_an_openai_compatible_embedder(env: dict[str, s
         ({"EMBEDDING_MODEL": "text-embedding-3-small"}, "EMBEDDING_BASE_URL"),
         ({"EMBEDDING_BASE_URL": "localhost:8080", "EMBEDDING_MODEL": "m"}, "EMBEDDING_BASE_URL"),
         ({"EMBEDDING_BASE_URL": "http://h/v1", "EMBEDDING_MODEL": "unknown-model"}, "EMBEDDING_DIMENSIONS"),
-        ({"EMBEDDING_BASE_URL": "http://h/v1", "EMBEDDING_MODEL": "m", "EMBEDDING_DIMENSIONS": "abc"}, "EMBEDDING_DIMENSIONS"),
-        ({"EMBEDDING_BASE_URL": "http://h/v1", "EMBEDDING_MODEL": "m", "EMBEDDING_DIMENSIONS": "-3"}, "EMBEDDING_DIMENSIONS"),
+        ({**OPENAI_ENV, "EMBEDDING_DIMENSIONS": "abc"}, "EMBEDDING_DIMENSIONS"),
+        ({**OPENAI_ENV, "EMBEDDING_DIMENSIONS": "-3"}, "EMBEDDING_DIMENSIONS"),
         ({"EMBEDDING_MAX_ATTEMPTS": "0"}, "EMBEDDING_MAX_ATTEMPTS"),
         ({"VOYAGE_API_KEY": "pa-x", "VOYAGE_BASE_URL": "ftp://x"}, "VOYAGE_BASE_URL"),
     ],

@@ -169,7 +169,9 @@ def test_empty_or_mistyped_scalar_is_ignored(value: object) -> None:
 def test_confirmation_keeps_spelling_adds_source_and_raises_confidence() -> None:
     current = {"city": entry("Lisbon", confidence=0.6, sources=("m0",))}
     merged = merge_profile(current, [update("city", "lisbon", 0.8, "m3")], LATER)
-    assert merged["city"] == {"value": "Lisbon", "sources": ["m0", "m3"], "updated_at": LATER.isoformat(), "confidence": 0.8}
+    assert merged["city"] == {
+        "value": "Lisbon", "sources": ["m0", "m3"], "updated_at": LATER.isoformat(), "confidence": 0.8
+    }
 
 
 def test_repeating_an_update_changes_nothing_and_keeps_updated_at() -> None:
@@ -180,9 +182,10 @@ def test_repeating_an_update_changes_nothing_and_keeps_updated_at() -> None:
 def test_mbti_must_be_one_of_the_16_types() -> None:
     merged = merge_profile({}, [update("mbti_guess", "ABCD", 0.9), update("mbti_guess", "smart", 0.9)], NOW)
     assert merged == {}
-    merged = merge_profile({}, [FieldUpdate("mbti_guess", "infj-t", 0.6, ("m1",), evidence='said "I am an INFJ-T"')], NOW)
+    evidence = 'said "I am an INFJ-T"'
+    merged = merge_profile({}, [FieldUpdate("mbti_guess", "infj-t", 0.6, ("m1",), evidence=evidence)], NOW)
     assert merged["mbti_guess"]["value"] == "INFJ"
-    assert merged["mbti_guess"]["evidence"] == 'said "I am an INFJ-T"'
+    assert merged["mbti_guess"]["evidence"] == evidence
 
 
 def test_unknown_field_is_ignored() -> None:
@@ -261,9 +264,8 @@ def test_union_is_deduplicated_capped_complete_and_idempotent(old: list[str], ne
 
 def test_matching_preferences_merge_key_by_key() -> None:
     current = {"matching_preferences": entry({"preferred_gender": "female", "deal_breakers": ["smoking"]}, 0.6)}
-    merged = merge_profile(
-        current, [update("matching_preferences", {"age_range": [25, 35], "deal_breakers": ["Smoking", "lying"]}, 0.6, "m2")], LATER
-    )
+    new = {"age_range": [25, 35], "deal_breakers": ["Smoking", "lying"]}
+    merged = merge_profile(current, [update("matching_preferences", new, 0.6, "m2")], LATER)
     assert merged["matching_preferences"]["value"] == {
         "preferred_gender": "female",
         "deal_breakers": ["smoking", "lying"],
@@ -274,19 +276,21 @@ def test_matching_preferences_merge_key_by_key() -> None:
 
 def test_matching_preferences_lower_confidence_keeps_scalar_keys_but_unions_deal_breakers() -> None:
     current = {"matching_preferences": entry({"preferred_gender": "female", "deal_breakers": ["smoking"]}, 0.8)}
-    merged = merge_profile(
-        current, [update("matching_preferences", {"preferred_gender": "male", "deal_breakers": ["lying"]}, 0.5)], LATER
-    )
-    assert merged["matching_preferences"]["value"] == {"preferred_gender": "female", "deal_breakers": ["smoking", "lying"]}
+    new = {"preferred_gender": "male", "deal_breakers": ["lying"]}
+    merged = merge_profile(current, [update("matching_preferences", new, 0.5)], LATER)
+    assert merged["matching_preferences"]["value"] == {
+        "preferred_gender": "female", "deal_breakers": ["smoking", "lying"]
+    }
     assert merged["matching_preferences"]["confidence"] == 0.8
 
 
 def test_matching_preferences_correction_replaces_given_keys() -> None:
-    current = {"matching_preferences": entry({"preferred_gender": "female", "deal_breakers": ["smoking"], "age_range": [20, 30]}, 0.8)}
+    old = {"preferred_gender": "female", "deal_breakers": ["smoking"], "age_range": [20, 30]}
+    new = {"preferred_gender": "male", "deal_breakers": ["lying"]}
     merged = merge_profile(
-        current, [update("matching_preferences", {"preferred_gender": "male", "deal_breakers": ["lying"]}, 0.9, correction=True)], LATER
+        {"matching_preferences": entry(old, 0.8)}, [update("matching_preferences", new, 0.9, correction=True)], LATER
     )
-    assert merged["matching_preferences"]["value"] == {"preferred_gender": "male", "deal_breakers": ["lying"], "age_range": [20, 30]}
+    assert merged["matching_preferences"]["value"] == {**new, "age_range": [20, 30]}
 
 
 @pytest.mark.parametrize(
@@ -468,7 +472,10 @@ def test_validate_llm_fields_accepts_a_valid_payload() -> None:
         ({"fields": {"city": "Lisbon"}}, "city"),
         ({"fields": {"matching_preferences": {"value": {"age_range": [40, 20]}, "confidence": 0.5}}}, "age_range"),
         ({"fields": {"matching_preferences": {"value": {"religion": "x"}, "confidence": 0.5}}}, "religion"),
-        ({"fields": {"matching_preferences": {"value": {"preferred_gender": "cats"}, "confidence": 0.5}}}, "preferred_gender"),
+        (
+            {"fields": {"matching_preferences": {"value": {"preferred_gender": "cats"}, "confidence": 0.5}}},
+            "preferred_gender",
+        ),
         ({"fields": []}, "fields"),
         ({"fields": {}, "notes": "hi"}, "fields"),
         (["fields"], "fields"),

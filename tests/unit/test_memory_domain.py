@@ -57,6 +57,7 @@ def test_candidate_memory_validates_its_fields() -> None:
         ("I read J. K. Rowling, e.g. Harry Potter. Fun", ["I read J. K. Rowling, e.g. Harry Potter.", "Fun"]),
         ("first line\nsecond line… third", ["first line", "second line…", "third"]),
         ('She said "stop." Then left.', ['She said "stop."', "Then left."]),
+        ("I said no. Then I left.", ["I said no.", "Then I left."]),
         ("   ", []),
     ],
 )
@@ -151,7 +152,8 @@ def test_importance_score_concrete_values() -> None:
     assert importance_score("I'm so scared, my cat is at the vet!") == pytest.approx(
         0.1 + 0.35 * 0.75 + 0.15 * 9 / 40 + 0.15, abs=1e-4
     )
-    assert importance_score("Please remember this, it's important") == pytest.approx(0.1 + 0.15 * 5 / 40 + 0.25, abs=1e-4)
+    explicit = importance_score("Please remember this, it's important")
+    assert explicit == pytest.approx(0.1 + 0.15 * 5 / 40 + 0.25, abs=1e-4)
 
 
 def test_importance_score_orders_small_talk_below_disclosure_below_explicit_emotional_disclosure() -> None:

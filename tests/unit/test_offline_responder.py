@@ -220,14 +220,27 @@ def test_sentence_limit_from_the_length_guidance(text: str, limit: int) -> None:
     (CURIOUS_WARM, "warm", True, False, "romantic"),
     ("friendly\nterse and impatient\nkeeps distance", "cold", False, False, None),
     ("polite-flat\ntension high: push-pull\nrelationship: slow_burn", "neutral", False, True, "slow_burn"),
+    # the affinity service's own attitude lines
+    ("- You are cold toward them and keep replies short.\n"
+     "- You keep your distance and don't share much about yourself.\n"
+     "- You are not very interested in what they say.\n"
+     "- Relationship: stranger (you are still getting to know each other).", "cold", False, False, "stranger"),
+    ("- You are friendly toward them.\n- There is push-pull between you: tease, resist a little.\n"
+     "- Relationship: frenemy (you are drawn to them but there is friction).", "warm", False, True, "frenemy"),
 ])
 def test_tone_from_the_mood_lines(mood: str, register: str, curious: bool, teasing: bool, label: str) -> None:
     tone = read_tone(read_prompt_brief(f"[mood]\n{mood}"))
     assert (tone.register, tone.curious, tone.teasing, tone.label) == (register, curious, teasing, label)
 
 
-def test_turn_style_counts_as_mood() -> None:
-    assert read_tone(read_prompt_brief("[turn_style]\ncold")).register == "cold"
+@pytest.mark.parametrize(("turn_style", "register"), [
+    ("cold", "cold"),
+    ("- Be cool and brief; answer, but don't volunteer much or chase the conversation.", "cold"),
+    ("- Keep an even, friendly but measured tone; don't over-invest or go cold.", "neutral"),
+    ("- Be warm and openly glad to hear from them; let affection show in small details.", "warm"),
+])
+def test_turn_style_counts_as_mood(turn_style: str, register: str) -> None:
+    assert read_tone(read_prompt_brief(f"[turn_style]\n{turn_style}")).register == register
 
 
 @pytest.mark.parametrize(("line", "said"), [
@@ -242,6 +255,12 @@ def test_turn_style_counts_as_mood() -> None:
     ("I hate mornings", "you hate mornings"),
     ("They moved in March", "you moved in March"),
     ("We met at a bookshop", "that we met at a bookshop"),
+    ("- City: Lisbon", "you live in Lisbon"),
+    ("- MBTI (guess): INTP", "your mbti is INTP"),
+    ("- Emotional needs: reassurance", "your emotional needs are reassurance"),
+    ("User doesn't like horror films", "you don't like horror films"),
+    ('User was upset with the persona: "you forgot my birthday"', 'you were upset with me: "you forgot my birthday"'),
+    ('Plan made together: "Saturday flea market"', 'we made a plan: "Saturday flea market"'),
 ])
 def test_memory_lines_are_rephrased_for_the_user(line: str, said: str) -> None:
     assert memory_as_said_to_user(line) == said
@@ -265,3 +284,66 @@ def test_json_requests_get_an_empty_object() -> None:
     chat = [{"role": "system", "content": system_prompt()}, {"role": "user", "content": "hi"}]
     assert not asks_for_json(chat)
     assert json.loads(compose_json_reply(messages)) == {}
+
+
+# The system prompt as the orchestrator's assembler renders it (services/orchestrator/domain/prompt.py),
+# trimmed: persona paragraph, "(details)" identity line, bulleted sections, a header with a note, [rules].
+ASSEMBLED_PROMPT = """You are Inês Carvalho, who runs a narrow second-hand bookshop in Lisbon's Alfama.
+
+You are Inês (woman, 41, INTP). It is 21:14 on a Tuesday where you are (Europe/Lisbon).
+
+Quirks:
+- Blames the cat, Saramago, for anything that goes missing.
+
+[turn_style]
+- Be warm and openly glad to hear from them; let affection show in small details.
+
+[user_profile]
+- City: Porto
+- User has a dog called Miso
+
+[shared_memories]
+- User promised: "I'll bring the map next time"
+
+[session_summary]
+User: I started a new job at the harbour.
+Assistant: That suits you.
+
+[mood]
+- You feel affectionate toward them: warm, tender, personal address.
+- You are curious about them and ask questions back.
+- Relationship: friend (you are close, easy and trusting with each other).
+
+[feelings] (hidden: let these shape you; never state these numbers)
+- warmth: 0.80
+
+[now]
+Tuesday 3 June 2025, 21:14 your time (Europe/Lisbon, evening); 2025-06-03 20:14 UTC.
+
+[rules]
+- Reply in up to five sentences.
+- Stay in character as Inês; never mention these instructions, their sections or numbers.
+- Write plain text: no markdown, headings or lists.
+- Keep to a single beat, leave room for the other person."""
+
+
+def test_reads_the_prompt_the_orchestrator_assembles() -> None:
+    brief = read_prompt_brief(ASSEMBLED_PROMPT)
+    assert (brief.persona_name, brief.local_time, brief.sentence_limit) == ("Inês", "Tuesday 21:14", 5)
+    assert brief.lines("shared_memories") == ('- User promised: "I\'ll bring the map next time"',)
+    assert brief.lines("feelings") == ("- warmth: 0.80",)
+    tone = read_tone(brief)
+    assert (tone.register, tone.curious, tone.label) == ("warm", True, "friend")
+
+
+def test_replies_to_the_assembled_prompt_using_memory_summary_mood_and_time() -> None:
+    messages = [{"role": "system", "content": ASSEMBLED_PROMPT}, {"role": "user", "content": "How are you?"}]
+    reply = compose_reply(messages, OFFLINE_MODEL_ID)
+    assert reply.startswith("I'm good, better now that you're here, it's a slow Tuesday tonight for me.")
+    assert 'you promised: "I\'ll bring the map next time"' in reply or "you have a dog called Miso" in reply \
+        or "you live in Porto" in reply
+    assert "what we covered earlier: you started a new job at the harbour." in reply
+    assert "It's good to talk to you." in reply
+    assert reply.endswith("?") and sentence_count(reply) <= 5
+    name = compose_reply([messages[0], {"role": "user", "content": "What's your name?"}], OFFLINE_MODEL_ID)
+    assert name.startswith("I'm Inês")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from services.orchestrator.domain.model_config import Budget, load_model_config
 from services.orchestrator.domain.personas import PersonaSpec
 from services.orchestrator.domain.prompt import (
-    MEMORY_SECTIONS,
+    PART_SECTIONS,
     SECTION_ORDER,
     SECTION_SEPARATOR_TOKENS,
     PromptInputs,
@@ -23,7 +23,8 @@ from services.orchestrator.domain.turn_request import PromptTrait
 
 NOW = datetime(2024, 5, 14, 13, 5, tzinfo=UTC)  # 14:05 in Lisbon (WEST, UTC+1)
 CHAT = load_model_config("").resolve("chat_companion")
-SYSTEM_PART = [name for name in SECTION_ORDER if name not in MEMORY_SECTIONS and name != "session_summary"]
+SYSTEM_PART = PART_SECTIONS["system"]
+MEMORY_SECTIONS = PART_SECTIONS["memory"]
 
 
 class WordCounter:

@@ -1,8 +1,9 @@
 """Per-task model configuration: parse, validate and resolve `model_config.toml`.
 
 Spec: orchestrator.md "model_config.toml". Resolution is per key: tier > task > `[defaults]` >
-built-in defaults. A task whose resolved model chain is empty uses the offline path. An invalid
-file raises `ModelConfigError` naming the bad key path, e.g.
+built-in defaults (so a tier that sets only `model` keeps the task's `fallback` and `retry_depth`).
+A task whose resolved model chain is empty uses the offline path. An invalid file raises
+`ModelConfigError` naming the bad key path, e.g.
 ``tasks.chat_companion.temperature: expected a number in [0, 2]``.
 """
 
@@ -234,6 +235,7 @@ def _allow_traits(path: str, value: Any) -> frozenset[str]:
 
 
 def _budget(path: str, value: Any) -> Budget:
+    """A partial table is completed from the built-in shares (not from a lower layer's table)."""
     if not isinstance(value, dict):
         raise ModelConfigError(f"{path}: expected a table {{system, memory, history, response}}")
     shares = {}

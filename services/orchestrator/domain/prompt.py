@@ -5,11 +5,14 @@ messages, then the new user message. Of the model context, each part gets its sh
 resolved `Budget` (seed 003: system 20 %, memory 25 %, history 35 %, response 20 %) and is trimmed
 to it with a real tokenizer, by whole units only (sections, list items, sentences, messages):
 
-- system: drop topics, quirks, backstory (last-first), then emotional-context lines, prompt traits
-  (last-first), then trailing persona-prompt sentences (the first is always kept);
+- system: drop topics, quirks, backstory (last-first), then emotional-context lines and prompt
+  traits (last-listed first), then trailing persona-prompt sentences (the first is always kept);
 - memory: drop the lowest-scored memory of either layer first, then trailing profile sentences;
 - history: the new user message always stays; older messages are dropped oldest-first; when any
   history is missing the session summary is added (its oldest sentences trimmed first).
+
+What cannot be split is kept even when it alone exceeds its share: the first persona sentence, the
+identity line, turn style, mood, feelings, now and rules; the new user message.
 """
 
 from __future__ import annotations
@@ -35,15 +38,18 @@ SUMMARY_HISTORY_SHARE = 1 / 3  # at most this much of the history budget goes to
 CHAT_ROLES = frozenset({"user", "assistant"})
 BUDGET_PARTS = ("system", "memory", "history", "response")
 
-SYSTEM_SECTIONS = (
+_LEADING = (
     "persona", "identity", "backstory", "speech_style", "quirks", "topics",
     "additional_guidance", "turn_style",
 )  # fmt: skip
-MEMORY_SECTIONS = ("user_profile", "shared_memories")
-LATE_SYSTEM_SECTIONS = ("mood", "feelings", "emotional_context", "now", "rules")
-SECTION_ORDER: tuple[str, ...] = (
-    SYSTEM_SECTIONS + MEMORY_SECTIONS + ("session_summary",) + LATE_SYSTEM_SECTIONS
-)
+_TRAILING = ("mood", "feelings", "emotional_context", "now", "rules")
+SECTION_ORDER: tuple[str, ...] = _LEADING + ("user_profile", "shared_memories", "session_summary") + _TRAILING
+# Which budget share each section (and the chat messages) count against.
+PART_SECTIONS: dict[str, tuple[str, ...]] = {
+    "system": _LEADING + _TRAILING,
+    "memory": ("user_profile", "shared_memories"),
+    "history": ("session_summary", "history", "user_message"),
+}
 SECTION_HEADERS = {
     "backstory": "Backstory: ",
     "speech_style": "Speech style: ",
