@@ -252,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     p_card.add_argument("file", type=Path)
     p_token = sub.add_parser("token", help="print a bearer token for the local user (or --user)")
     p_token.add_argument("--user")
+    p_memory = sub.add_parser("memory", help="memory maintenance")
+    memory_sub = p_memory.add_subparsers(dest="memory_command", required=True)
+    memory_sub.add_parser("reembed", help="re-embed every memory with the configured embedder (with progress)")
+    p_bench = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
+    p_bench.add_argument("which", choices=["recall", "turn"])
+    p_bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see --help)")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -259,6 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return serve(args.service)
         env = Env()
+        if args.command == "memory":
+            from services.memory.reembed import main as reembed_main
+
+            return reembed_main(env)
+        if args.command == "bench":
+            import importlib
+
+            module = importlib.import_module(f"services.{'memory' if args.which == 'recall' else 'orchestrator'}.bench")
+            return module.main(args.bench_args)  # type: ignore[no-any-return]
         if args.command == "migrate":
             applied = asyncio.run(migrate(database_url(env), args.service))
             print("\n".join(applied) if applied else "up to date")

@@ -128,7 +128,7 @@ class TurnEngine:
             self._read("affinity", lambda timeout: self.peers.affinity.GetState(affinity_pb2.GetStateRequest(
                 user_id=user_id, session_id=session_id, affinity_scope=list(req.affinity_scope)), timeout=timeout), ctx),
             self._read("affinity", lambda timeout: self.peers.affinity.DecideGhost(affinity_pb2.DecideGhostRequest(
-                user_id=user_id, session_id=session_id, user_message_count=s.user_message_count + 1,
+                user_id=user_id, session_id=session_id, user_message_count=s.user_message_count,
                 ghosting_enabled=True), timeout=timeout), ctx),
             self._read("memory", lambda timeout: self.peers.memory.Recall(memory_pb2.RecallRequest(
                 user_id=user_id, instance_id=str(s.instance_id), session_id=session_id, query=turn.content,
