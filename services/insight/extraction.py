@@ -16,6 +16,7 @@ from services.insight.domain import AGE_MAX, AGE_MIN, FIELD_KINDS, FieldKind, Fi
 
 RULE_CONFIDENCE = 0.6
 CORRECTION_CONFIDENCE = 0.9
+MAX_CLAUSE_CHARS = 300  # self-statements are short; bounds the regex work on pasted walls of text
 
 # --- vocabularies ---------------------------------------------------------------------------------
 
@@ -70,11 +71,13 @@ TRAITS = frozenset("""
     introspective chatty clumsy confident insecure nerdy geeky playful serious cautious impulsive
     practical logical rational idealistic generous affectionate reliable anxious
 """.split())
-_TRAIT_ALIASES = {"introvert": "introverted", "extrovert": "extroverted", "extravert": "extroverted",
-                  "ambivert": "ambivert", "perfectionist": "perfectionist", "nerd": "nerdy", "geek": "geeky"}
+_TRAIT_ALIASES = {
+    "introvert": "introverted", "extrovert": "extroverted", "extravert": "extroverted", "ambivert": "ambivert",
+    "nerd": "nerdy", "geek": "geeky",
+}
 _INTENSIFIERS = frozenset("""
     very really pretty quite so super rather fairly extremely generally usually naturally mostly
-    incredibly somewhat basically honestly definitely a an bit little total complete bit too always
+    incredibly somewhat basically honestly definitely a an bit little total complete too always
 """.split())
 
 _RHYTHMS = {
@@ -140,7 +143,7 @@ _ITEM_FILLER = re.compile(
 )
 _ITEM_REJECT_FIRST = frozenset("""
     my his her their our its your when how what where why whether that this it those these not
-    think say know believe imagine guess hope feel being
+    think say know believe imagine guess hope feel being is are
 """.split())
 _ITEM_REJECT_ANY = frozenset("you your yours yourself u ur me him them us myself".split()) | set(_GENDERS)
 
@@ -168,17 +171,17 @@ def _statement_clauses(text: str) -> Iterator[tuple[str, bool]]:
         if not body or _QUESTION_START.match(body):
             continue
         if sentence.endswith("?"):
-            parts = [p for p in body.split(",")][:-1]
+            parts = body.split(",")[:-1]
             if not parts:
                 continue
             body = ",".join(parts)
         cue = bool(_CORRECTION_CUE.search(body))
         for clause in _CLAUSE_SPLIT.split(body):
             if clause.strip():
-                yield clause.strip(), cue
+                yield clause.strip()[:MAX_CLAUSE_CHARS], cue
 
 
-def _first_person(clause: str, match: re.Match[str]) -> bool:
+def _is_assertion(clause: str, match: re.Match[str]) -> bool:
     """The match is a real statement, not "if I lived…" / "I wish I was…"."""
     before = re.findall(r"[a-z']+", clause[: match.start()].lower())
     return not (before and before[-1] in _HYPOTHETICAL)
@@ -255,7 +258,7 @@ def _phrase_after(rest: str) -> str | None:
 
 def _find_all(pattern: str, clause: str) -> Iterator[re.Match[str]]:
     for match in re.finditer(pattern, clause, re.IGNORECASE):
-        if _first_person(clause, match):
+        if _is_assertion(clause, match):
             yield match
 
 
@@ -305,8 +308,8 @@ _SEEKING = (
 )
 _AGE_RANGE = r"\b(?:between|aged?|from)?\s*(\d{2})\s*(?:-|–|to|and)\s*(\d{2})\b"
 _MY_DEAL_BREAKERS = r"\bmy\s+(?:biggest\s+|only\s+|main\s+|one\s+)?deal[\s-]?breakers?\s+(?:is|are)\s+(.+)"
-_IS_A_DEAL_BREAKER = (
-    r"([\w\s]+?)\s+(?:is|are)\s+(?:a\s+|an\s+)?(?:total\s+|huge\s+|big\s+|absolute\s+|real\s+)?"
+_IS_A_DEAL_BREAKER = (  # preceded by its subject: "smoking is a dealbreaker (for me)"
+    r"\s+(?:is|are)\s+(?:a\s+|an\s+)?(?:total\s+|huge\s+|big\s+|absolute\s+|real\s+)?"
     r"deal[\s-]?breakers?(?!\s+for\s+(?:you|him|her|them))\b"
 )
 _WANTS_SOMEONE = (
@@ -424,7 +427,7 @@ def _partner_preferences(clause: str, cue: bool) -> Iterator[_Found]:
                 preferences["age_range"] = [low, high]
     breakers = [item for match in _find_all(_MY_DEAL_BREAKERS, clause) for item in _clean_items(match.group(1))]
     for match in re.finditer(_IS_A_DEAL_BREAKER, clause, re.IGNORECASE):
-        breakers += _clean_items(" ".join(match.group(1).split()[-3:]))
+        breakers += _clean_items(" ".join(clause[: match.start()].split()[-3:]))
     if breakers:
         preferences["deal_breakers"] = breakers
     if preferences:

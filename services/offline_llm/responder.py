@@ -57,8 +57,9 @@ class PromptBrief:
 
 
 def read_prompt_brief(system_text: str) -> PromptBrief:
-    """Parse the identity line, the bracketed sections (header alone on its line, body until the
-    next header or a blank line) and the sentence-length guidance from a system prompt."""
+    """Parse the persona name and local time (identity line, else `[now]`), the bracketed sections
+    (`[name]` opening a line, body until the next header or a blank line) and the sentence-length
+    guidance from a system prompt."""
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
     for raw in system_text.splitlines():
@@ -119,8 +120,8 @@ _WARM_MARKERS = (r"\baffectionate\b", r"\bbe warm\b|^warm$", r"\bfriendly toward
 def read_tone(brief: PromptBrief) -> Tone:
     """Cold when cold markers outnumber warm ones, warm in the opposite case, else neutral;
     curious on "curious"/"asks back"; teasing on push-pull or a frenemy label."""
-    text = "\n".join(_strip_bullet(line).rstrip(".") for line in brief.lines("mood") + brief.lines("turn_style"))
-    text = text.lower()
+    lines = brief.lines("mood") + brief.lines("turn_style")
+    text = "\n".join(_strip_bullet(line).rstrip(".") for line in lines).lower()
     cold = sum(bool(re.search(marker, text, re.MULTILINE)) for marker in _COLD_MARKERS)
     warm = sum(bool(re.search(marker, text, re.MULTILINE)) for marker in _WARM_MARKERS)
     stated = re.search(r"\brelationship(?: label)?:\s*([a-z_]+)", text)

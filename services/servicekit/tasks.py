@@ -14,7 +14,7 @@ from typing import Any
 
 import openai
 
-from services.orchestrator.domain.model_config import (
+from services.servicekit.model_config import (
     DEFAULT_MODEL_CONFIG_TOML,
     ModelConfig,
     ModelConfigError,

@@ -30,7 +30,9 @@ TWO = "Reply in one or two sentences."
 THREE = "Reply in up to three sentences."
 FIVE = "Reply in up to five sentences."
 MEMORIES = "\n".join([
-    "- User lives in Lisbon (importance 0.8)", "- The user has a dog called Miso", "- User works night shifts",
+    "- User lives in Lisbon (importance 0.8)",
+    "- The user has a dog called Miso",
+    "- User works night shifts",
 ])
 
 
@@ -224,9 +226,11 @@ def test_sentence_limit_from_the_length_guidance(text: str, limit: int) -> None:
     ("- You are cold toward them and keep replies short.\n"
      "- You keep your distance and don't share much about yourself.\n"
      "- You are not very interested in what they say.\n"
-     "- Relationship: stranger (you are still getting to know each other).", "cold", False, False, "stranger"),
+     "- Relationship: stranger (you are still getting to know each other).",
+     "cold", False, False, "stranger"),
     ("- You are friendly toward them.\n- There is push-pull between you: tease, resist a little.\n"
-     "- Relationship: frenemy (you are drawn to them but there is friction).", "warm", False, True, "frenemy"),
+     "- Relationship: frenemy (you are drawn to them but there is friction).",
+     "warm", False, True, "frenemy"),
 ])
 def test_tone_from_the_mood_lines(mood: str, register: str, curious: bool, teasing: bool, label: str) -> None:
     tone = read_tone(read_prompt_brief(f"[mood]\n{mood}"))
@@ -259,7 +263,7 @@ def test_turn_style_counts_as_mood(turn_style: str, register: str) -> None:
     ("- MBTI (guess): INTP", "your mbti is INTP"),
     ("- Emotional needs: reassurance", "your emotional needs are reassurance"),
     ("User doesn't like horror films", "you don't like horror films"),
-    ('User was upset with the persona: "you forgot my birthday"', 'you were upset with me: "you forgot my birthday"'),
+    ('User was upset with the persona: "you forgot"', 'you were upset with me: "you forgot"'),
     ('Plan made together: "Saturday flea market"', 'we made a plan: "Saturday flea market"'),
 ])
 def test_memory_lines_are_rephrased_for_the_user(line: str, said: str) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.orchestrator.domain.model_config import (
+from services.servicekit.model_config import (
     DEFAULT_MODEL_CONFIG_TOML,
     TASK_NAMES,
     Budget,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.orchestrator.domain.model_config import Budget, load_model_config
+from services.servicekit.model_config import Budget, load_model_config
 from services.orchestrator.domain.personas import PersonaSpec
 from services.orchestrator.domain.prompt import (
     PART_SECTIONS,

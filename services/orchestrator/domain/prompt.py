@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import tiktoken
 
-from services.orchestrator.domain.model_config import ResolvedTask
+from services.servicekit.model_config import ResolvedTask
 from services.orchestrator.domain.personas import PersonaSpec
 from services.orchestrator.domain.turn_request import PromptTrait
 
