@@ -249,11 +249,11 @@ def _union_sources(old: Sequence[str], new: Sequence[str]) -> list[str]:
     return union_items(old, new, key=lambda s: s, cap=MAX_SOURCES)
 
 
-def _merge_text(old: Mapping[str, Any] | None, update: FieldUpdate, value: str) -> dict[str, Any] | None:
+def _merge_text(old: Mapping[str, Any], update: FieldUpdate, value: str) -> dict[str, Any] | None:
     """Scalars: a confirmation (same value, any case) raises confidence and adds sources; a different
     value replaces only with confidence >= the old one, or as a correction."""
-    old_value = old.get("value") if old else None
-    old_confidence = float(old.get("confidence", 0.0)) if old else 0.0
+    old_value = old.get("value")
+    old_confidence = float(old.get("confidence", 0.0))
     entry: dict[str, Any]
     if isinstance(old_value, str) and old_value.casefold() == value.casefold() and not update.correction:
         entry = {
@@ -276,9 +276,9 @@ def _merge_text(old: Mapping[str, Any] | None, update: FieldUpdate, value: str) 
     return entry
 
 
-def _merge_list(old: Mapping[str, Any] | None, update: FieldUpdate, value: list[str]) -> dict[str, Any]:
+def _merge_list(old: Mapping[str, Any], update: FieldUpdate, value: list[str]) -> dict[str, Any]:
     """Arrays: unioned and capped, sources accumulate; a correction replaces the whole list."""
-    if update.correction or not old or not _is_populated(old.get("value")):
+    if update.correction or not _is_populated(old.get("value")):
         return {
             "value": value,
             "sources": _union_sources([], update.source_message_ids),
@@ -291,11 +291,11 @@ def _merge_list(old: Mapping[str, Any] | None, update: FieldUpdate, value: list[
     }
 
 
-def _merge_object(old: Mapping[str, Any] | None, update: FieldUpdate, value: dict[str, Any]) -> dict[str, Any]:
+def _merge_object(old: Mapping[str, Any], update: FieldUpdate, value: dict[str, Any]) -> dict[str, Any]:
     """matching_preferences: key by key. deal_breakers are unioned (replaced on a correction); the
     scalar keys follow the scalar rule against the entry's confidence; sources accumulate."""
-    old_value = dict(old.get("value") or {}) if old else {}
-    old_confidence = float(old.get("confidence", 0.0)) if old else 0.0
+    old_value = dict(old.get("value") or {})
+    old_confidence = float(old.get("confidence", 0.0))
     merged = dict(old_value)
     for key, new in value.items():
         if key == "deal_breakers" and not update.correction:
@@ -304,7 +304,7 @@ def _merge_object(old: Mapping[str, Any] | None, update: FieldUpdate, value: dic
             merged[key] = new
     return {
         "value": merged,
-        "sources": _union_sources(old.get("sources", []) if old else [], update.source_message_ids),
+        "sources": _union_sources(old.get("sources", []), update.source_message_ids),
         "confidence": update.confidence if update.correction else max(old_confidence, update.confidence),
     }
 
@@ -323,7 +323,7 @@ def merge_profile(current: Mapping[str, Any], updates: Sequence[FieldUpdate], no
         value, error = clean_field_value(update.field, update.value)
         if error or value is None:
             continue
-        old = profile.get(update.field)
+        old: Mapping[str, Any] = profile.get(update.field) or {}
         kind = FIELD_KINDS[update.field]
         if kind is FieldKind.TEXT:
             entry = _merge_text(old, update, value)  # type: ignore[arg-type]
@@ -333,8 +333,8 @@ def merge_profile(current: Mapping[str, Any], updates: Sequence[FieldUpdate], no
             entry = _merge_object(old, update, value)  # type: ignore[arg-type]
         if entry is None:
             continue
-        unchanged = old is not None and {k: v for k, v in old.items() if k != "updated_at"} == entry
-        entry["updated_at"] = old["updated_at"] if unchanged and "updated_at" in old else stamp
+        unchanged = {k: v for k, v in old.items() if k != "updated_at"} == entry
+        entry["updated_at"] = old.get("updated_at", stamp) if unchanged else stamp
         profile[update.field] = entry
     return profile
 
@@ -440,9 +440,10 @@ class ProfileQuery:
 def queryable_columns(profile: Mapping[str, Any]) -> dict[str, Any]:
     """Values for the store's indexed columns, normalised exactly like `ProfileQuery.validate`."""
     values = profile_values(profile)
+    city, occupation = values.get("city"), values.get("occupation")
     return {
-        "city": normalize_term(values["city"]) if "city" in values else None,
-        "occupation": normalize_term(values["occupation"]) if "occupation" in values else None,
+        "city": normalize_term(city) if isinstance(city, str) else None,
+        "occupation": normalize_term(occupation) if isinstance(occupation, str) else None,
         "interests": [normalize_term(i) for i in values.get("interests", [])],
         "mbti": values.get("mbti_guess"),
         "training_level": training_level(profile),

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import re
-import socket
 import time
 import uuid
 from collections import deque
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import uvicorn
+
+from services.servicekit.http_runtime import serve_asgi
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -394,49 +395,10 @@ class RunningServer:
     stop: Callable[[], Awaitable[None]]
 
 
-class _InProcessServer(uvicorn.Server):
-    """uvicorn that reports when it is accepting and leaves signal handling to the host process."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.accepting = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self.accepting.set()
-
-
 async def serve_llm(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
-    """Run `app` under uvicorn in the current event loop on a socket bound before start-up, so
-    port 0 works and the base URL is known at once. `stop()` shuts it down (grace 2 s)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=2)
-    server = _InProcessServer(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    accepting = asyncio.create_task(server.accepting.wait())
-    await asyncio.wait({serving, accepting}, return_when=asyncio.FIRST_COMPLETED)
-    if not accepting.done():
-        accepting.cancel()
-        sock.close()
-        serving.result()  # re-raise the start-up failure
-        raise RuntimeError("the offline LLM server exited during start-up")
-
-    async def stop() -> None:
-        server.should_exit = True
-        await serving
-        sock.close()
-
-    return RunningServer(base_url=f"http://{host}:{bound_port}/v1", port=bound_port, stop=stop)
+    """Run `app` in the current event loop (port 0 works; the base URL is known at once)."""
+    running = await serve_asgi(app, host, port, lifespan="off", timeout_graceful_shutdown=2)
+    return RunningServer(base_url=f"{running.url}/v1", port=running.port, stop=running.stop)
 
 
 def run_offline_llm_server(host: str = "127.0.0.1", port: int = 8089) -> None:

@@ -50,10 +50,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve_asgi(app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
-                     timeout_graceful_shutdown: float = 5.0) -> RunningHttpServer:
+                     timeout_graceful_shutdown: float = 5.0, lifespan: str = "on") -> RunningHttpServer:
     """Start serving `app` in this loop; returns once the server accepts connections."""
     sock = bind_socket(host, port)
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan=lifespan,  # type: ignore[arg-type]
                             timeout_graceful_shutdown=timeout_graceful_shutdown, ws="none")
     server = _InLoopServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{host}:{sock.getsockname()[1]}")

@@ -1,0 +1,29 @@
+# The two commands of the README, and the few a contributor needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test protos lint lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)  ## start everything locally and print the URL and a token
+	$(BIN)/rapport up
+
+test: $(STAMP)  ## the whole suite: unit, integration (real Postgres + services), contracts, browser
+	@bash scripts/ensure-chromium.sh
+	$(BIN)/python -m pytest
+
+protos: $(STAMP)  ## regenerate the committed Python code of protos/ with the pinned grpcio-tools
+	$(BIN)/python protos/generate.py
+	cd protos && ../$(BIN)/buf lint
+
+lock: $(STAMP)  ## refresh constraints.txt from the current environment
+	$(BIN)/pip freeze --exclude-editable --exclude rapport > constraints.txt
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
