@@ -153,6 +153,8 @@ def up(args: argparse.Namespace) -> int:
         print(f"personas: {', '.join(name for name, _ in seeded)}", flush=True)
         if not env.str("SUPABASE_JWT_SECRET") and not env.str("SUPABASE_URL") and not env.str("SUPABASE_JWKS_URL"):
             env_map["AUTH_MODE"] = "local"
+            # Single-user local mode: the web page shows the live relationship meters.
+            env_map.setdefault("EXPOSE_AFFINITY_DEBUG", "true")
         if llm_endpoint_from_env(Env(env_map)) is None:
             llm_port = free_port()
             stack.spawn("offline-llm", ["serve", "offline-llm"], {"BIND_ADDR": f"127.0.0.1:{llm_port}"})

@@ -386,12 +386,20 @@ def normalize_term(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def _query_term(name: str, value: object) -> str:
+class InvalidQuery(ValueError):
+    """A QueryProfiles filter is malformed; `field` names the request field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _query_term(field: str, name: str, value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string")
+        raise InvalidQuery(field, f"{name} must be a string")
     term = normalize_term(value)
     if not term or len(term) > MAX_ITEM_CHARS:
-        raise ValueError(f"{name} must be 1-{MAX_ITEM_CHARS} characters")
+        raise InvalidQuery(field, f"{name} must be 1-{MAX_ITEM_CHARS} characters")
     return term
 
 
@@ -411,27 +419,27 @@ class ProfileQuery:
     MAX_INTERESTS = 10
 
     def validate(self) -> ProfileQuery:
-        """Raise ValueError on bad input; return the normalised query (terms via `normalize_term`,
-        MBTI upper-case, interests deduplicated)."""
+        """Raise InvalidQuery (a ValueError naming the field) on bad input; return the normalised
+        query (terms via `normalize_term`, MBTI upper-case, interests deduplicated)."""
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or not 1 <= self.limit <= self.MAX_LIMIT:
-            raise ValueError(f"limit must be an integer in 1..{self.MAX_LIMIT}")
+            raise InvalidQuery("limit", f"limit must be an integer in 1..{self.MAX_LIMIT}")
         level = self.min_training_level
         if level is not None and (
             isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= level <= 1.0
         ):
-            raise ValueError("min_training_level must be a number in [0, 1]")
+            raise InvalidQuery("min_training_level", "min_training_level must be a number in [0, 1]")
         if not isinstance(self.interests_all, (tuple, list)) or len(self.interests_all) > self.MAX_INTERESTS:
-            raise ValueError(f"interests_all must be a list of at most {self.MAX_INTERESTS} terms")
+            raise InvalidQuery("interests_all", f"interests_all must be a list of at most {self.MAX_INTERESTS} terms")
         mbti = None
         if self.mbti is not None:
             if not isinstance(self.mbti, str) or self.mbti.strip().upper() not in MBTI_TYPES:
-                raise ValueError("mbti must be one of the 16 types")
+                raise InvalidQuery("mbti", "mbti must be one of the 16 types")
             mbti = self.mbti.strip().upper()
         return replace(
             self,
-            city=None if self.city is None else _query_term("city", self.city),
-            occupation=None if self.occupation is None else _query_term("occupation", self.occupation),
-            interests_all=tuple(dict.fromkeys(_query_term("interest", i) for i in self.interests_all)),
+            city=None if self.city is None else _query_term("city", "city", self.city),
+            occupation=None if self.occupation is None else _query_term("occupation", "occupation", self.occupation),
+            interests_all=tuple(dict.fromkeys(_query_term("interests_all", "interest", i) for i in self.interests_all)),
             mbti=mbti,
             min_training_level=None if level is None else float(level),
         )

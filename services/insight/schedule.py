@@ -24,7 +24,14 @@ _OFFSET_PROBE = [timedelta(hours=h) for h in range(-48, 49, 3)]
 
 
 class ScheduleError(ValueError):
-    """Invalid SNAPSHOT_CRON or SNAPSHOT_TZ: a start-up error."""
+    """Invalid SNAPSHOT_CRON or SNAPSHOT_TZ: a start-up error. `variable` names the setting,
+    `expected` describes its form, `got` is the rejected value."""
+
+    def __init__(self, variable: str, problem: str, expected: str, got: str) -> None:
+        super().__init__(f"{variable}={got!r} {problem}: expected {expected}")
+        self.variable = variable
+        self.expected = expected
+        self.got = got
 
 
 def _require_aware(name: str, value: datetime) -> None:
@@ -42,16 +49,16 @@ class SnapshotSchedule:
         """Validate the cron expression and the zone; raise ScheduleError naming the variable."""
         fields = cron.split()
         if len(fields) != 6 or not croniter.is_valid(" ".join(fields), second_at_beginning=True):
-            raise ScheduleError(f"SNAPSHOT_CRON={cron!r} is invalid: expected {_CRON_FORM}")
+            raise ScheduleError("SNAPSHOT_CRON", "is invalid", _CRON_FORM, cron)
         try:
             zone = ZoneInfo(tz.strip())
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ScheduleError(f"SNAPSHOT_TZ={tz!r} is invalid: expected {_TZ_FORM}") from exc
+            raise ScheduleError("SNAPSHOT_TZ", "is invalid", _TZ_FORM, tz) from exc
         schedule = cls(" ".join(fields), zone)
         try:  # "0 0 0 30 2 *" is well-formed but never fires
             croniter(schedule.cron, datetime(2000, 1, 1), second_at_beginning=True).get_next(datetime)
         except (CroniterBadDateError, CroniterBadCronError) as exc:
-            raise ScheduleError(f"SNAPSHOT_CRON={cron!r} never fires: expected {_CRON_FORM}") from exc
+            raise ScheduleError("SNAPSHOT_CRON", "never fires", _CRON_FORM, cron) from exc
         return schedule
 
     def _offset_spread(self, instant: datetime) -> timedelta:

@@ -31,6 +31,8 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_MESSAGE: _EventKind.ValueType  # 1
     EVENT_KIND_GHOST: _EventKind.ValueType  # 2
     EVENT_KIND_GIFT: _EventKind.ValueType  # 3
+    EVENT_KIND_REPLY: _EventKind.ValueType  # 4
+    """A served reply reset the ghost streak (a state change seen by watchers; no event row)."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper): ...
 
@@ -38,6 +40,8 @@ EVENT_KIND_UNSPECIFIED: EventKind.ValueType  # 0
 EVENT_KIND_MESSAGE: EventKind.ValueType  # 1
 EVENT_KIND_GHOST: EventKind.ValueType  # 2
 EVENT_KIND_GIFT: EventKind.ValueType  # 3
+EVENT_KIND_REPLY: EventKind.ValueType  # 4
+"""A served reply reset the ghost streak (a state change seen by watchers; no event row)."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
@@ -88,6 +92,7 @@ class AffinityState(_message.Message):
     LAST_GHOST_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     IS_DEMO_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     bond: _builtins.float
     chemistry: _builtins.float
@@ -95,6 +100,8 @@ class AffinityState(_message.Message):
     ghost_streak: _builtins.int
     total_ghosts: _builtins.int
     is_demo: _builtins.bool
+    version: _builtins.int
+    """Grows by one with every write of this session's state (a watcher seeing consecutive versions saw every change)."""
     @_builtins.property
     def vector(self) -> Global___AffinityVector: ...
     @_builtins.property
@@ -114,10 +121,11 @@ class AffinityState(_message.Message):
         last_ghost_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         is_demo: _builtins.bool = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_ghost_at", b"last_ghost_at", "updated_at", b"updated_at", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bond", b"bond", "chemistry", b"chemistry", "ghost_streak", b"ghost_streak", "is_demo", b"is_demo", "label", b"label", "last_ghost_at", b"last_ghost_at", "session_id", b"session_id", "total_ghosts", b"total_ghosts", "updated_at", b"updated_at", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bond", b"bond", "chemistry", b"chemistry", "ghost_streak", b"ghost_streak", "is_demo", b"is_demo", "label", b"label", "last_ghost_at", b"last_ghost_at", "session_id", b"session_id", "total_ghosts", b"total_ghosts", "updated_at", b"updated_at", "vector", b"vector", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,8 +301,11 @@ class ApplyTurnResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
     applied: _builtins.bool
+    """False when this turn id was applied before (nothing changed)."""
     reason: _builtins.str
+    event_id: _builtins.str
     @_builtins.property
     def state(self) -> Global___AffinityState: ...
     def __init__(
@@ -303,10 +314,11 @@ class ApplyTurnResponse(_message.Message):
         state: Global___AffinityState | None = ...,
         applied: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "event_id", b"event_id", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -408,16 +420,23 @@ class RecordGhostResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    applied: _builtins.bool
+    """False when a ghost with this turn id was recorded before (nothing changed)."""
+    event_id: _builtins.str
     @_builtins.property
     def state(self) -> Global___AffinityState: ...
     def __init__(
         self,
         *,
         state: Global___AffinityState | None = ...,
+        applied: _builtins.bool = ...,
+        event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "event_id", b"event_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -729,6 +748,46 @@ class AffinityEvent(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RuleDeltasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EvaluatorDeltasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EVENT_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     TURN_ID_FIELD_NUMBER: _builtins.int
@@ -739,11 +798,22 @@ class AffinityEvent(_message.Message):
     AFTER_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    EVALUATOR_FIELD_NUMBER: _builtins.int
+    EVALUATOR_ERROR_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    RULE_DELTAS_FIELD_NUMBER: _builtins.int
+    EVALUATOR_DELTAS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     kind: Global___EventKind.ValueType
     turn_id: _builtins.str
     reason: _builtins.str
     skipped: _builtins.bool
+    evaluator: _builtins.str
+    """offline | llm:<model> for message events, empty otherwise."""
+    evaluator_error: _builtins.str
+    """Why the evaluator's output was unusable (its deltas were zero), if it was."""
+    label: _builtins.str
     @_builtins.property
     def deltas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -754,6 +824,12 @@ class AffinityEvent(_message.Message):
     def after(self) -> Global___AffinityVector: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def rule_deltas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def evaluator_deltas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     def __init__(
         self,
         *,
@@ -767,10 +843,16 @@ class AffinityEvent(_message.Message):
         after: Global___AffinityVector | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         skipped: _builtins.bool = ...,
+        evaluator: _builtins.str = ...,
+        evaluator_error: _builtins.str = ...,
+        label: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        rule_deltas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        evaluator_deltas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "created_at", b"created_at", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "created_at", b"created_at", "deltas", b"deltas", "effective_deltas", b"effective_deltas", "event_id", b"event_id", "kind", b"kind", "reason", b"reason", "skipped", b"skipped", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "created_at", b"created_at", "deltas", b"deltas", "effective_deltas", b"effective_deltas", "evaluator", b"evaluator", "evaluator_deltas", b"evaluator_deltas", "evaluator_error", b"evaluator_error", "event_id", b"event_id", "kind", b"kind", "label", b"label", "metadata", b"metadata", "reason", b"reason", "rule_deltas", b"rule_deltas", "skipped", b"skipped", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
