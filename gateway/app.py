@@ -15,12 +15,14 @@ from typing import Annotated, Any
 
 import grpc
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from rapport.affinity.v1 import affinity_pb2, affinity_pb2_grpc
 from rapport.insight.v1 import insight_pb2, insight_pb2_grpc
@@ -41,6 +43,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 MAX_BODY_BYTES = 64 * 1024
 SSE_PING_SECONDS = 15
+WATCH_STREAM_SECONDS = 3600  # a live affinity stream ends after this; the page reconnects
 SERVICE_NAMES = {
     "orchestrator": "rapport.orchestrator.v1.OrchestratorService",
     "affinity": "rapport.affinity.v1.AffinityService",
@@ -296,6 +299,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return EventSourceResponse(events(), ping=SSE_PING_SECONDS,
                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    @app.get("/comp/chat/{session_id}/messages/{message_id}/explain", tags=["chat"])
+    async def explain(request: Request, session_id: uuid.UUID, message_id: Annotated[str, PathParam(max_length=40)],
+                      user: User) -> dict[str, Any]:
+        """Why did it say that: the PDE decision, the affinity state and label, the memories recalled, the
+        profile fields used, tokens per prompt section, model, usage and the trace id."""
+        reply = await clients(request).orchestrator.ExplainMessage(orch_pb2.ExplainMessageRequest(
+            user_id=str(user), session_id=str(session_id), message_id=message_id))
+        return MessageToDict(reply.explanation)
+
     # -- affinity ---------------------------------------------------------------------------
 
     @app.post("/comp/chat/{session_id}/event/gift", tags=["affinity"], dependencies=[Depends(require_json)])
@@ -319,6 +331,41 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         reply = await clients(request).affinity.GetState(affinity_pb2.GetStateRequest(
             user_id=str(user), session_id=str(session_id), affinity_scope=["full"]))
         return affinity_json(reply.state)
+
+    @app.get("/comp/affinity/{session_id}/stream", tags=["affinity"],
+             response_description="Server-sent events; each `data:` line is one JSON frame: `state` (the vector, "
+                                  "composites, label, version and the `kind` of change; the current state first) "
+                                  "or `error`.")
+    async def affinity_stream(request: Request, session_id: uuid.UUID, user: User) -> Response:
+        """The live affinity state of a session (same gate as `GET /comp/affinity/{session_id}`)."""
+        if not settings.expose_affinity_debug:
+            raise ApiError(404, "not_found", "not found")
+        call = clients(request).affinity.WatchAffinity(affinity_pb2.WatchAffinityRequest(
+            user_id=str(user), session_id=str(session_id)), timeout=WATCH_STREAM_SECONDS)
+        try:
+            first = await call.read()  # the owner check and UNIMPLEMENTED are HTTP errors, not frames
+        except grpc.aio.AioRpcError as error:
+            raise errors.from_grpc(error) from None
+        if first is grpc.aio.EOF:
+            raise ApiError(404, "not_found", "no affinity state for this session")
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            change = first
+            try:
+                while change is not grpc.aio.EOF:
+                    yield {"data": json.dumps(affinity_change_json(change))}
+                    change = await call.read()
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    return  # the stream's lifetime is over; the client reconnects
+                api = errors.from_grpc(error)
+                yield {"data": json.dumps({"type": "error", "code": api.code, "retryable": api.status >= 500,
+                                           "message": api.message, "user_message": api.user_message})}
+            finally:
+                call.cancel()
+
+        return EventSourceResponse(events(), ping=SSE_PING_SECONDS,
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # -- what it knows about the user ------------------------------------------------------------
 
@@ -372,10 +419,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def index() -> Response:
         page = STATIC_DIR / "index.html"
         if page.exists():
-            return FileResponse(page, media_type="text/html")
+            return FileResponse(page, media_type="text/html", headers={"Cache-Control": "no-cache"})
         return JSONResponse({"name": "Rapport", "docs": "/docs"})
 
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+
     return app
+
+
+def affinity_change_json(change: affinity_pb2.WatchAffinityResponse) -> dict[str, Any]:
+    """One WatchAffinity message as an SSE frame; `kind` is `snapshot` for a state not tied to one event."""
+    kind = affinity_pb2.EventKind.Name(change.kind).removeprefix("EVENT_KIND_").lower()
+    return {"type": "state", **affinity_json(change.state), "version": change.state.version,
+            "kind": "snapshot" if kind == "unspecified" else kind, "event_id": change.event_id}
 
 
 def memory_json(m: memory_pb2.Memory) -> dict[str, Any]:

@@ -15,15 +15,21 @@ EXAMPLE_PERSONAS_DIR = Path(__file__).resolve().parent / "personas"
 
 
 def art_metadata(spec: PersonaSpec) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "gender": spec.gender, "timezone": spec.timezone, "age": spec.age, "mbti": spec.mbti,
-        "backstory": spec.backstory, "speech_style": spec.speech_style, "quirks": list(spec.quirks),
-        "topics": list(spec.topics), "appearance": spec.appearance, "first_mes": spec.first_mes,
-        "mes_example": spec.mes_example, "creator_notes": spec.creator_notes,
-    }
-    if spec.extensions:
-        meta["extensions"] = dict(spec.extensions)
-    return {key: value for key, value in meta.items() if value not in (None, "", [], {})}
+    """What is stored in `chat.personas.art_metadata` (the raw card has its own column)."""
+    return {key: value for key, value in spec.art_metadata().items() if key != "card"}
+
+
+def persona_spec(row: Any) -> PersonaSpec:
+    """The stored persona row back as the domain's PersonaSpec (for prompt assembly)."""
+    meta = dict(row["art_metadata"] or {})
+    return PersonaSpec(
+        name=row["name"], system_prompt=row["system_prompt"], tip_personality=row["tip_personality"] or None,
+        gender=meta.get("gender"), timezone=meta.get("timezone"), age=meta.get("age"), mbti=meta.get("mbti"),
+        backstory=meta.get("backstory"), speech_style=meta.get("speech_style"),
+        quirks=tuple(meta.get("quirks", ())), topics=tuple(meta.get("topics", ())), appearance=meta.get("appearance"),
+        first_mes=meta.get("first_mes"), mes_example=meta.get("mes_example"),
+        creator_notes=meta.get("creator_notes"), extensions=meta.get("extensions") or {}, card=row["card"],
+    )
 
 
 def load_persona_dir(folder: Path) -> list[PersonaSpec]:

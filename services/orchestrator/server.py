@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 
 from rapport.affinity.v1 import affinity_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2 as pb
@@ -23,10 +23,13 @@ from services.servicekit.grpc_errors import (
     trailing_details,
 )
 from services.servicekit.grpc_runtime import call_timeout
-from services.servicekit.llm import LlmClient, llm_endpoint_from_env
+from services.servicekit.llm import OFFLINE_MODEL_ID, LlmClient, LlmEndpoint, llm_endpoint_from_env
+from services.servicekit.model_config import ModelConfig
+from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 from services.servicekit.service import ServiceContext, ServiceParts
 
 from . import frames, store
+from .domain.turn_request import AFFINITY_SCOPES, TurnRequest, TurnRequestError, validate_turn_request
 from .live_turns import LiveTurns, TooManyTurns
 from .outbox import OutboxWorker
 from .peers import Peers
@@ -34,20 +37,35 @@ from .turn import TurnEngine, TurnInput
 
 log = logging.getLogger("rapport.orchestrator")
 
-CLIENT_MSG_ID = re.compile(r"^[\x21-\x7e]{26,36}$")
-MAX_CONTENT = 4096
+def validate_send(request: pb.SendMessageRequest, config: ModelConfig) -> TurnRequest:
+    """Every field checked before anything is persisted (INVALID_ARGUMENT naming the field)."""
+    scope: str | list[str] | None = None
+    if len(request.affinity_scope) == 1 and request.affinity_scope[0] in AFFINITY_SCOPES:
+        scope = request.affinity_scope[0]
+    elif request.affinity_scope:
+        scope = list(request.affinity_scope)
+    audit = None
+    if request.HasField("audit"):
+        audit = {"user": request.audit.user or None, "session_id": request.audit.session_id or None,
+                 "metadata": MessageToDict(request.audit.metadata) if request.audit.HasField("metadata") else None}
+    try:
+        return validate_turn_request(
+            content=request.content, client_msg_id=request.client_msg_id, known_tiers=config.tier_names(),
+            tier=request.tier or None, prompt_traits=list(request.prompt_traits), memory_scope=request.memory_scope,
+            affinity_scope=scope, audit=audit)
+    except TurnRequestError as error:
+        raise InvalidArgument(str(error), field=error.field, user_message=str(error)) from None
 
 
-def validate_send(request: pb.SendMessageRequest) -> None:
-    """Reject bad fields before anything is persisted."""
-    if not request.content.strip():
-        raise InvalidArgument("content must not be empty", field="content")
-    if len(request.content) > MAX_CONTENT:
-        raise InvalidArgument(f"content must be at most {MAX_CONTENT} characters", field="content",
-                              user_message="That message is too long.")
-    if not CLIENT_MSG_ID.match(request.client_msg_id):
-        raise InvalidArgument("client_msg_id must be 26–36 printable characters without spaces",
-                              field="client_msg_id")
+def sampling_overrides(request: pb.SendMessageRequest) -> dict[str, Any]:
+    if not request.HasField("sampling"):
+        return {}
+    s = request.sampling
+    params: dict[str, Any] = {name: getattr(s, name) for name in ("temperature", "max_tokens", "top_p",
+                              "presence_penalty", "frequency_penalty") if s.HasField(name)}
+    if s.stop:
+        params["stop"] = list(s.stop)
+    return params
 
 
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
@@ -140,9 +158,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def SendMessage(self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
                           ) -> AsyncIterator[pb.SendMessageResponse]:
         try:
-            validate_send(request)
+            turn_request = validate_send(request, self.engine.model_config)
             session = await self._owned_session(request.user_id, request.session_id)
-            log_ = await self._start_or_attach(session, request)
+            log_ = await self._start_or_attach(session, request, turn_request)
         except ServiceError as error:
             context.set_trailing_metadata(trailing_details(error))
             await context.abort(error.code, error.message)
@@ -150,8 +168,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         async for frame in log_:
             yield frames.to_proto(frame)
 
-    async def _start_or_attach(self, session: store.SessionRow, request: pb.SendMessageRequest
-                               ) -> AsyncIterator[dict[str, Any]]:
+    async def _start_or_attach(self, session: store.SessionRow, request: pb.SendMessageRequest,
+                               turn_request: TurnRequest) -> AsyncIterator[dict[str, Any]]:
         """Idempotency on client_msg_id: replay a finished turn, attach to a live one, or start a new one."""
         existing = await store.find_turn(self.pool, session.id, request.client_msg_id)
         if existing is not None and existing["status"] == "done":
@@ -169,7 +187,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         try:
             turn_id, message_id, created = await store.begin_turn(
                 self.pool, session_id=session.id, user_id=session.user_id, client_msg_id=request.client_msg_id,
-                content=request.content)
+                content=turn_request.content)
             if not created:
                 existing = await store.find_turn(self.pool, session.id, request.client_msg_id)
                 assert existing is not None
@@ -187,8 +205,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         except BaseException:
             self.live.release(user_key)
             raise
-        turn = TurnInput(turn_id=turn_id, user_message_id=message_id, session=session, content=request.content,
-                         client_msg_id=request.client_msg_id, request=request)
+        turn = TurnInput(turn_id=turn_id, user_message_id=message_id, session=session, request=turn_request,
+                         sampling=sampling_overrides(request))
 
         async def work(frame_log: Any) -> None:
             try:
@@ -206,6 +224,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         reply = await self.peers.affinity.ApplyGift(affinity_pb2.ApplyGiftRequest(
             user_id=str(session.user_id), session_id=str(session.id), deltas=dict(request.deltas),
             label=request.label, metadata=request.metadata), timeout=call_timeout(5.0))
+        await store.record_gift_message(self.pool, session, request.label or "gift", dict(reply.applied_deltas))
         return pb.ApplyGiftResponse(applied_deltas=dict(reply.applied_deltas), affinity=reply.state)
 
     @maps_errors
@@ -214,6 +233,42 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         reply = await self.peers.affinity.ListGifts(affinity_pb2.ListGiftsRequest(
             user_id=str(session.user_id), session_id=str(session.id)), timeout=call_timeout(5.0))
         return pb.ListGiftsResponse(gifts=list(reply.gifts))
+
+
+    @maps_errors
+    async def ExplainMessage(self, request: pb.ExplainMessageRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.ExplainMessageResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        row = await store.turn_for_message(self.pool, session.id, request.message_id)
+        if row is None:
+            raise NotFound("no turn produced this message in this session")
+        explanation = {"turn_id": row["id"], "status": row["status"], "client_msg_id": row["client_msg_id"],
+                       "user_message_id": row["user_message_id"], "started_at": row["started_at"].isoformat(),
+                       "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
+                       **(row["explain"] or {})}
+        response = pb.ExplainMessageResponse()
+        response.explanation.update(explanation)
+        return response
+
+    @maps_errors
+    async def ExportUserData(self, request: pb.ExportUserDataRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.ExportUserDataResponse:
+        from .user_data import export_user_data
+
+        data = await export_user_data(self.pool, self.peers, parse_uuid(request.user_id, "user_id"))
+        response = pb.ExportUserDataResponse()
+        response.data.update(data)
+        return response
+
+    @maps_errors
+    async def DeleteUserData(self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.DeleteUserDataResponse:
+        from .user_data import delete_user_data
+
+        deleted = await delete_user_data(self.pool, self.peers, parse_uuid(request.user_id, "user_id"))
+        response = pb.DeleteUserDataResponse()
+        response.deleted.update(deleted)
+        return response
 
 
 def _in_progress(message_id: str) -> Aborted:
@@ -237,23 +292,27 @@ def persona_message(row: Any) -> pb.Persona:
 
 async def build(ctx: ServiceContext) -> ServiceParts:
     env = ctx.env
+    model_config = load_model_config_from_env(env)
     peers = Peers.connect(env)
     endpoint = llm_endpoint_from_env(env)
     offline_server = None
     if endpoint is None:
         from services.offline_llm.server import build_llm_app, serve_llm
-        from services.servicekit.llm import OFFLINE_MODEL_ID, LlmEndpoint
 
         offline_server = await serve_llm(build_llm_app("offline"), host="127.0.0.1", port=0)
         endpoint = LlmEndpoint(base_url=offline_server.base_url, api_key="offline", offline=True,
                                default_model=OFFLINE_MODEL_ID)
-    llm = LlmClient(endpoint, timeout=env.float("LLM_TIMEOUT_SECS", 60.0, 1.0, 600.0))
-    outbox = OutboxWorker(ctx.pool, peers)
+    llm = LlmClient(endpoint, timeout=env.float("LLM_TIMEOUT_SECS", 60.0, 0.1, 600.0))
+    outbox = OutboxWorker(ctx.pool, peers, max_attempts=env.int("POST_PROCESS_MAX_ATTEMPTS", 10, 1, 100))
     recovered = await store.fail_abandoned_turns(ctx.pool)
     if recovered:
         log.warning("%d turns were interrupted by a previous stop; marked failed (a retry regenerates them)", recovered)
-    engine = TurnEngine(pool=ctx.pool, peers=peers, llm=llm, outbox=outbox, chat_models=(endpoint.default_model,),
-                        generation_timeout=env.float("CHAT_GEN_TIMEOUT_SECS", 300.0, 1.0, 3600.0))
+    hidden = frozenset(k.strip() for k in (env.str("OPENROUTER_USAGE_HIDDEN_KEYS") or "").split(",") if k.strip())
+    engine = TurnEngine(
+        pool=ctx.pool, peers=peers, llm=llm, outbox=outbox, model_config=model_config,
+        offline_model=endpoint.default_model if endpoint.offline else None, default_model=endpoint.default_model,
+        judge=None if endpoint.offline else llm_for_task(env, "pde_decision", model_config, client=llm),
+        generation_timeout=env.float("CHAT_GEN_TIMEOUT_SECS", 300.0, 0.1, 3600.0), hidden_usage_keys=hidden)
     live = LiveTurns(max_per_user=env.int("MAX_TURNS_PER_USER", 3, 1, 100))
     servicer = OrchestratorServicer(ctx, peers, engine, live)
 
@@ -270,5 +329,3 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         background=[outbox.run],
         on_stop=[stop],
     )
-
-

@@ -215,3 +215,48 @@ async def fail_abandoned_turns(pool: asyncpg.Pool) -> int:
                    'user_message', 'The reply was interrupted. Please send your message again.'))
            WHERE status = 'running'""")
     return int(result.split()[-1])
+
+
+async def record_gift_message(pool: asyncpg.Pool, session: SessionRow, label: str, applied: dict[str, float]) -> str:
+    """A gift shows in the session's history as an event message."""
+    message_id = new_message_id()
+    await pool.execute(
+        """INSERT INTO chat.messages (id, session_id, user_id, role, kind, content, usage)
+           VALUES ($1, $2, $3, 'event', 'gift', $4, $5)""",
+        message_id, session.id, session.user_id, label, {"applied_deltas": applied})
+    await pool.execute("UPDATE chat.sessions SET last_active_at = now() WHERE id = $1", session.id)
+    return message_id
+
+
+async def turn_for_message(pool: asyncpg.Pool, session_id: uuid.UUID, message_id: str) -> asyncpg.Record | None:
+    """The turn that produced (or was started by) a message of this session."""
+    return await pool.fetchrow(
+        """SELECT t.* FROM chat.turns t
+           WHERE t.session_id = $1 AND (t.user_message_id = $2 OR t.id = (
+               SELECT m.turn_id FROM chat.messages m WHERE m.id = $2 AND m.session_id = $1))""",
+        session_id, message_id)
+
+
+async def export_chat(pool: asyncpg.Pool, user_id: uuid.UUID) -> dict[str, Any]:
+    sessions = await pool.fetch(
+        """SELECT s.id, p.name AS persona_name, s.started_at, s.last_active_at, s.is_demo, s.usage, s.cost
+           FROM chat.sessions s JOIN chat.persona_instances i ON i.id = s.instance_id
+           JOIN chat.personas p ON p.id = i.persona_id WHERE s.user_id = $1 ORDER BY s.started_at""", user_id)
+    messages = await pool.fetch(
+        "SELECT id, session_id, role, kind, content, sent_at, model FROM chat.messages WHERE user_id = $1 ORDER BY id",
+        user_id)
+    return {
+        "sessions": [{"session_id": str(r["id"]), "persona_name": r["persona_name"],
+                      "started_at": r["started_at"].isoformat(), "last_active_at": r["last_active_at"].isoformat(),
+                      "is_demo": r["is_demo"], "usage": r["usage"], "cost": r["cost"]} for r in sessions],
+        "messages": [{"id": r["id"], "session_id": str(r["session_id"]), "role": r["role"], "kind": r["kind"],
+                      "content": r["content"], "sent_at": r["sent_at"].isoformat(), "model": r["model"]}
+                     for r in messages],
+    }
+
+
+async def delete_chat(pool: asyncpg.Pool, user_id: uuid.UUID) -> int:
+    async with pool.acquire() as conn, conn.transaction():
+        result = await conn.execute("DELETE FROM chat.persona_instances WHERE user_id = $1", user_id)
+        await conn.execute("DELETE FROM chat.sessions WHERE user_id = $1", user_id)
+    return int(result.split()[-1])
