@@ -49,7 +49,8 @@ async def harness(database_url: str, tmp_path: Path, spans) -> AsyncIterator[Har
     config = tmp_path / "model_config.toml"
     config.write_text(MODEL_CONFIG)
     env = {"LLM_BASE_URL": llm.base_url, "LLM_API_KEY": "sk-test", "MODEL_CONFIG_PATH": str(config),
-           "LLM_TIMEOUT_SECS": "1.5", "OPENROUTER_USAGE_HIDDEN_KEYS": "completion_tokens"}
+           "LLM_TIMEOUT_SECS": "1.5", "OPENROUTER_USAGE_HIDDEN_KEYS": "completion_tokens",
+           "OPENROUTER_APP_URL": "https://rapport.example", "OPENROUTER_APP_TITLE": "Rapport tests"}
     stack = await start_stack(database_url, per_service_env={"orchestrator": env})
     try:
         yield Harness(stack, script)
@@ -197,6 +198,8 @@ async def test_tier_traits_scopes_audit_and_hidden_usage_keys(harness: Harness) 
     assert request.params["user"] == "end-user-42" and request.params["metadata"] == {"ab": "b"}
     assert request.params["session_id"] == "app-session-9"
     assert request.params["temperature"] == 0.85 and request.params["max_tokens"] <= 400
+    assert request.headers["http-referer"] == "https://rapport.example"
+    assert request.headers["x-openrouter-title"] == "Rapport tests"
     done = [f for f in frames if f["type"] == "done"][-1]
     assert "completion_tokens" not in done["usage"] and "prompt_tokens" in done["usage"]
 
