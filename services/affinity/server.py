@@ -1,101 +1,411 @@
-"""Affinity gRPC server (foundation cut: vector rows, idempotent turn events, ghost bookkeeping).
+"""Affinity gRPC server: validates requests, runs the pure domain on the stored state, maps errors.
 
-The complete domain (EMA, evaluators, decay, ghost rules) lands with the affinity issue.
+Spec: /work/shared/spec/affinity.md. Every write goes through `store.write_locked` (row lock, lazy
+decay materialised, one event row, NOTIFY for watchers); reads decay the vector to now.
 """
 from __future__ import annotations
 
-import grpc
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import asyncpg
+import grpc
+import openai
+from google.protobuf import json_format
 from rapport.affinity.v1 import affinity_pb2 as pb
 from rapport.affinity.v1 import affinity_pb2_grpc as pb_grpc
-from services.servicekit.grpc_errors import NotFound, PermissionDenied, maps_errors, parse_uuid
+
+from services.affinity import store
+from services.affinity.domain import (
+    AXES,
+    AffinityScopeError,
+    AffinityVector,
+    GhostPolicy,
+    apply_delta,
+    bond,
+    chemistry,
+    combine_deltas,
+    decide_ghost,
+    feelings_lines,
+    judge_ghost_allowed,
+    length_guidance,
+    parse_affinity_scope,
+    prompt_lines,
+    record_ghost,
+    relationship_label,
+    reset_streak,
+    rule_deltas,
+)
+from services.affinity.evaluator import (
+    Evaluation,
+    OfflineEvaluator,
+    build_evaluation_messages,
+    parse_evaluation,
+    should_skip,
+)
+from services.affinity.watch import AffinityChanges, Resync
+from services.servicekit.config import Env
+from services.servicekit.grpc_errors import (
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    maps_errors,
+    parse_uuid,
+    trailing_details,
+)
 from services.servicekit.service import ServiceContext, ServiceParts
+from services.servicekit.tasks import TaskLlm, llm_for_task
 
-START = {"warmth": 0.3, "trust": 0.2, "intimacy": 0.0, "intrigue": 0.5, "patience": 0.5, "tension": 0.1}
-AXES = tuple(START)
+log = logging.getLogger("rapport.affinity")
+
+EMOTIONAL_CONTEXT_EVENTS = 3
+MAX_TURN_ID_CHARS = 200
+MAX_GIFT_LABEL_CHARS = 200
+DEFAULT_EVENTS_LIMIT = 50
+MAX_EVENTS_LIMIT = 10_000
+MAX_GIFTS_LISTED = 500
+WATCH_READY_SECONDS = 5.0
+
+EVENT_KINDS: dict[str, pb.EventKind.ValueType] = {
+    "message": pb.EVENT_KIND_MESSAGE, "ghost": pb.EVENT_KIND_GHOST, "gift": pb.EVENT_KIND_GIFT,
+    "reply": pb.EVENT_KIND_REPLY,
+}
 
 
-def _state(row) -> pb.AffinityState:  # type: ignore[no-untyped-def]
-    state = pb.AffinityState(
-        session_id=str(row["session_id"]),
-        vector=pb.AffinityVector(**{axis: row[axis] for axis in AXES}),
-        ghost_streak=row["ghost_streak"], total_ghosts=row["total_ghosts"], is_demo=row["is_demo"],
-        label="stranger",
-    )
-    state.updated_at.FromDatetime(row["updated_at"])
-    if row["last_ghost_at"]:
-        state.last_ghost_at.FromDatetime(row["last_ghost_at"])
-    return state
+@dataclass(frozen=True)
+class AffinitySettings:
+    """EMA_INERTIA, DEMO_EMA_INERTIA (each in [0, 1]), GHOST_MAX_STREAK, GHOST_RAISED_WINDOW_HOURS."""
+
+    inertia: float = 0.8
+    demo_inertia: float = 0.3
+    ghost_max_streak: int = 1
+    ghost_raised_window: timedelta = timedelta(hours=24)
+
+    @classmethod
+    def from_env(cls, env: Env) -> AffinitySettings:
+        """Read and validate; a bad value raises ConfigError naming the variable."""
+        return cls(
+            inertia=env.float("EMA_INERTIA", 0.8, 0.0, 1.0),
+            demo_inertia=env.float("DEMO_EMA_INERTIA", 0.3, 0.0, 1.0),
+            ghost_max_streak=env.int("GHOST_MAX_STREAK", 1, 0, 1000),
+            ghost_raised_window=timedelta(hours=env.float("GHOST_RAISED_WINDOW_HOURS", 24.0, 0.0, 24.0 * 365)),
+        )
+
+    def ghost_policy(self, enabled: bool) -> GhostPolicy:
+        return GhostPolicy(max_streak=self.ghost_max_streak, raised_window=self.ghost_raised_window, enabled=enabled)
+
+
+class LlmEvaluator:
+    """The evaluator of task `affinity_evaluation`: prompt → strict JSON; anything unusable (an
+    unparsable answer or a failed call) → zero evaluator deltas with the error recorded."""
+
+    def __init__(self, llm: TaskLlm) -> None:
+        self.llm = llm
+
+    async def evaluate(self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str
+                       ) -> Evaluation:
+        source = f"llm:{self.llm.models[0]}"
+        skip = should_skip(user_text, reply_text)
+        if skip is not None:
+            return Evaluation.zero(source, f"Not evaluated: {skip}.", skip_reason=skip)
+        messages = build_evaluation_messages(persona_name, vector, user_text, reply_text)
+        try:
+            text, _usage, model = await self.llm.complete(messages, json_mode=True)
+        except (openai.APIError, TimeoutError) as error:
+            log.warning("affinity evaluator call failed: %s", error)
+            return Evaluation.zero(source, "Evaluator unavailable; no evaluator deltas applied.",
+                                   error=f"{type(error).__name__}: {error}")
+        return parse_evaluation(text, f"llm:{model}")
+
+
+# --- proto mapping -------------------------------------------------------------------------------
+
+
+def _vector_message(vector: AffinityVector | Mapping[str, float]) -> pb.AffinityVector:
+    values = vector.as_dict() if isinstance(vector, AffinityVector) else vector
+    return pb.AffinityVector(**{axis: float(values.get(axis, 0.0)) for axis in AXES})
+
+
+def state_message(state: store.SessionAffinity) -> pb.AffinityState:
+    """The state as of its read time: the decayed vector, composites, label and bookkeeping."""
+    vector = state.current()
+    message = pb.AffinityState(
+        session_id=str(state.session_id), vector=_vector_message(vector), bond=bond(vector),
+        chemistry=chemistry(vector), label=relationship_label(vector), ghost_streak=state.book.ghost_streak,
+        total_ghosts=state.book.total_ghosts, is_demo=state.is_demo, version=state.version)
+    message.updated_at.FromDatetime(state.updated_at)
+    if state.book.last_ghost_at is not None:
+        message.last_ghost_at.FromDatetime(state.book.last_ghost_at)
+    return message
+
+
+def event_message(row: asyncpg.Record) -> pb.AffinityEvent:
+    event = pb.AffinityEvent(
+        event_id=str(row["id"]), kind=EVENT_KINDS[row["kind"]], turn_id=row["turn_id"] or "",
+        deltas=row["deltas"], effective_deltas=row["effective_deltas"], reason=row["reason"],
+        before=_vector_message(row["state_before"]), after=_vector_message(row["state_after"]),
+        skipped=row["skipped"], evaluator=row["evaluator"], evaluator_error=row["evaluator_error"] or "",
+        label=row["label"] or "", rule_deltas=row["rule_deltas"], evaluator_deltas=row["evaluator_deltas"])
+    event.metadata.update(row["metadata"])
+    event.created_at.FromDatetime(row["created_at"])
+    return event
+
+
+def gift_message(row: asyncpg.Record) -> pb.GiftEvent:
+    gift = pb.GiftEvent(event_id=str(row["id"]), label=row["label"] or "", deltas=row["deltas"],
+                        applied_deltas=row["effective_deltas"])
+    gift.metadata.update(row["metadata"])
+    gift.created_at.FromDatetime(row["created_at"])
+    return gift
+
+
+# --- request validation --------------------------------------------------------------------------
+
+
+def _owner_and_session(request: Any) -> tuple[uuid.UUID, uuid.UUID]:
+    return parse_uuid(request.user_id, "user_id"), parse_uuid(request.session_id, "session_id")
+
+
+def _turn_id(value: str) -> str:
+    turn_id = value.strip()
+    if not turn_id or len(turn_id) > MAX_TURN_ID_CHARS:
+        raise InvalidArgument(f"turn_id is required (1..{MAX_TURN_ID_CHARS} characters)", field="turn_id")
+    return turn_id
+
+
+def _scope(values: list[str]) -> frozenset[str]:
+    try:
+        return parse_affinity_scope(values)
+    except AffinityScopeError as error:
+        raise InvalidArgument(str(error), field="affinity_scope") from None
+
+
+def gift_deltas(deltas: Mapping[str, float]) -> dict[str, float]:
+    """A gift's deltas: at least one, known axes only, each a number in [−1, 1]."""
+    if not deltas:
+        raise InvalidArgument("deltas must name at least one axis", field="deltas")
+    for axis, value in deltas.items():
+        if axis not in AXES:
+            raise InvalidArgument(f"unknown axis {axis!r} in deltas; allowed: {', '.join(AXES)}",
+                                  field=f"deltas.{axis}")
+        if not (math.isfinite(value) and -1.0 <= value <= 1.0):
+            raise InvalidArgument(f"deltas.{axis} must be within [-1, 1], got {value!r}", field=f"deltas.{axis}")
+    return dict(deltas)
+
+
+def _timestamp(request: Any, name: str) -> datetime | None:
+    return getattr(request, name).ToDatetime(tzinfo=UTC) if request.HasField(name) else None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    context.set_trailing_metadata(trailing_details(error))
+    await context.abort(error.code, error.message)
+
+
+# --- the servicer --------------------------------------------------------------------------------
 
 
 class AffinityServicer(pb_grpc.AffinityServiceServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.pool = ctx.pool
+    def __init__(self, pool: asyncpg.Pool, settings: AffinitySettings, changes: AffinityChanges,
+                 llm_evaluator: LlmEvaluator | None) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.changes = changes
+        self.llm_evaluator = llm_evaluator
+        self.offline_evaluator = OfflineEvaluator()
 
-    async def _owned_row(self, user_id: str, session_id: str):  # type: ignore[no-untyped-def]
-        row = await self.pool.fetchrow("SELECT * FROM affinity.vectors WHERE session_id = $1",
-                                       parse_uuid(session_id, "session_id"))
-        if row is None:
-            raise NotFound("no affinity state for this session")
-        if str(row["user_id"]) != str(parse_uuid(user_id, "user_id")):
-            raise PermissionDenied("session belongs to another user")
-        return row
+    async def _evaluate(self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str
+                        ) -> Evaluation:
+        if self.llm_evaluator is not None:
+            return await self.llm_evaluator.evaluate(persona_name, vector, user_text, reply_text)
+        return self.offline_evaluator.evaluate(persona_name, vector, user_text, reply_text)
 
     @maps_errors
-    async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext) -> pb.OpenSessionResponse:
-        row = await self.pool.fetchrow(
-            f"""INSERT INTO affinity.vectors (session_id, user_id, instance_id, is_demo, {", ".join(AXES)})
-                VALUES ($1, $2, $3, $4, {", ".join(f"${i}" for i in range(5, 11))})
-                ON CONFLICT (session_id) DO UPDATE SET session_id = EXCLUDED.session_id RETURNING *""",
-            parse_uuid(request.session_id, "session_id"), parse_uuid(request.user_id, "user_id"),
-            parse_uuid(request.instance_id, "instance_id"), request.is_demo, *START.values(),
-        )
-        return pb.OpenSessionResponse(state=_state(row), continued=False)
+    async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.OpenSessionResponse:
+        user_id, session_id = _owner_and_session(request)
+        state, continued = await store.open_session(
+            self.pool, session_id=session_id, user_id=user_id,
+            instance_id=parse_uuid(request.instance_id, "instance_id"), is_demo=request.is_demo,
+            reset_affinity=request.reset_affinity)
+        return pb.OpenSessionResponse(state=state_message(state), continued=continued)
 
     @maps_errors
     async def GetState(self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext) -> pb.GetStateResponse:
-        row = await self._owned_row(request.user_id, request.session_id)
-        return pb.GetStateResponse(state=_state(row))
-
-    @maps_errors
-    async def DecideGhost(self, request: pb.DecideGhostRequest, context: grpc.aio.ServicerContext) -> pb.DecideGhostResponse:
-        row = await self._owned_row(request.user_id, request.session_id)
-        return pb.DecideGhostResponse(ghost=False, rule="too_few_messages", reason="foundation: never ghosts",
-                                      state=_state(row))
-
-    @maps_errors
-    async def RecordReply(self, request: pb.RecordReplyRequest, context: grpc.aio.ServicerContext) -> pb.RecordReplyResponse:
-        await self._owned_row(request.user_id, request.session_id)
-        row = await self.pool.fetchrow(
-            "UPDATE affinity.vectors SET ghost_streak = 0 WHERE session_id = $1 RETURNING *",
-            parse_uuid(request.session_id, "session_id"))
-        return pb.RecordReplyResponse(state=_state(row))
+        user_id, session_id = _owner_and_session(request)
+        scope = _scope(list(request.affinity_scope))
+        state = await store.read_owned(self.pool, session_id, user_id)
+        vector = state.current()
+        return pb.GetStateResponse(
+            state=state_message(state), mood_lines=prompt_lines(vector, scope),
+            feelings_lines=feelings_lines(vector, scope), length_guidance=length_guidance(vector, scope),
+            emotional_context=await store.recent_reasons(self.pool, session_id, EMOTIONAL_CONTEXT_EVENTS),
+            scope_axes=[axis for axis in AXES if axis in scope])
 
     @maps_errors
     async def ApplyTurn(self, request: pb.ApplyTurnRequest, context: grpc.aio.ServicerContext) -> pb.ApplyTurnResponse:
-        session_id = parse_uuid(request.session_id, "session_id")
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT * FROM affinity.vectors WHERE session_id = $1 FOR UPDATE", session_id)
-            if row is None:
-                raise NotFound("no affinity state for this session")
-            snapshot = {axis: row[axis] for axis in AXES}
-            inserted = await conn.fetchval(
-                """INSERT INTO affinity.events (session_id, user_id, kind, turn_id, reason, skipped, state_before, state_after)
-                   VALUES ($1, $2, 'message', $3, 'foundation: no evaluator yet', true, $4, $4)
-                   ON CONFLICT (session_id, kind, turn_id) WHERE turn_id IS NOT NULL DO NOTHING RETURNING id""",
-                session_id, row["user_id"], request.turn_id, snapshot)
-        return pb.ApplyTurnResponse(state=_state(row), applied=inserted is not None)
+        user_id, session_id = _owner_and_session(request)
+        turn_id = _turn_id(request.turn_id)
+        state = await store.read_owned(self.pool, session_id, user_id)
+        if await store.has_event(self.pool, session_id, "message", turn_id):  # skip the evaluator on a retry
+            return pb.ApplyTurnResponse(state=state_message(state), applied=False, reason="turn already applied")
+        message_at = _timestamp(request, "user_message_at") or state.read_at
+        rules = rule_deltas(request.user_text, _timestamp(request, "previous_user_message_at"), message_at)
+        evaluation = await self._evaluate(request.persona_name or "the persona", state.current(),
+                                          request.user_text, request.reply_text)
+        deltas = combine_deltas(rules, evaluation.deltas)
+        event = store.EventDraft(
+            kind="message", turn_id=turn_id, deltas=deltas, reason=evaluation.reason, skipped=evaluation.skipped,
+            rule_deltas=rules, evaluator_deltas=evaluation.deltas, evaluator=evaluation.source,
+            evaluator_error=evaluation.error)
+
+        def apply_turn(locked: store.SessionAffinity) -> store.Change:
+            inertia = self.settings.demo_inertia if locked.is_demo else self.settings.inertia
+            return store.Change(apply_delta(locked.current(), deltas, inertia), locked.book, event)
+
+        outcome = await store.write_locked(self.pool, session_id, user_id, apply_turn,
+                                           idempotency=("message", turn_id))
+        return pb.ApplyTurnResponse(
+            state=state_message(outcome.state), applied=outcome.applied,
+            reason=evaluation.reason if outcome.applied else "turn already applied",
+            event_id=str(outcome.event_id or ""))
 
     @maps_errors
-    async def DeleteUserData(self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext) -> pb.DeleteUserDataResponse:
-        result = await self.pool.execute("DELETE FROM affinity.vectors WHERE user_id = $1",
-                                         parse_uuid(request.user_id, "user_id"))
-        return pb.DeleteUserDataResponse(deleted=int(result.split()[-1]))
+    async def DecideGhost(self, request: pb.DecideGhostRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.DecideGhostResponse:
+        user_id, session_id = _owner_and_session(request)
+        if request.user_message_count < 0:
+            raise InvalidArgument("user_message_count must be ≥ 0", field="user_message_count")
+        state = await store.read_owned(self.pool, session_id, user_id)
+        policy = self.settings.ghost_policy(request.ghosting_enabled)
+        decision = decide_ghost(state.current(), state.book, request.user_message_count, state.read_at, policy)
+        return pb.DecideGhostResponse(
+            ghost=decision.ghost, score=decision.score, threshold=decision.threshold, rule=decision.rule,
+            reason=decision.reason, state=state_message(state),
+            judge_ghost_allowed=judge_ghost_allowed(state.book, request.user_message_count, state.read_at, policy))
+
+    @maps_errors
+    async def RecordGhost(self, request: pb.RecordGhostRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.RecordGhostResponse:
+        user_id, session_id = _owner_and_session(request)
+        turn_id = _turn_id(request.turn_id)
+
+        def ghost(locked: store.SessionAffinity) -> store.Change:
+            event = store.EventDraft(kind="ghost", turn_id=turn_id, reason="You left their message unanswered.")
+            return store.Change(locked.current(), record_ghost(locked.book, locked.read_at), event)
+
+        outcome = await store.write_locked(self.pool, session_id, user_id, ghost, idempotency=("ghost", turn_id))
+        return pb.RecordGhostResponse(state=state_message(outcome.state), applied=outcome.applied,
+                                      event_id=str(outcome.event_id or ""))
+
+    @maps_errors
+    async def RecordReply(self, request: pb.RecordReplyRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.RecordReplyResponse:
+        user_id, session_id = _owner_and_session(request)
+
+        def reply(locked: store.SessionAffinity) -> store.Change | None:
+            if locked.book.ghost_streak == 0:
+                return None  # nothing to reset: no write
+            return store.Change(locked.current(), reset_streak(locked.book), kind="reply")
+
+        outcome = await store.write_locked(self.pool, session_id, user_id, reply)
+        return pb.RecordReplyResponse(state=state_message(outcome.state))
+
+    @maps_errors
+    async def ApplyGift(self, request: pb.ApplyGiftRequest, context: grpc.aio.ServicerContext) -> pb.ApplyGiftResponse:
+        user_id, session_id = _owner_and_session(request)
+        deltas = gift_deltas(request.deltas)
+        label = request.label.strip()
+        if len(label) > MAX_GIFT_LABEL_CHARS:
+            raise InvalidArgument(f"label must be at most {MAX_GIFT_LABEL_CHARS} characters", field="label")
+        metadata = json_format.MessageToDict(request.metadata) if request.HasField("metadata") else {}
+        reason = f"They gave you a gift: {label}." if label else "They gave you a gift."
+        event = store.EventDraft(kind="gift", deltas=deltas, reason=reason, label=label or None, metadata=metadata)
+
+        def gift(locked: store.SessionAffinity) -> store.Change:
+            return store.Change(apply_delta(locked.current(), deltas, self.settings.inertia), locked.book, event)
+
+        outcome = await store.write_locked(self.pool, session_id, user_id, gift)
+        return pb.ApplyGiftResponse(applied_deltas=outcome.effective_deltas(deltas),
+                                    state=state_message(outcome.state), event_id=str(outcome.event_id))
+
+    @maps_errors
+    async def ListGifts(self, request: pb.ListGiftsRequest, context: grpc.aio.ServicerContext) -> pb.ListGiftsResponse:
+        user_id, session_id = _owner_and_session(request)
+        await store.read_owned(self.pool, session_id, user_id)
+        rows = await store.list_events(self.pool, session_id, limit=MAX_GIFTS_LISTED, kind="gift", oldest_first=True)
+        return pb.ListGiftsResponse(gifts=[gift_message(row) for row in rows])
+
+    @maps_errors
+    async def ListEvents(self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ListEventsResponse:
+        user_id, session_id = _owner_and_session(request)
+        limit = request.limit or DEFAULT_EVENTS_LIMIT
+        if not 1 <= limit <= MAX_EVENTS_LIMIT:
+            raise InvalidArgument(f"limit must be in 1..{MAX_EVENTS_LIMIT}", field="limit")
+        await store.read_owned(self.pool, session_id, user_id)
+        rows = await store.list_events(self.pool, session_id, limit=limit)
+        return pb.ListEventsResponse(events=[event_message(row) for row in rows])
+
+    async def WatchAffinity(self, request: pb.WatchAffinityRequest, context: grpc.aio.ServicerContext
+                            ) -> AsyncIterator[pb.WatchAffinityResponse]:
+        """The current state first, then every committed change of the session (any replica's),
+        until the client hangs up or the session is deleted."""
+        try:
+            user_id, session_id = _owner_and_session(request)
+            await store.read_owned(self.pool, session_id, user_id)
+        except ServiceError as error:
+            await _abort(context, error)
+            return
+        with self.changes.subscribe(session_id) as queue:
+            if not await self.changes.wait_listening(WATCH_READY_SECONDS):
+                await _abort(context, Unavailable("affinity change feed is not connected yet"))
+                return
+            current = await store.read_owned(self.pool, session_id, user_id)  # after subscribing: no gap
+            seen = current.version
+            yield pb.WatchAffinityResponse(state=state_message(current))
+            while True:
+                item = await queue.get()
+                if isinstance(item, Resync):
+                    try:
+                        current = await store.read_owned(self.pool, session_id, user_id)
+                    except NotFound:
+                        return
+                    if current.version > seen:
+                        seen = current.version
+                        yield pb.WatchAffinityResponse(state=state_message(current))
+                    continue
+                if item.state is None:
+                    return  # the session's data was deleted
+                if item.state.version <= seen:
+                    continue  # already reflected in what this subscriber was sent
+                seen = item.state.version
+                yield pb.WatchAffinityResponse(state=state_message(item.state), kind=EVENT_KINDS.get(item.kind, 0),
+                                               event_id=item.event_id)
+
+    @maps_errors
+    async def DeleteUserData(self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.DeleteUserDataResponse:
+        user_id = parse_uuid(request.user_id, "user_id")
+        instance_id = parse_uuid(request.instance_id, "instance_id") if request.instance_id else None
+        return pb.DeleteUserDataResponse(deleted=await store.delete_user_data(self.pool, user_id, instance_id))
 
 
 async def build(ctx: ServiceContext) -> ServiceParts:
-    servicer = AffinityServicer(ctx)
+    settings = AffinitySettings.from_env(ctx.env)
+    llm = llm_for_task(ctx.env, "affinity_evaluation")
+    changes = AffinityChanges(ctx.settings.database_url)
+    servicer = AffinityServicer(ctx.pool, settings, changes, LlmEvaluator(llm) if llm is not None else None)
+    on_stop = [llm.client.close] if llm is not None else []
     return ServiceParts(
         register=[lambda server: pb_grpc.add_AffinityServiceServicer_to_server(servicer, server)],
         service_names=[pb.DESCRIPTOR.services_by_name["AffinityService"].full_name],
+        background=[changes.listen],
+        on_stop=on_stop,
     )

@@ -412,7 +412,8 @@ class TurnEngine:
         common = {"turn_id": turn.turn_id, "user_id": str(s.user_id), "session_id": str(s.id)}
         affinity = affinity_pb2.ApplyTurnRequest(**common, persona_name=s.persona_name, user_text=content,
                                                  reply_text=reply["content"])
-        affinity.user_message_at.FromDatetime(now)
+        sent_at = await self.pool.fetchval("SELECT sent_at FROM chat.messages WHERE id = $1", turn.user_message_id)
+        affinity.user_message_at.FromDatetime(sent_at or now)
         previous = await store.previous_user_message_at(self.pool, s.id, turn.user_message_id)
         if previous is not None:
             affinity.previous_user_message_at.FromDatetime(previous)

@@ -25,7 +25,7 @@ async def export_user_data(pool: Any, peers: Peers, user_id: uuid.UUID) -> dict[
     affinity = []
     for session in chat["sessions"]:
         events = await peers.affinity.ListEvents(affinity_pb2.ListEventsRequest(
-            user_id=str(user_id), session_id=session["session_id"], limit=1000), timeout=call_timeout(10.0))
+            user_id=str(user_id), session_id=session["session_id"], limit=10000), timeout=call_timeout(10.0))
         affinity.append({"session_id": session["session_id"],
                          "events": [MessageToDict(e, preserving_proto_field_name=True) for e in events.events]})
     return {"user_id": str(user_id), **chat, "memories": memories,

@@ -89,7 +89,10 @@ def maps_errors(method: F) -> F:
         except ServiceError as error:
             context.set_trailing_metadata(trailing_details(error))
             await context.abort(error.code, error.message)
-        except grpc.aio.AioRpcError as error:  # a peer failed: pass its status on
+        except grpc.aio.AioRpcError as error:  # a peer failed: pass its status and details on
+            details = tuple((k, v) for k, v in (error.trailing_metadata() or ()) if k.startswith("rapport-"))
+            if details:
+                context.set_trailing_metadata(details)
             await context.abort(error.code(), error.details() or "peer call failed")
         except ValueError as error:
             context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
