@@ -43,6 +43,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 MAX_BODY_BYTES = 64 * 1024
 SSE_PING_SECONDS = 15
+TURN_STREAM_TIMEOUT = 3600.0
 WATCH_STREAM_SECONDS = 3600  # a live affinity stream ends after this; the page reconnects
 SERVICE_NAMES = {
     "orchestrator": "rapport.orchestrator.v1.OrchestratorService",
@@ -272,7 +273,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return await stream_turn(request, grpc_request)
 
     async def stream_turn(request: Request, grpc_request: orch_pb2.SendMessageRequest) -> Response:
-        call = clients(request).orchestrator.SendMessage(grpc_request, timeout=None)
+        # The turn may legitimately run up to CHAT_GEN_TIMEOUT_SECS; the channel's default deadline is for unary calls.
+        call = clients(request).orchestrator.SendMessage(grpc_request, timeout=TURN_STREAM_TIMEOUT)
         try:
             first = await call.read()  # errors before the first frame are HTTP errors, not frames
         except grpc.aio.AioRpcError as error:
