@@ -100,7 +100,7 @@ async def _merge_locked(conn: asyncpg.Connection, user_id: uuid.UUID, updates: S
 async def apply_extraction(pool: asyncpg.Pool, *, user_id: uuid.UUID, turn_id: str, updates: Sequence[FieldUpdate],
                            events: Sequence[ExtractionEvent], now: datetime) -> MergeOutcome | None:
     """Claim the turn, record its events and merge its updates — one transaction. None when the turn
-    was already extracted (a redelivery): nothing is written."""
+    was already extracted (a redelivery, or a concurrent duplicate that won): nothing is written."""
     async with pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetchval(
             """INSERT INTO insight.extracted_turns (turn_id, user_id) VALUES ($1, $2)

@@ -21,7 +21,8 @@ from .peers import Peers, payload_to_request
 
 log = logging.getLogger("rapport.outbox")
 
-LEASE_SECONDS = 60
+LEASE_SECONDS = 120
+DELIVERY_TIMEOUT = 60.0  # LLM-backed extraction may take a while; the lease outlives it
 
 
 def backoff_seconds(attempts: int, base: float = 0.5, cap: float = 300.0) -> float:
@@ -85,7 +86,7 @@ class OutboxWorker:
                                                    attributes={"rapport.turn_id": job["turn_id"],
                                                                "rapport.attempt": job["attempts"]}):
                 rpc, request_type = self.peers.post_process_call(job["target"])
-                await rpc(payload_to_request(job["payload"], request_type), timeout=30)
+                await rpc(payload_to_request(job["payload"], request_type), timeout=DELIVERY_TIMEOUT)
         except (grpc.aio.AioRpcError, asyncio.TimeoutError, OSError) as error:
             await self._failed(job, _describe(error))
         except Exception as error:  # a bug must not kill the worker: park the job visibly instead

@@ -22,6 +22,8 @@ async def export_user_data(pool: Any, peers: Peers, user_id: uuid.UUID) -> dict[
                                             timeout=call_timeout(60.0))]
     profile = await peers.insight.GetProfile(insight_pb2.GetProfileRequest(
         user_id=str(user_id), mode=insight_pb2.RENDER_MODE_FULL), timeout=call_timeout(10.0))
+    snapshots = await peers.insight.ListSnapshots(insight_pb2.ListSnapshotsRequest(user_id=str(user_id), limit=1000),
+                                                  timeout=call_timeout(10.0))
     affinity = []
     for session in chat["sessions"]:
         events = await peers.affinity.ListEvents(affinity_pb2.ListEventsRequest(
@@ -29,12 +31,16 @@ async def export_user_data(pool: Any, peers: Peers, user_id: uuid.UUID) -> dict[
         affinity.append({"session_id": session["session_id"],
                          "events": [MessageToDict(e, preserving_proto_field_name=True) for e in events.events]})
     return {"user_id": str(user_id), **chat, "memories": memories,
-            "profile": MessageToDict(profile.profile, preserving_proto_field_name=True), "affinity": affinity}
+            "profile": MessageToDict(profile.profile, preserving_proto_field_name=True),
+            "profile_snapshots": [MessageToDict(x, preserving_proto_field_name=True) for x in snapshots.snapshots],
+            "affinity": affinity}
 
 
 async def delete_user_data(pool: Any, peers: Peers, user_id: uuid.UUID) -> dict[str, Any]:
     """Erase in every service; the domain services first so a failure leaves the chat (and a retry) intact."""
     request_user = str(user_id)
+    # Pending post-process jobs would recreate what we erase: drop them first.
+    await pool.execute("DELETE FROM chat.outbox WHERE status = 'pending' AND payload->>'user_id' = $1", request_user)
     affinity = await peers.affinity.DeleteUserData(affinity_pb2.DeleteUserDataRequest(user_id=request_user),
                                                    timeout=call_timeout(30.0))
     memory = await peers.memory.DeleteUserData(memory_pb2.DeleteUserDataRequest(user_id=request_user),

@@ -26,15 +26,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n rapport/insight/v1/insight.proto\x12\x12rapport.insight.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n\x07Profile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x08insights\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\nprovenance\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0etraining_level\x18\x04 \x01(\x01\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x11GetProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.rapport.insight.v1.RenderMode\"j\n\x12GetProfileResponse\x12,\n\x07profile\x18\x01 \x01(\x0b\x32\x1b.rapport.insight.v1.Profile\x12\x11\n\trendering\x18\x02 \x01(\t\x12\x13\n\x0b\x66ields_used\x18\x03 \x03(\t\"\xd1\x01\n\x12\x45xtractTurnRequest\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x11\n\tuser_text\x18\x05 \x01(\t\x12\x12\n\nreply_text\x18\x06 \x01(\t\x12\x14\n\x0cpersona_name\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x13\x45xtractTurnResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x16\n\x0eupdated_fields\x18\x02 \x03(\t\x12\x16\n\x0etraining_level\x18\x03 \x01(\x01\"\x88\x01\n\x14QueryProfilesRequest\x12\x0c\n\x04\x63ity\x18\x01 \x01(\t\x12\x12\n\noccupation\x18\x02 \x01(\t\x12\x15\n\rinterests_all\x18\x03 \x03(\t\x12\x0c\n\x04mbti\x18\x04 \x01(\t\x12\x1a\n\x12min_training_level\x18\x05 \x01(\x01\x12\r\n\x05limit\x18\x06 \x01(\x05\"F\n\x15QueryProfilesResponse\x12-\n\x08profiles\x18\x01 \x03(\x0b\x32\x1b.rapport.insight.v1.Profile\"\x8f\x01\n\x08Snapshot\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x0b\x63\x61ptured_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08insights\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0etraining_level\x18\x04 \x01(\x01\"6\n\x14ListSnapshotsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"H\n\x15ListSnapshotsResponse\x12/\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1c.rapport.insight.v1.Snapshot\"(\n\x15\x44\x65leteUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\")\n\x16\x44\x65leteUserDataResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03*X\n\nRenderMode\x12\x1b\n\x17RENDER_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10RENDER_MODE_FULL\x10\x01\x12\x17\n\x13RENDER_MODE_NEUTRAL\x10\x02\x32\x82\x04\n\x0eInsightService\x12[\n\nGetProfile\x12%.rapport.insight.v1.GetProfileRequest\x1a&.rapport.insight.v1.GetProfileResponse\x12^\n\x0b\x45xtractTurn\x12&.rapport.insight.v1.ExtractTurnRequest\x1a\'.rapport.insight.v1.ExtractTurnResponse\x12\x64\n\rQueryProfiles\x12(.rapport.insight.v1.QueryProfilesRequest\x1a).rapport.insight.v1.QueryProfilesResponse\x12\x64\n\rListSnapshots\x12(.rapport.insight.v1.ListSnapshotsRequest\x1a).rapport.insight.v1.ListSnapshotsResponse\x12g\n\x0e\x44\x65leteUserData\x12).rapport.insight.v1.DeleteUserDataRequest\x1a*.rapport.insight.v1.DeleteUserDataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n rapport/insight/v1/insight.proto\x12\x12rapport.insight.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n\x07Profile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x08insights\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\nprovenance\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0etraining_level\x18\x04 \x01(\x01\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x11GetProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.rapport.insight.v1.RenderMode\"j\n\x12GetProfileResponse\x12,\n\x07profile\x18\x01 \x01(\x0b\x32\x1b.rapport.insight.v1.Profile\x12\x11\n\trendering\x18\x02 \x01(\t\x12\x13\n\x0b\x66ields_used\x18\x03 \x03(\t\"\xd1\x01\n\x12\x45xtractTurnRequest\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x11\n\tuser_text\x18\x05 \x01(\t\x12\x12\n\nreply_text\x18\x06 \x01(\t\x12\x14\n\x0cpersona_name\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x13\x45xtractTurnResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x16\n\x0eupdated_fields\x18\x02 \x03(\t\x12\x16\n\x0etraining_level\x18\x03 \x01(\x01\"\x88\x01\n\x14QueryProfilesRequest\x12\x0c\n\x04\x63ity\x18\x01 \x01(\t\x12\x12\n\noccupation\x18\x02 \x01(\t\x12\x15\n\rinterests_all\x18\x03 \x03(\t\x12\x0c\n\x04mbti\x18\x04 \x01(\t\x12\x1a\n\x12min_training_level\x18\x05 \x01(\x01\x12\r\n\x05limit\x18\x06 \x01(\x05\"F\n\x15QueryProfilesResponse\x12-\n\x08profiles\x18\x01 \x03(\x0b\x32\x1b.rapport.insight.v1.Profile\"\xbc\x01\n\x08Snapshot\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x0b\x63\x61ptured_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08insights\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0etraining_level\x18\x04 \x01(\x01\x12+\n\nprovenance\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"6\n\x14ListSnapshotsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"H\n\x15ListSnapshotsResponse\x12/\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1c.rapport.insight.v1.Snapshot\"(\n\x15\x44\x65leteUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\")\n\x16\x44\x65leteUserDataResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03*X\n\nRenderMode\x12\x1b\n\x17RENDER_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10RENDER_MODE_FULL\x10\x01\x12\x17\n\x13RENDER_MODE_NEUTRAL\x10\x02\x32\x82\x04\n\x0eInsightService\x12[\n\nGetProfile\x12%.rapport.insight.v1.GetProfileRequest\x1a&.rapport.insight.v1.GetProfileResponse\x12^\n\x0b\x45xtractTurn\x12&.rapport.insight.v1.ExtractTurnRequest\x1a\'.rapport.insight.v1.ExtractTurnResponse\x12\x64\n\rQueryProfiles\x12(.rapport.insight.v1.QueryProfilesRequest\x1a).rapport.insight.v1.QueryProfilesResponse\x12\x64\n\rListSnapshots\x12(.rapport.insight.v1.ListSnapshotsRequest\x1a).rapport.insight.v1.ListSnapshotsResponse\x12g\n\x0e\x44\x65leteUserData\x12).rapport.insight.v1.DeleteUserDataRequest\x1a*.rapport.insight.v1.DeleteUserDataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rapport.insight.v1.insight_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RENDERMODE']._serialized_start=1372
-  _globals['_RENDERMODE']._serialized_end=1460
+  _globals['_RENDERMODE']._serialized_start=1417
+  _globals['_RENDERMODE']._serialized_end=1505
   _globals['_PROFILE']._serialized_start=120
   _globals['_PROFILE']._serialized_end=306
   _globals['_GETPROFILEREQUEST']._serialized_start=308
@@ -50,15 +50,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYPROFILESRESPONSE']._serialized_start=939
   _globals['_QUERYPROFILESRESPONSE']._serialized_end=1009
   _globals['_SNAPSHOT']._serialized_start=1012
-  _globals['_SNAPSHOT']._serialized_end=1155
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1157
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=1211
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=1213
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=1285
-  _globals['_DELETEUSERDATAREQUEST']._serialized_start=1287
-  _globals['_DELETEUSERDATAREQUEST']._serialized_end=1327
-  _globals['_DELETEUSERDATARESPONSE']._serialized_start=1329
-  _globals['_DELETEUSERDATARESPONSE']._serialized_end=1370
-  _globals['_INSIGHTSERVICE']._serialized_start=1463
-  _globals['_INSIGHTSERVICE']._serialized_end=1977
+  _globals['_SNAPSHOT']._serialized_end=1200
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1202
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=1256
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=1258
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=1330
+  _globals['_DELETEUSERDATAREQUEST']._serialized_start=1332
+  _globals['_DELETEUSERDATAREQUEST']._serialized_end=1372
+  _globals['_DELETEUSERDATARESPONSE']._serialized_start=1374
+  _globals['_DELETEUSERDATARESPONSE']._serialized_end=1415
+  _globals['_INSIGHTSERVICE']._serialized_start=1508
+  _globals['_INSIGHTSERVICE']._serialized_end=2022
 # @@protoc_insertion_point(module_scope)

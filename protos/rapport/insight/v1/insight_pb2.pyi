@@ -84,6 +84,7 @@ class GetProfileRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     mode: Global___RenderMode.ValueType
+    """Rendering mode; unspecified renders neutral (no love_values, interests, emotional_needs)."""
     def __init__(
         self,
         *,
@@ -106,10 +107,13 @@ class GetProfileResponse(_message.Message):
     RENDERING_FIELD_NUMBER: _builtins.int
     FIELDS_USED_FIELD_NUMBER: _builtins.int
     rendering: _builtins.str
+    """"- Label: value" lines for the prompt's [user_profile] section ("" for an empty profile)."""
     @_builtins.property
     def profile(self) -> Global___Profile: ...
     @_builtins.property
-    def fields_used(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def fields_used(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields the rendering shows, in canonical order."""
+
     def __init__(
         self,
         *,
@@ -141,6 +145,7 @@ class ExtractTurnRequest(_message.Message):
     user_id: _builtins.str
     session_id: _builtins.str
     user_message_id: _builtins.str
+    """The provenance of every field this turn sets."""
     user_text: _builtins.str
     reply_text: _builtins.str
     persona_name: _builtins.str
@@ -174,6 +179,7 @@ class ExtractTurnResponse(_message.Message):
     UPDATED_FIELDS_FIELD_NUMBER: _builtins.int
     TRAINING_LEVEL_FIELD_NUMBER: _builtins.int
     applied: _builtins.bool
+    """False for a turn already extracted (a redelivery): nothing changed."""
     training_level: _builtins.float
     @_builtins.property
     def updated_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -194,6 +200,10 @@ Global___ExtractTurnResponse: _TypeAlias = ExtractTurnResponse  # noqa: Y015
 
 @_typing.final
 class QueryProfilesRequest(_message.Message):
+    """Every given condition must hold; empty strings, an empty list and 0 mean "no condition".
+    Terms are matched case- and width-insensitively. limit: 1-200, 0 = 50.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CITY_FIELD_NUMBER: _builtins.int
@@ -255,12 +265,21 @@ class Snapshot(_message.Message):
     CAPTURED_AT_FIELD_NUMBER: _builtins.int
     INSIGHTS_FIELD_NUMBER: _builtins.int
     TRAINING_LEVEL_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     training_level: _builtins.float
     @_builtins.property
-    def captured_at(self) -> _timestamp_pb2.Timestamp: ...
+    def captured_at(self) -> _timestamp_pb2.Timestamp:
+        """The scheduled firing time this snapshot belongs to."""
+
     @_builtins.property
-    def insights(self) -> _struct_pb2.Struct: ...
+    def insights(self) -> _struct_pb2.Struct:
+        """Field name -> value, as in Profile.insights."""
+
+    @_builtins.property
+    def provenance(self) -> _struct_pb2.Struct:
+        """Field name -> {sources, updated_at, confidence}, as in Profile.provenance."""
+
     def __init__(
         self,
         *,
@@ -268,10 +287,11 @@ class Snapshot(_message.Message):
         captured_at: _timestamp_pb2.Timestamp | None = ...,
         insights: _struct_pb2.Struct | None = ...,
         training_level: _builtins.float = ...,
+        provenance: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "insights", b"insights"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "insights", b"insights", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "insights", b"insights", "training_level", b"training_level", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "insights", b"insights", "provenance", b"provenance", "training_level", b"training_level", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,6 +305,7 @@ class ListSnapshotsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     limit: _builtins.int
+    """1-366, 0 = 30."""
     def __init__(
         self,
         *,
@@ -344,6 +365,7 @@ class DeleteUserDataResponse(_message.Message):
 
     DELETED_FIELD_NUMBER: _builtins.int
     deleted: _builtins.int
+    """Rows deleted: profile, snapshots, extraction events and extracted turns."""
     def __init__(
         self,
         *,

@@ -74,7 +74,8 @@ class InsightServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExtractTurn(self, request, context):
-        """Extracts profile fields from one turn (post-process); idempotent by turn id.
+        """Extracts profile fields from one turn (post-process); idempotent by turn id. UNAVAILABLE when
+        the extraction model cannot be reached: the run is recorded and the turn may be retried.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

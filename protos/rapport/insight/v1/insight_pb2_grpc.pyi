@@ -36,7 +36,9 @@ class InsightServiceStub:
     GetProfile: _grpc.UnaryUnaryMultiCallable[_insight_pb2.GetProfileRequest, _insight_pb2.GetProfileResponse]
     """The profile, its training level and a prompt rendering."""
     ExtractTurn: _grpc.UnaryUnaryMultiCallable[_insight_pb2.ExtractTurnRequest, _insight_pb2.ExtractTurnResponse]
-    """Extracts profile fields from one turn (post-process); idempotent by turn id."""
+    """Extracts profile fields from one turn (post-process); idempotent by turn id. UNAVAILABLE when
+    the extraction model cannot be reached: the run is recorded and the turn may be retried.
+    """
     QueryProfiles: _grpc.UnaryUnaryMultiCallable[_insight_pb2.QueryProfilesRequest, _insight_pb2.QueryProfilesResponse]
     """Profiles matching structured filters (a real SQL query on indexed fields)."""
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_insight_pb2.ListSnapshotsRequest, _insight_pb2.ListSnapshotsResponse]
@@ -52,7 +54,9 @@ class InsightServiceAsyncStub(InsightServiceStub):
     GetProfile: _aio.UnaryUnaryMultiCallable[_insight_pb2.GetProfileRequest, _insight_pb2.GetProfileResponse]  # type: ignore[assignment]
     """The profile, its training level and a prompt rendering."""
     ExtractTurn: _aio.UnaryUnaryMultiCallable[_insight_pb2.ExtractTurnRequest, _insight_pb2.ExtractTurnResponse]  # type: ignore[assignment]
-    """Extracts profile fields from one turn (post-process); idempotent by turn id."""
+    """Extracts profile fields from one turn (post-process); idempotent by turn id. UNAVAILABLE when
+    the extraction model cannot be reached: the run is recorded and the turn may be retried.
+    """
     QueryProfiles: _aio.UnaryUnaryMultiCallable[_insight_pb2.QueryProfilesRequest, _insight_pb2.QueryProfilesResponse]  # type: ignore[assignment]
     """Profiles matching structured filters (a real SQL query on indexed fields)."""
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_insight_pb2.ListSnapshotsRequest, _insight_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
@@ -77,7 +81,9 @@ class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _insight_pb2.ExtractTurnRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_insight_pb2.ExtractTurnResponse, _abc.Awaitable[_insight_pb2.ExtractTurnResponse]]:
-        """Extracts profile fields from one turn (post-process); idempotent by turn id."""
+        """Extracts profile fields from one turn (post-process); idempotent by turn id. UNAVAILABLE when
+        the extraction model cannot be reached: the run is recorded and the turn may be retried.
+        """
 
     @_abc_1.abstractmethod
     def QueryProfiles(
