@@ -112,7 +112,9 @@ def open_channel(address: str, *, default_timeout: float | None = DEFAULT_CALL_T
     return grpc.aio.insecure_channel(
         address,
         interceptors=interceptors,
-        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        # round_robin over every address DNS gives (a headless Service in Kubernetes spreads load over replicas)
+        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                 ("grpc.lb_policy_name", "round_robin")],
     )
 
 
@@ -151,7 +153,9 @@ async def start_grpc_server(
     """Start a grpc.aio server with health, reflection, tracing and deadline propagation; SERVING on return."""
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(filter_=filters.negate(filters.health_check())), _DeadlineServerInterceptor()],
-        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        # Connections are recycled every few minutes so clients rebalance onto new replicas.
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.max_connection_age_ms", 300_000),
+                 ("grpc.max_connection_age_grace_ms", 60_000)],
     )
     for add in register:
         add(server)
