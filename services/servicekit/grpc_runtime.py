@@ -153,9 +153,10 @@ async def start_grpc_server(
     """Start a grpc.aio server with health, reflection, tracing and deadline propagation; SERVING on return."""
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(filter_=filters.negate(filters.health_check())), _DeadlineServerInterceptor()],
-        # Connections are recycled every few minutes so clients rebalance onto new replicas.
+        # Connections are recycled every few minutes so clients rebalance onto new replicas; the grace
+        # outlives the longest turn (CHAT_GEN_TIMEOUT_SECS).
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.max_connection_age_ms", 300_000),
-                 ("grpc.max_connection_age_grace_ms", 60_000)],
+                 ("grpc.max_connection_age_grace_ms", 360_000)],
     )
     for add in register:
         add(server)
