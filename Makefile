@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test protos lint lock clean
+.PHONY: run test protos openapi lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)  ## the whole suite: unit, integration (real Postgres + services)
 protos: $(STAMP)  ## regenerate the committed Python code of protos/ with the pinned grpcio-tools
 	$(BIN)/python protos/generate.py
 	cd protos && ../$(BIN)/buf lint
+
+openapi: $(STAMP)  ## regenerate the committed OpenAPI document of the gateway
+	$(BIN)/python -m gateway.openapi
 
 lock: $(STAMP)  ## refresh constraints.txt from the current environment
 	$(BIN)/pip freeze --exclude-editable --exclude rapport > constraints.txt

@@ -117,6 +117,23 @@ class GiftBody(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class ErrorBody(BaseModel):
+    """Every non-2xx response (the error contract)."""
+
+    code: str
+    message: str
+    user_message: str
+    field: str | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description} for status, description in (
+        (400, "invalid_payload (names the field)"), (401, "unauthorized"), (403, "forbidden"), (404, "not_found"),
+        (409, "duplicate_in_progress / conflict"), (413, "too_large"), (415, "unsupported_media_type"),
+        (429, "rate_limited (with Retry-After)"), (500, "internal"), (503, "unavailable"))
+}
+
+
 # ---- helpers -------------------------------------------------------------------------------
 
 def clients(request: Request) -> Clients:
@@ -189,7 +206,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 await channel.close()
 
     app = FastAPI(title="Rapport", version="0.1.0", lifespan=lifespan, docs_url="/docs",
-                  openapi_url="/api-docs/openapi.json", redoc_url=None,
+                  openapi_url="/api-docs/openapi.json", redoc_url=None, responses=ERROR_RESPONSES,
                   description="REST + SSE API of Rapport, a self-hosted engine for AI companions.")
     app.state.settings = settings
     app.add_exception_handler(ApiError, errors.api_error_handler)
