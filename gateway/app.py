@@ -36,12 +36,14 @@ from services.servicekit.grpc_runtime import open_channel, peer_serving
 from . import errors
 from .auth import AuthError, TokenVerifier, verifier_from_env
 from .errors import ApiError
+from .openai_api import openai_router
 
 log = logging.getLogger("rapport.gateway")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 MAX_BODY_BYTES = 64 * 1024
+MAX_TRANSCRIPT_BYTES = 4 * 1024 * 1024
 SSE_PING_SECONDS = 15
 TURN_STREAM_TIMEOUT = 3600.0
 WATCH_STREAM_SECONDS = 3600  # a live affinity stream ends after this; the page reconnects
@@ -218,8 +220,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Response:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes").response()
+        # OpenAI-style clients send the whole transcript on every request: a larger cap for /v1.
+        limit = MAX_TRANSCRIPT_BYTES if request.url.path.startswith("/v1/") else MAX_BODY_BYTES
+        if length and length.isdigit() and int(length) > limit:
+            return ApiError(413, "too_large", f"request body over {limit} bytes").response()
         return await call_next(request)  # type: ignore[no-any-return]
 
     # -- health ---------------------------------------------------------------------------
@@ -442,6 +446,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return JSONResponse({"name": "Rapport", "docs": "/docs"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    app.include_router(openai_router())
 
     return app
 

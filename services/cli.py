@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -70,66 +69,40 @@ def token_for(env: Env, user: str | None) -> str:
     return mint_token(identity.secret, identity.user_id)
 
 
+async def manage_keys(dsn: str, args: argparse.Namespace) -> list[str]:
+    """`rapport keys create|list|revoke`: the lines to print."""
+    from services.orchestrator import api_keys
+    from services.servicekit.db import create_pool
+
+    pool = await create_pool(dsn, max_size=2)
+    try:
+        if args.keys_command == "create":
+            key, info = await api_keys.create_api_key(pool, uuid.UUID(args.user), args.name or "")
+            return [key, f"id {info.id} ({info.prefix}…): shown once, store it now"]
+        if args.keys_command == "list":
+            return [f"{k.id}  {k.prefix}…  {k.name or '-'}  created {k.created_at:%Y-%m-%d %H:%M}  "
+                    f"last used {f'{k.last_used_at:%Y-%m-%d %H:%M}' if k.last_used_at else 'never'}"
+                    f"{'  REVOKED' if k.revoked_at else ''}"
+                    for k in await api_keys.list_api_keys(pool, uuid.UUID(args.user))] or ["no keys"]
+        revoked = await api_keys.revoke_api_key(pool, uuid.UUID(args.id))
+        if revoked is None:
+            raise ValueError(f"no API key with id {args.id}")
+        return [f"revoked {revoked.id} ({revoked.prefix}…)"]
+    finally:
+        await pool.close()
+
+
 def database_url(env: Env) -> str:
     return env.required("DATABASE_URL", "a postgresql:// URL (rapport up starts an embedded one when it is unset)")
 
 
 # ---- up ---------------------------------------------------------------------------------
 
-class Stack:
-    """The processes of `rapport up`: embedded Postgres, offline LLM, four services, the gateway."""
-
-    def __init__(self, env: dict[str, str], port: int, host: str) -> None:
-        self.env = env
-        self.port = port
-        self.host = host
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        self.postgres = None
-
-    def spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
-        env = {**self.env, **extra_env}
-        process = subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=env)
-        self.children[name] = process
-        return process
-
-    def stop(self) -> None:
-        for process in self.children.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in self.children.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        if self.postgres is not None:
-            self.postgres.stop()
-
-
-def _wait_until(check, what: str, timeout: float, stack: Stack) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, process in stack.children.items():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode} during start-up")
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
 def up(args: argparse.Namespace) -> int:
-    from services.servicekit.embedded_pg import EmbeddedPostgres, free_port
-    from services.servicekit.grpc_runtime import peer_serving
-    from services.servicekit.llm import OFFLINE_MODEL_ID, llm_endpoint_from_env
+    """Start the local stack, print where it is, wait for Ctrl-C (or a child exiting), stop it."""
+    from services.local_stack import LocalStack
 
-    env_map = dict(os.environ)
-    env = Env(env_map)
-    home = rapport_home(env)
-    home.mkdir(parents=True, exist_ok=True)
-    env_map["RAPPORT_HOME"] = str(home)
-    stack = Stack(env_map, args.port, "127.0.0.1")
+    stack = LocalStack(dict(os.environ), port=args.port, announce=lambda line: print(line, flush=True))
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -139,70 +112,18 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        if not env.str("DATABASE_URL"):
-            print(f"starting embedded PostgreSQL (data in {home / 'pgdata'}) …", flush=True)
-            stack.postgres = EmbeddedPostgres(home)
-            stack.postgres.start()
-            env_map["DATABASE_URL"] = stack.postgres.dsn()
-        dsn = env_map["DATABASE_URL"]
-        applied = asyncio.run(migrate(dsn))
-        print(f"migrations: {len(applied)} applied" if applied else "migrations: up to date", flush=True)
-        from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR
-
-        seeded = asyncio.run(seed_personas(dsn, EXAMPLE_PERSONAS_DIR))
-        print(f"personas: {', '.join(name for name, _ in seeded)}", flush=True)
-        if not env.str("SUPABASE_JWT_SECRET") and not env.str("SUPABASE_URL") and not env.str("SUPABASE_JWKS_URL"):
-            env_map["AUTH_MODE"] = "local"
-            # Single-user local mode: the web page shows the live relationship meters.
-            env_map.setdefault("EXPOSE_AFFINITY_DEBUG", "true")
-        if llm_endpoint_from_env(Env(env_map)) is None:
-            llm_port = free_port()
-            stack.spawn("offline-llm", ["serve", "offline-llm"], {"BIND_ADDR": f"127.0.0.1:{llm_port}"})
-            env_map.update({"LLM_BASE_URL": f"http://127.0.0.1:{llm_port}/v1", "LLM_API_KEY": "offline",
-                            "LLM_OFFLINE": "1", "LLM_MODEL": OFFLINE_MODEL_ID})
-            print(f"LLM: offline responder ({OFFLINE_MODEL_ID}) — set OPENROUTER_API_KEY or LLM_BASE_URL for a real model",
-                  flush=True)
-        addresses = {}
-        for name in SERVICE_NAMES:
-            var = f"{name.upper()}_ADDR"
-            addresses[name] = env_map.get(var) or f"127.0.0.1:{free_port()}"
-            env_map[var] = addresses[name]
-        for name in SERVICE_NAMES:
-            stack.spawn(name, ["serve", name], {"BIND_ADDR": addresses[name],
-                                                "OTEL_SERVICE_NAME": env_map.get("OTEL_SERVICE_NAME") or f"rapport-{name}"})
-
-        def all_serving() -> bool:
-            async def check() -> bool:
-                results = await asyncio.gather(*(peer_serving(addr) for addr in addresses.values()))
-                return all(results)
-            return asyncio.run(check())
-
-        _wait_until(all_serving, "the four services to report SERVING", 90, stack)
-        stack.spawn("gateway", ["serve", "gateway"], {"BIND_ADDR": f"127.0.0.1:{args.port}",
-                                                      "OTEL_SERVICE_NAME": "rapport-gateway"})
-
-        def gateway_up() -> bool:
-            import httpx
-
-            try:
-                return httpx.get(f"http://127.0.0.1:{args.port}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait_until(gateway_up, "the gateway", 60, stack)
-        token = token_for(Env(env_map), None)
-        url = f"http://127.0.0.1:{args.port}/"
+        stack.start()
+        url = f"{stack.gateway_url}/"
         print("\nRapport is running.", flush=True)
         print(f"  web page:  {url}", flush=True)
         print(f"  API docs:  {url}docs", flush=True)
-        print(f"  token:     {token}", flush=True)
+        print(f"  token:     {stack.token()}", flush=True)
         print(f"  try:       curl -H 'Authorization: Bearer <token>' {url}comp/personas", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested:
-            for name, process in stack.children.items():
-                if process.poll() is not None:
-                    print(f"{name} exited with code {process.returncode}; stopping", file=sys.stderr, flush=True)
-                    stop_requested = True
+            for name, code in stack.exited_children().items():
+                print(f"{name} exited with code {code}; stopping", file=sys.stderr, flush=True)
+                stop_requested = True
             time.sleep(0.2)
         return 0
     except (RuntimeError, ConfigError) as error:
@@ -254,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     p_card.add_argument("file", type=Path)
     p_token = sub.add_parser("token", help="print a bearer token for the local user (or --user)")
     p_token.add_argument("--user")
+    p_keys = sub.add_parser("keys", help="API keys for the OpenAI-compatible API (/v1)")
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    p_keys_create = keys_sub.add_parser("create", help="issue a key for a user (printed once)")
+    p_keys_create.add_argument("--user", required=True, help="the user's UUID")
+    p_keys_create.add_argument("--name", help="a label to recognise the key by")
+    keys_sub.add_parser("list", help="a user's keys").add_argument("--user", required=True, help="the user's UUID")
+    keys_sub.add_parser("revoke", help="revoke a key").add_argument("id", help="the key's id (from `keys list`)")
     p_memory = sub.add_parser("memory", help="memory maintenance")
     memory_sub = p_memory.add_subparsers(dest="memory_command", required=True)
     memory_sub.add_parser("reembed", help="re-embed every memory with the configured embedder (with progress)")
@@ -287,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import-card":
             name, created = asyncio.run(import_card(database_url(env), args.file))
             print(f"{'created' if created else 'updated'} {name}")
+            return 0
+        if args.command == "keys":
+            print("\n".join(asyncio.run(manage_keys(database_url(env), args))))
             return 0
         if args.command == "token":
             print(token_for(env, args.user))

@@ -28,9 +28,10 @@ from services.servicekit.model_config import ModelConfig
 from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 from services.servicekit.service import ServiceContext, ServiceParts
 
-from . import frames, store
+from . import api_keys, frames, store
 from .domain.turn_request import AFFINITY_SCOPES, TurnRequest, TurnRequestError, validate_turn_request
 from .live_turns import LiveTurns, TooManyTurns
+from .openai_compat import BeginTurn, ChatCompletions
 from .outbox import OutboxWorker
 from .peers import Peers
 from .turn import TurnEngine, TurnInput
@@ -57,7 +58,7 @@ def validate_send(request: pb.SendMessageRequest, config: ModelConfig) -> TurnRe
         raise InvalidArgument(str(error), field=error.field, user_message=str(error)) from None
 
 
-def sampling_overrides(request: pb.SendMessageRequest) -> dict[str, Any]:
+def sampling_overrides(request: pb.SendMessageRequest | pb.ChatCompletionRequest) -> dict[str, Any]:
     if not request.HasField("sampling"):
         return {}
     s = request.sampling
@@ -74,6 +75,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self.peers = peers
         self.engine = engine
         self.live = live
+        self.completions = ChatCompletions(ctx.pool, peers, engine, live)
 
     async def _owned_session(self, user_id: str, session_id: str) -> store.SessionRow:
         session = await store.get_session(self.pool, parse_uuid(session_id, "session_id"))
@@ -160,7 +162,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         try:
             turn_request = validate_send(request, self.engine.model_config)
             session = await self._owned_session(request.user_id, request.session_id)
-            log_ = await self._start_or_attach(session, request, turn_request)
+            log_ = await self._start_or_attach(session, turn_request, sampling_overrides(request))
         except ServiceError as error:
             context.set_trailing_metadata(trailing_details(error))
             await context.abort(error.code, error.message)
@@ -168,10 +170,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         async for frame in log_:
             yield frames.to_proto(frame)
 
-    async def _start_or_attach(self, session: store.SessionRow, request: pb.SendMessageRequest,
-                               turn_request: TurnRequest) -> AsyncIterator[dict[str, Any]]:
-        """Idempotency on client_msg_id: replay a finished turn, attach to a live one, or start a new one."""
-        existing = await store.find_turn(self.pool, session.id, request.client_msg_id)
+    async def _start_or_attach(self, session: store.SessionRow, turn_request: TurnRequest, sampling: dict[str, Any],
+                               *, begin: BeginTurn | None = None, system_prompt: str | None = None,
+                               post_process: bool = True) -> AsyncIterator[dict[str, Any]]:
+        """Idempotency on client_msg_id: replay a finished turn, attach to a live one, or start a new one.
+
+        `begin` persists the turn (default: a new user message + its turn); the OpenAI-compatible API
+        passes its own to answer a user message that is already stored (a regenerate).
+        """
+        client_msg_id = turn_request.client_msg_id
+        existing = await store.find_turn(self.pool, session.id, client_msg_id)
         if existing is not None and existing["status"] == "done":
             return _replay(existing["frames"])
         if existing is not None and existing["status"] == "running":
@@ -185,11 +193,14 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         except TooManyTurns as error:
             raise ResourceExhausted(str(error), user_message="Too many replies at once. Wait a moment.") from None
         try:
-            turn_id, message_id, created = await store.begin_turn(
-                self.pool, session_id=session.id, user_id=session.user_id, client_msg_id=request.client_msg_id,
-                content=turn_request.content)
+            if begin is None:
+                turn_id, message_id, created = await store.begin_turn(
+                    self.pool, session_id=session.id, user_id=session.user_id, client_msg_id=client_msg_id,
+                    content=turn_request.content)
+            else:
+                turn_id, message_id, created = await begin()
             if not created:
-                existing = await store.find_turn(self.pool, session.id, request.client_msg_id)
+                existing = await store.find_turn(self.pool, session.id, client_msg_id)
                 assert existing is not None
                 if existing["status"] == "done":
                     self.live.release(user_key)
@@ -206,7 +217,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             self.live.release(user_key)
             raise
         turn = TurnInput(turn_id=turn_id, user_message_id=message_id, session=session, request=turn_request,
-                         sampling=sampling_overrides(request))
+                         sampling=sampling, system_prompt=system_prompt, post_process=post_process)
 
         async def work(frame_log: Any) -> None:
             try:
@@ -217,6 +228,37 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 self.live.release(user_key)
 
         return self.live.start(turn_id, work).follow()
+
+    async def ChatCompletion(self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[pb.ChatCompletionResponse]:
+        """The OpenAI-compatible chat (see openai_compat): how the request was handled, then the turn's frames."""
+        try:
+            user_id = parse_uuid(request.user_id, "user_id")
+            prepared = await self.completions.prepare(request, user_id)
+            if prepared.session is None or prepared.turn_request is None:
+                log_ = self.completions.answer_utility(user_id, request, sampling_overrides(request))
+            else:
+                log_ = await self._start_or_attach(
+                    prepared.session, prepared.turn_request, sampling_overrides(request), begin=prepared.begin,
+                    system_prompt=prepared.transcript.system_prompt or None, post_process=prepared.post_process)
+        except ServiceError as error:
+            context.set_trailing_metadata(trailing_details(error))
+            await context.abort(error.code, error.message)
+            return
+        except grpc.aio.AioRpcError as error:  # a peer failed while opening the session
+            await context.abort(error.code(), error.details() or "peer call failed")
+            return
+        yield pb.ChatCompletionResponse(conversation=prepared.conversation)
+        async for frame in log_:
+            yield pb.ChatCompletionResponse(frame=frames.to_proto(frame))
+
+    @maps_errors
+    async def VerifyApiKey(self, request: pb.VerifyApiKeyRequest, context: grpc.aio.ServicerContext
+                           ) -> pb.VerifyApiKeyResponse:
+        found = await api_keys.verify_api_key(self.pool, request.key) if len(request.key) <= 200 else None
+        if found is None:
+            return pb.VerifyApiKeyResponse(valid=False)
+        return pb.VerifyApiKeyResponse(valid=True, user_id=str(found[0]), key_id=str(found[1]))
 
     @maps_errors
     async def ApplyGift(self, request: pb.ApplyGiftRequest, context: grpc.aio.ServicerContext) -> pb.ApplyGiftResponse:

@@ -8,6 +8,7 @@ that shaped the reply is kept in `chat.turns.explain` ("why did it say that?").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class TurnInput:
     session: store.SessionRow
     request: TurnRequest
     sampling: dict[str, Any]  # per-request overrides (OpenAI-compatible clients)
+    system_prompt: str | None = None  # the client's system messages (OpenAI-compatible API) replace the persona's
+    post_process: bool = True  # False when a reply to this user message was already post-processed (a regenerate)
 
 
 @dataclass
@@ -284,8 +287,11 @@ class TurnEngine:
         relationship = ([(m.content, m.score) for m in recall.relationship]
                         if recall and gates.relationship_memories else [])
         summary = recall.summary.content if recall is not None and recall.HasField("summary") else None
+        persona = persona_spec(persona_row)
+        if turn.system_prompt:
+            persona = dataclasses.replace(persona, system_prompt=turn.system_prompt)
         inputs = PromptInputs(
-            persona=persona_spec(persona_row),
+            persona=persona,
             traits=kept_traits(req.prompt_traits, resolved.allow_traits),
             turn_style=list(decision.turn_style_lines),
             profile_rendering=ctx.profile.rendering if ctx.profile is not None else "",
@@ -382,14 +388,15 @@ class TurnEngine:
                              explain: dict[str, Any], emit: Any, emitted: list[dict[str, Any]]) -> None:
         s = turn.session
         now = datetime.now(UTC)
-        jobs = [] if reply["ghost_fallback"] else await self._post_process_jobs(turn, reply, now)
+        processed = turn.post_process and not reply["ghost_fallback"]
+        jobs = await self._post_process_jobs(turn, reply, now) if processed else []
         trace_id = current_trace_id()
         done = frames.done(reply["id"], usage=self._visible(reply["usage"]), generation_id=reply["generation_id"],
                            ghost_fallback=reply["ghost_fallback"])
         final = frames.final(prompt_injected=list(prompt.injected_traits), tier=turn.request.tier or "",
                              retries=reply["retries"], degraded=ctx.degraded, trace_id=trace_id)
         explain.update({"model": reply["model"], "usage": reply["usage"], "trace_id": trace_id,
-                        "retries": reply["retries"], "message_id": reply["id"]})
+                        "retries": reply["retries"], "message_id": reply["id"], "post_process": bool(jobs)})
         await store.finish_turn(
             self.pool, turn_id=turn.turn_id, session_id=s.id, user_id=s.user_id,
             assistant={"id": reply["id"], "content": reply["content"], "model": reply["model"],

@@ -22,7 +22,7 @@ async def export_user_data(pool: Any, peers: Peers, user_id: uuid.UUID) -> dict[
                                             timeout=call_timeout(60.0))]
     profile = await peers.insight.GetProfile(insight_pb2.GetProfileRequest(
         user_id=str(user_id), mode=insight_pb2.RENDER_MODE_FULL), timeout=call_timeout(10.0))
-    snapshots = await peers.insight.ListSnapshots(insight_pb2.ListSnapshotsRequest(user_id=str(user_id), limit=1000),
+    snapshots = await peers.insight.ListSnapshots(insight_pb2.ListSnapshotsRequest(user_id=str(user_id), limit=366),
                                                   timeout=call_timeout(10.0))
     affinity = []
     for session in chat["sessions"]:
@@ -48,4 +48,5 @@ async def delete_user_data(pool: Any, peers: Peers, user_id: uuid.UUID) -> dict[
     insight = await peers.insight.DeleteUserData(insight_pb2.DeleteUserDataRequest(user_id=request_user),
                                                  timeout=call_timeout(30.0))
     chat = await store.delete_chat(pool, user_id)
+    await pool.execute("DELETE FROM chat.api_keys WHERE user_id = $1", user_id)
     return {"affinity": affinity.deleted, "memory": memory.deleted, "insight": insight.deleted, "chat": chat}

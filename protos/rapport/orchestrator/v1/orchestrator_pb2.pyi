@@ -946,3 +946,183 @@ class DeleteUserDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteUserDataResponse: _TypeAlias = DeleteUserDataResponse  # noqa: Y015
+
+@_typing.final
+class ChatCompletionMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """system | developer | user | assistant"""
+    content: _builtins.str
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatCompletionMessage: _TypeAlias = ChatCompletionMessage  # noqa: Y015
+
+@_typing.final
+class ChatCompletionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_USER_FIELD_NUMBER: _builtins.int
+    UTILITY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    model: _builtins.str
+    """A persona name (case-insensitive) or id."""
+    chat_id: _builtins.str
+    """The X-Chat-Id header: names the conversation."""
+    client_user: _builtins.str
+    """The request's `user` field: names the conversation when there is no chat id."""
+    utility: _builtins.bool
+    """The X-Rapport-Utility header: answer without storing anything."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatCompletionMessage]: ...
+    @_builtins.property
+    def sampling(self) -> Global___Sampling: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        messages: _abc.Iterable[Global___ChatCompletionMessage] | None = ...,
+        sampling: Global___Sampling | None = ...,
+        chat_id: _builtins.str = ...,
+        client_user: _builtins.str = ...,
+        utility: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "client_user", b"client_user", "messages", b"messages", "model", b"model", "sampling", b"sampling", "user_id", b"user_id", "utility", b"utility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatCompletionRequest: _TypeAlias = ChatCompletionRequest  # noqa: Y015
+
+@_typing.final
+class ChatCompletionConversation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PERSONA_ID_FIELD_NUMBER: _builtins.int
+    PERSONA_NAME_FIELD_NUMBER: _builtins.int
+    HANDLING_FIELD_NUMBER: _builtins.int
+    UTILITY_REASON_FIELD_NUMBER: _builtins.int
+    REMOVED_MESSAGES_FIELD_NUMBER: _builtins.int
+    IMPORTED_MESSAGES_FIELD_NUMBER: _builtins.int
+    IS_NEW_SESSION_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Empty for a utility call."""
+    persona_id: _builtins.str
+    persona_name: _builtins.str
+    handling: _builtins.str
+    """new_turn | regenerate | resume | utility"""
+    utility_reason: _builtins.str
+    """Why the request was taken for a utility call (header, probe, instruction_after_reply, no_user_message)."""
+    removed_messages: _builtins.int
+    """Stored messages removed and client messages imported to match the client's transcript."""
+    imported_messages: _builtins.int
+    is_new_session: _builtins.bool
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        persona_id: _builtins.str = ...,
+        persona_name: _builtins.str = ...,
+        handling: _builtins.str = ...,
+        utility_reason: _builtins.str = ...,
+        removed_messages: _builtins.int = ...,
+        imported_messages: _builtins.int = ...,
+        is_new_session: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handling", b"handling", "imported_messages", b"imported_messages", "is_new_session", b"is_new_session", "persona_id", b"persona_id", "persona_name", b"persona_name", "removed_messages", b"removed_messages", "session_id", b"session_id", "utility_reason", b"utility_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatCompletionConversation: _TypeAlias = ChatCompletionConversation  # noqa: Y015
+
+@_typing.final
+class ChatCompletionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversation(self) -> Global___ChatCompletionConversation: ...
+    @_builtins.property
+    def frame(self) -> Global___SendMessageResponse: ...
+    def __init__(
+        self,
+        *,
+        conversation: Global___ChatCompletionConversation | None = ...,
+        frame: Global___SendMessageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "frame", b"frame", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "frame", b"frame", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["conversation", "frame"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___ChatCompletionResponse: _TypeAlias = ChatCompletionResponse  # noqa: Y015
+
+@_typing.final
+class VerifyApiKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyApiKeyRequest: _TypeAlias = VerifyApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class VerifyApiKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bool
+    user_id: _builtins.str
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        valid: _builtins.bool = ...,
+        user_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "user_id", b"user_id", "valid", b"valid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyApiKeyResponse: _TypeAlias = VerifyApiKeyResponse  # noqa: Y015

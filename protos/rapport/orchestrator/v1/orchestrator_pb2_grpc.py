@@ -85,6 +85,16 @@ class OrchestratorServiceStub:
                 request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteUserDataRequest.SerializeToString,
                 response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteUserDataResponse.FromString,
                 _registered_method=True)
+        self.ChatCompletion = channel.unary_stream(
+                '/rapport.orchestrator.v1.OrchestratorService/ChatCompletion',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ChatCompletionRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ChatCompletionResponse.FromString,
+                _registered_method=True)
+        self.VerifyApiKey = channel.unary_unary(
+                '/rapport.orchestrator.v1.OrchestratorService/VerifyApiKey',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -161,6 +171,22 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChatCompletion(self, request, context):
+        """The OpenAI-compatible chat: resolves the conversation, reconciles the client's whole transcript with the
+        stored one, then runs (or replays, or regenerates) the turn. The first message says how the request was
+        handled; then the turn's frames. Utility calls are answered by the LLM and not stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyApiKey(self, request, context):
+        """The user an API key belongs to; `valid` is false for an unknown or revoked key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +239,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.DeleteUserData,
                     request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteUserDataRequest.FromString,
                     response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteUserDataResponse.SerializeToString,
+            ),
+            'ChatCompletion': grpc.unary_stream_rpc_method_handler(
+                    servicer.ChatCompletion,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ChatCompletionRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ChatCompletionResponse.SerializeToString,
+            ),
+            'VerifyApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyApiKey,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +522,60 @@ class OrchestratorService:
             '/rapport.orchestrator.v1.OrchestratorService/DeleteUserData',
             rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteUserDataRequest.SerializeToString,
             rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChatCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/ChatCompletion',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ChatCompletionRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ChatCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/VerifyApiKey',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,13 @@ class OrchestratorServiceStub:
     """Everything the engine holds about a user (chat, memories, profile, affinity)."""
     DeleteUserData: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.DeleteUserDataRequest, _orchestrator_pb2.DeleteUserDataResponse]
     """Erases everything about a user in every service."""
+    ChatCompletion: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.ChatCompletionRequest, _orchestrator_pb2.ChatCompletionResponse]
+    """The OpenAI-compatible chat: resolves the conversation, reconciles the client's whole transcript with the
+    stored one, then runs (or replays, or regenerates) the turn. The first message says how the request was
+    handled; then the turn's frames. Utility calls are answered by the LLM and not stored.
+    """
+    VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.VerifyApiKeyRequest, _orchestrator_pb2.VerifyApiKeyResponse]
+    """The user an API key belongs to; `valid` is false for an unknown or revoked key."""
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -79,6 +86,13 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Everything the engine holds about a user (chat, memories, profile, affinity)."""
     DeleteUserData: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.DeleteUserDataRequest, _orchestrator_pb2.DeleteUserDataResponse]  # type: ignore[assignment]
     """Erases everything about a user in every service."""
+    ChatCompletion: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.ChatCompletionRequest, _orchestrator_pb2.ChatCompletionResponse]  # type: ignore[assignment]
+    """The OpenAI-compatible chat: resolves the conversation, reconciles the client's whole transcript with the
+    stored one, then runs (or replays, or regenerates) the turn. The first message says how the request was
+    handled; then the turn's frames. Utility calls are answered by the LLM and not stored.
+    """
+    VerifyApiKey: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.VerifyApiKeyRequest, _orchestrator_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
+    """The user an API key belongs to; `valid` is false for an unknown or revoked key."""
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Personas, sessions, the Persona Decision Engine, prompt assembly and the streamed turn."""
@@ -162,5 +176,24 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.DeleteUserDataResponse, _abc.Awaitable[_orchestrator_pb2.DeleteUserDataResponse]]:
         """Erases everything about a user in every service."""
+
+    @_abc_1.abstractmethod
+    def ChatCompletion(
+        self,
+        request: _orchestrator_pb2.ChatCompletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.ChatCompletionResponse], _abc.AsyncIterator[_orchestrator_pb2.ChatCompletionResponse]]:
+        """The OpenAI-compatible chat: resolves the conversation, reconciles the client's whole transcript with the
+        stored one, then runs (or replays, or regenerates) the turn. The first message says how the request was
+        handled; then the turn's frames. Utility calls are answered by the LLM and not stored.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyApiKey(
+        self,
+        request: _orchestrator_pb2.VerifyApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.VerifyApiKeyResponse, _abc.Awaitable[_orchestrator_pb2.VerifyApiKeyResponse]]:
+        """The user an API key belongs to; `valid` is false for an unknown or revoked key."""
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
