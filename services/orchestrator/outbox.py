@@ -25,6 +25,28 @@ LEASE_SECONDS = 120
 DELIVERY_TIMEOUT = 60.0  # LLM-backed extraction may take a while; the lease outlives it
 
 
+class OutboxMetrics:
+    """Post-process queue depth (by status), retries, dead jobs and lag (reply → delivered)."""
+
+    def __init__(self) -> None:
+        from services.servicekit.telemetry import meter
+
+        m = meter("rapport.outbox")
+        self.retries = m.create_counter("rapport.post_process.retries")
+        self.dead = m.create_counter("rapport.post_process.dead")
+        self.lag_seconds = m.create_histogram("rapport.post_process.lag", unit="s")
+        self.depth: dict[str, int] = {}
+        m.create_observable_gauge("rapport.post_process.queue_depth", callbacks=[self._observe_depth])
+
+    def _observe_depth(self, options):  # type: ignore[no-untyped-def]
+        from opentelemetry.metrics import Observation
+
+        return [Observation(count, {"status": status}) for status, count in self.depth.items()]
+
+
+METRICS = OutboxMetrics()
+
+
 def backoff_seconds(attempts: int, base: float = 0.5, cap: float = 300.0) -> float:
     """Delay before attempt `attempts + 1`: base·2^(attempts−1), capped."""
     return min(cap, base * (2 ** max(0, attempts - 1)))
@@ -52,6 +74,7 @@ class OutboxWorker:
 
     async def run(self) -> None:
         while True:
+            METRICS.depth = await outbox_counts(self.pool)
             delivered = await self.deliver_due()
             if delivered:
                 continue
@@ -93,20 +116,24 @@ class OutboxWorker:
             log.exception("post-process job %s failed unexpectedly", job["id"])
             await self._failed(job, f"{type(error).__name__}: {error}")
         else:
-            await self.pool.execute("UPDATE chat.outbox SET status = 'done', done_at = now(), last_error = NULL "
-                                    "WHERE id = $1", job["id"])
+            lag = await self.pool.fetchval(
+                "UPDATE chat.outbox SET status = 'done', done_at = now(), last_error = NULL WHERE id = $1 "
+                "RETURNING extract(epoch FROM done_at - created_at)", job["id"])
+            METRICS.lag_seconds.record(float(lag or 0.0), {"target": job["target"]})
         finally:
             otel_context.detach(token)
 
     async def _failed(self, job: asyncpg.Record, reason: str) -> None:
         attempts = job["attempts"]
         if attempts >= self.max_attempts:
+            METRICS.dead.add(1, {"target": job["target"]})
             log.error("post-process job %s (%s, turn %s) is dead after %d attempts: %s", job["id"], job["target"],
                       job["turn_id"], attempts, reason)
             await self.pool.execute("UPDATE chat.outbox SET status = 'dead', last_error = $2 WHERE id = $1",
                                     job["id"], reason)
             return
         delay = backoff_seconds(attempts, self.backoff_base)
+        METRICS.retries.add(1, {"target": job["target"]})
         log.warning("post-process job %s (%s) failed (attempt %d), retrying in %.1fs: %s", job["id"], job["target"],
                     attempts, delay, reason)
         await self.pool.execute(

@@ -27,7 +27,7 @@ from services.servicekit.grpc_runtime import call_timeout
 from services.servicekit.llm import LlmClient, is_retryable_status
 from services.servicekit.model_config import ModelConfig, ResolvedTask
 from services.servicekit.tasks import TaskLlm
-from services.servicekit.telemetry import current_trace_id
+from services.servicekit.telemetry import current_trace_id, meter
 
 from . import frames, store
 from .domain import pde
@@ -40,6 +40,23 @@ from .persona_catalog import persona_spec
 
 log = logging.getLogger("rapport.turn")
 tracer = trace.get_tracer("rapport.orchestrator.turn")
+
+
+class TurnMetrics:
+    """Turn latency, time to first token, tokens and cost, and the latency of each parallel read."""
+
+    def __init__(self) -> None:
+        m = meter("rapport.orchestrator")
+        self.turn_seconds = m.create_histogram("rapport.turn.duration", unit="s", description="whole turn")
+        self.ttft_seconds = m.create_histogram("rapport.turn.time_to_first_token", unit="s")
+        self.read_seconds = m.create_histogram("rapport.turn.read.duration", unit="s",
+                                               description="affinity / memory recall / insight reads")
+        self.tokens = m.create_counter("rapport.llm.tokens", unit="{token}")
+        self.cost = m.create_counter("rapport.llm.cost", unit="USD")
+        self.outcomes = m.create_counter("rapport.turn.outcomes", description="reply, ghost, error")
+
+
+METRICS = TurnMetrics()
 
 READ_TIMEOUT = 2.0  # a slow memory/insight must not hold the reply hostage: degrade instead
 HISTORY_MESSAGES = 40
@@ -55,6 +72,7 @@ class TurnInput:
     sampling: dict[str, Any]  # per-request overrides (OpenAI-compatible clients)
     system_prompt: str | None = None  # the client's system messages (OpenAI-compatible API) replace the persona's
     post_process: bool = True  # False when a reply to this user message was already post-processed (a regenerate)
+    received_at: float = field(default_factory=time.monotonic)  # for time-to-first-token
 
 
 @dataclass
@@ -113,15 +131,21 @@ class TurnEngine:
             emitted.append(frame)
             await log_.publish(frame)
 
+        started = time.monotonic()
         with tracer.start_as_current_span("turn", attributes={"rapport.turn_id": turn.turn_id,
                                                                "rapport.session_id": str(turn.session.id)}):
             try:
                 await asyncio.wait_for(self._run(turn, emit, emitted), timeout=self.generation_timeout)
+                outcome = next((f.get("action_type") for f in emitted if f["type"] == "meta"), "reply")
+                METRICS.outcomes.add(1, {"outcome": outcome})
+                METRICS.turn_seconds.record(time.monotonic() - started, {"outcome": outcome})
             except TimeoutError:
+                METRICS.outcomes.add(1, {"outcome": "error"})
                 await emit(frames.error("generation_timeout", "the turn exceeded CHAT_GEN_TIMEOUT_SECS",
                                         "That took too long. Please try again.", True))
                 await self._record_failure(turn, emitted, "generation_timeout")
             except GenerationFailed as failure:
+                METRICS.outcomes.add(1, {"outcome": "error"})
                 await emit(frames.error(failure.code, str(failure), "I couldn't reply just now. Please try again.",
                                         failure.retryable))
                 await self._record_failure(turn, emitted, str(failure))
@@ -179,6 +203,7 @@ class TurnEngine:
             return None
         finally:
             ctx.timings_ms[label] = round((time.monotonic() - started) * 1000, 2)
+            METRICS.read_seconds.record(time.monotonic() - started, {"read": label})
 
     async def read_context(self, turn: TurnInput) -> TurnContext:
         """Affinity, the ghost decision, memory recall and the insight profile — all in parallel."""
@@ -345,6 +370,8 @@ class TurnEngine:
                 async for chunk in self.llm.stream_chat(model, messages, params=params):
                     generation_id = chunk.generation_id or generation_id
                     if chunk.content:
+                        if not text and not attempt_text:
+                            METRICS.ttft_seconds.record(time.monotonic() - turn.received_at, {"model": model})
                         attempt_text += chunk.content
                         await emit(frames.delta(message_id, chunk.content))
                     if chunk.usage:
@@ -404,6 +431,12 @@ class TurnEngine:
             jobs=jobs, trace_context=current_trace_context(), frames=[*emitted, done, final], explain=explain,
             usage=reply["usage"], cost=float(reply["usage"].get("cost", 0.0) or 0.0))
         self.outbox.notify()
+        usage = reply["usage"]
+        for kind in ("prompt_tokens", "completion_tokens"):
+            if isinstance(usage.get(kind), int):
+                METRICS.tokens.add(usage[kind], {"kind": kind, "model": reply["model"]})
+        if usage.get("cost"):
+            METRICS.cost.add(float(usage["cost"]), {"model": reply["model"]})
         await emit(done)
         if not reply["ghost_fallback"]:
             try:

@@ -41,6 +41,28 @@ def _exporter_from_env() -> SpanExporter | None:
     return None
 
 
+def _setup_metrics(resource: Resource) -> None:
+    """OTel metrics, exported over OTLP only when an endpoint or `OTEL_METRICS_EXPORTER=otlp` is configured."""
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    kind = (os.environ.get("OTEL_METRICS_EXPORTER") or "").strip().lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    readers = []
+    if kind == "otlp" or (not kind and endpoint):
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+
+
+def meter(name: str):  # type: ignore[no-untyped-def]
+    from opentelemetry import metrics
+
+    return metrics.get_meter(name)
+
+
 def setup_telemetry(service_name: str, extra_exporter: SpanExporter | None = None) -> TracerProvider:
     """Install the process-wide tracer provider once and instrument asyncpg.
 
@@ -55,6 +77,7 @@ def setup_telemetry(service_name: str, extra_exporter: SpanExporter | None = Non
         if exporter is not None:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
+        _setup_metrics(resource)
         try:
             from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
