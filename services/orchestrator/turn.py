@@ -59,7 +59,7 @@ class TurnMetrics:
 METRICS = TurnMetrics()
 
 READ_TIMEOUT = 2.0  # a slow memory/insight must not hold the reply hostage: degrade instead
-HISTORY_MESSAGES = 40
+HISTORY_MESSAGES = 20  # keep equal to the memory service's MEMORY_HISTORY_WINDOW (recent moments are not recalled)
 CHAT_TASK = "chat_companion"
 
 

@@ -3,6 +3,7 @@ distillation."""
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 
@@ -14,6 +15,7 @@ from services.memory.domain import (
     CATEGORIES,
     MEMORY_SCOPES,
     CandidateMemory,
+    ExtractionFormatError,
     MemoryScope,
     MemoryScopeError,
     ScoredMemory,
@@ -25,6 +27,7 @@ from services.memory.domain import (
     importance_score,
     moment_from_user_message,
     normalize_for_dedup,
+    parse_extraction,
     parse_memory_scope,
     prune_cross_layer_duplicates,
     reciprocal_rank_fusion,
@@ -485,3 +488,47 @@ def test_distill_transcript_of_nothing_is_nothing() -> None:
 
 def test_importance_is_finite_for_every_distilled_memory() -> None:
     assert all(math.isfinite(m.importance) for m, _ in distill_transcript(DREAM))
+
+
+# --------------------------------------------------------------------------- LLM extraction output
+
+
+def test_parse_extraction_accepts_the_strict_contract_and_drops_duplicates() -> None:
+    answer = json.dumps({"memories": [
+        {"content": "User lives in  Lisbon", "category": "fact", "importance": 0.7, "layer": "profile"},
+        {"content": "user lives in lisbon.", "category": "fact", "importance": 0.2, "layer": "profile"},
+        {"content": "User and the persona joked about pigeons", "category": "moment", "importance": 1,
+         "layer": "relationship"},
+    ]})
+    assert parse_extraction(answer) == [
+        CandidateMemory("User lives in Lisbon", "fact", 0.7, "profile"),
+        CandidateMemory("User and the persona joked about pigeons", "moment", 1.0, "relationship"),
+    ]
+    assert parse_extraction('{"memories": []}') == []
+
+
+@pytest.mark.parametrize("answer, problem", [
+    ("Sure! Here you go", "not JSON"),
+    ("[]", "exactly"),
+    ('{"memories": [], "extra": 1}', "exactly"),
+    ('{"memories": {}}', "exactly"),
+    ('{"memories": [{"content": "x", "category": "fact", "importance": 0.5}]}', "must have exactly"),
+    ('{"memories": [{"content": " ", "category": "fact", "importance": 0.5, "layer": "profile"}]}', "content"),
+    ('{"memories": [{"content": "x", "category": "gossip", "importance": 0.5, "layer": "profile"}]}', "category"),
+    ('{"memories": [{"content": "x", "category": "fact", "importance": "high", "layer": "profile"}]}', "importance"),
+    ('{"memories": [{"content": "x", "category": "fact", "importance": true, "layer": "profile"}]}', "importance"),
+    ('{"memories": [{"content": "x", "category": "fact", "importance": 1.5, "layer": "profile"}]}', "importance"),
+    ('{"memories": [{"content": "x", "category": "fact", "importance": 0.5, "layer": "world"}]}', "layer"),
+    ('{"memories": [{"content": "x", "category": "fact", "importance": 0.5, "layer": 3}]}', "strings"),
+])
+def test_parse_extraction_rejects_anything_else_naming_the_problem(answer: str, problem: str) -> None:
+    with pytest.raises(ExtractionFormatError, match=problem):
+        parse_extraction(answer)
+
+
+def test_parse_extraction_limits_the_number_and_length_of_memories() -> None:
+    item = {"content": "User likes tea", "category": "preference", "importance": 0.5, "layer": "profile"}
+    with pytest.raises(ExtractionFormatError, match="at most 12"):
+        parse_extraction(json.dumps({"memories": [item] * 13}))
+    with pytest.raises(ExtractionFormatError, match="500"):
+        parse_extraction(json.dumps({"memories": [{**item, "content": "x" * 501}]}))

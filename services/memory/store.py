@@ -1,0 +1,491 @@
+"""asyncpg queries for the `memory` schema — the only code that touches it.
+
+Every query that reads or changes memories is scoped by user_id. Writes of one user are
+serialized by a transaction-scoped advisory lock (near-duplicate merging reads, then writes).
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+import numpy as np
+
+from services.memory.domain import normalize_for_dedup
+
+WriteOutcome = Literal["inserted", "merged", "unchanged"]
+VectorSearch = Literal["exact", "hnsw"]
+USER_LOCK_NAMESPACE = 0x4D454D  # "MEM": pg_advisory_xact_lock(namespace, hashtext(user_id))
+
+MEMORY_COLUMNS = """id, user_id, instance_id, session_id, content, category, importance, embedding_model,
+    source_message_ids, occurred_at, created_at, updated_at, recall_count, last_recalled_at, metadata"""
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    """A memory to write (merged into a near-duplicate of the same user and layer when one exists)."""
+
+    user_id: uuid.UUID
+    instance_id: uuid.UUID | None  # None = profile layer
+    session_id: uuid.UUID | None
+    content: str
+    category: str
+    importance: float
+    embedding: np.ndarray
+    source_message_ids: tuple[str, ...]
+    occurred_at: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One ingested turn: the service's own copy of the transcript."""
+
+    turn_id: str
+    user_id: uuid.UUID
+    instance_id: uuid.UUID
+    session_id: uuid.UUID
+    user_message_id: str
+    reply_message_id: str
+    user_text: str
+    reply_text: str
+    occurred_at: datetime
+    extraction: Literal["rules", "llm", "llm_failed"]
+    extraction_error: str | None = None
+
+    @property
+    def message_count(self) -> int:
+        return 1 + (1 if self.reply_text else 0)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    memory_ids: list[uuid.UUID]
+    outcomes: list[WriteOutcome]
+
+    def count(self, outcome: WriteOutcome) -> int:
+        return self.outcomes.count(outcome)
+
+
+def _layer_condition(instance_id: uuid.UUID | None, params: list[Any], alias: str = "") -> str:
+    """SQL for "this layer": profile = instance_id IS NULL, relationship = this pair."""
+    if instance_id is None:
+        return f"{alias}instance_id IS NULL"
+    params.append(instance_id)
+    return f"{alias}instance_id = ${len(params)}"
+
+
+# --------------------------------------------------------------------------- embedding config
+
+
+async def embedding_config(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[str, int]:
+    row = await conn.fetchrow("SELECT model, dim FROM memory.embedding_config")
+    if row is None:
+        raise RuntimeError("memory.embedding_config is empty: run `rapport migrate`")
+    return row["model"], row["dim"]
+
+
+# --------------------------------------------------------------------------- writing memories
+
+
+async def lock_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    """Serialize this transaction with every other memory write of the user."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", USER_LOCK_NAMESPACE, str(user_id))
+
+
+async def write_memory(conn: asyncpg.Connection, memory: NewMemory, model: str, merge_threshold: float
+                       ) -> tuple[uuid.UUID, WriteOutcome]:
+    """Insert, or merge into the nearest live memory of the same user and layer when its cosine
+    similarity is ≥ merge_threshold (content and embedding replaced, sources appended, importance
+    kept at the higher). Call inside a transaction holding `lock_user`."""
+    params: list[Any] = [memory.user_id, memory.embedding]
+    layer = _layer_condition(memory.instance_id, params)
+    nearest = await conn.fetchrow(
+        f"""WITH scoped AS MATERIALIZED (
+                SELECT id, content, source_message_ids, embedding <=> $2 AS distance FROM memory.memories
+                WHERE user_id = $1 AND {layer} AND deleted_at IS NULL)
+            SELECT * FROM scoped ORDER BY distance LIMIT 1""", *params)
+    if nearest is not None and 1.0 - nearest["distance"] >= merge_threshold:
+        old_sources = list(nearest["source_message_ids"])
+        sources = old_sources + [s for s in memory.source_message_ids if s not in old_sources]
+        if normalize_for_dedup(nearest["content"]) == normalize_for_dedup(memory.content) and sources == old_sources:
+            return nearest["id"], "unchanged"
+        merged = await conn.fetchval(
+            """UPDATE memory.memories
+               SET content = $2, category = $3, importance = greatest(importance, $4), embedding = $5,
+                   embedding_model = $6, source_message_ids = $7, session_id = coalesce($8, session_id),
+                   occurred_at = greatest(occurred_at, $9), updated_at = now(),
+                   metadata = metadata || $10::jsonb
+                              || jsonb_build_object('merges', coalesce((metadata->>'merges')::int, 0) + 1)
+               WHERE id = $1 AND deleted_at IS NULL RETURNING id""",
+            nearest["id"], memory.content, memory.category, memory.importance, memory.embedding, model, sources,
+            memory.session_id, memory.occurred_at, dict(memory.metadata))
+        if merged is not None:
+            return merged, "merged"
+    inserted = await conn.fetchval(
+        """INSERT INTO memory.memories (user_id, instance_id, session_id, content, category, importance, embedding,
+               embedding_model, source_message_ids, occurred_at, metadata)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id""",
+        memory.user_id, memory.instance_id, memory.session_id, memory.content, memory.category, memory.importance,
+        memory.embedding, model, list(memory.source_message_ids), memory.occurred_at, dict(memory.metadata))
+    return inserted, "inserted"
+
+
+async def write_memories(conn: asyncpg.Connection, memories: Sequence[NewMemory], model: str,
+                         merge_threshold: float) -> WriteResult:
+    ids: list[uuid.UUID] = []
+    outcomes: list[WriteOutcome] = []
+    for memory in memories:
+        memory_id, outcome = await write_memory(conn, memory, model, merge_threshold)
+        ids.append(memory_id)
+        outcomes.append(outcome)
+    return WriteResult(ids, outcomes)
+
+
+# --------------------------------------------------------------------------- turns
+
+
+async def ingested_turn(pool: asyncpg.Pool, turn_id: str, user_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT memory_ids FROM memory.ingested_turns WHERE turn_id = $1 AND user_id = $2",
+                               turn_id, user_id)
+
+
+async def ingest_turn(pool: asyncpg.Pool, turn: TurnRecord, memories: Sequence[NewMemory], model: str,
+                      merge_threshold: float) -> WriteResult | None:
+    """Record the turn, bump its session, write its memories — one transaction. None when the turn
+    id was already ingested (idempotency)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_user(conn, turn.user_id)
+        seq = await conn.fetchval(
+            """INSERT INTO memory.ingested_turns (turn_id, user_id, instance_id, session_id, user_message_id,
+                   reply_message_id, user_text, reply_text, occurred_at, extraction, extraction_error)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               ON CONFLICT (turn_id) DO NOTHING RETURNING seq""",
+            turn.turn_id, turn.user_id, turn.instance_id, turn.session_id, turn.user_message_id,
+            turn.reply_message_id, turn.user_text, turn.reply_text, turn.occurred_at, turn.extraction,
+            turn.extraction_error)
+        if seq is None:
+            return None
+        await conn.execute(
+            """INSERT INTO memory.sessions (session_id, user_id, instance_id, last_activity_at, last_seq, message_count)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (session_id) DO UPDATE
+               SET last_activity_at = greatest(sessions.last_activity_at, EXCLUDED.last_activity_at),
+                   last_seq = greatest(sessions.last_seq, EXCLUDED.last_seq),
+                   message_count = sessions.message_count + EXCLUDED.message_count""",
+            turn.session_id, turn.user_id, turn.instance_id, turn.occurred_at, seq, turn.message_count)
+        result = await write_memories(conn, memories, model, merge_threshold)
+        await conn.execute("UPDATE memory.ingested_turns SET memory_ids = $2 WHERE turn_id = $1",
+                           turn.turn_id, list(dict.fromkeys(result.memory_ids)))
+        return result
+
+
+# --------------------------------------------------------------------------- recall
+
+# OR of the query's words (plainto_tsquery ANDs them, which almost never matches a question), in the
+# exact-words configuration of the generated column.
+_TEXT_QUERY = "replace(plainto_tsquery('memory.exact_words', ${n})::text, ' & ', ' | ')::tsquery"
+
+
+async def search_layer(pool: asyncpg.Pool, *, user_id: uuid.UUID, instance_id: uuid.UUID | None,
+                       vector: np.ndarray, text: str | None, limit: int, vector_search: VectorSearch,
+                       ef_search: int = 100, hide_recent: tuple[uuid.UUID, int] | None = None
+                       ) -> list[asyncpg.Record]:
+    """One layer's candidates: the `limit` nearest live memories by cosine distance, plus (when
+    `text` is given) the `limit` best full-text matches. Each row carries its cosine `distance`,
+    `vector_hit` (it is among the nearest) and `text_rank` (ts_rank_cd, NULL when not a text hit).
+
+    `exact` scans the user's rows of this layer (btree) and sorts; `hnsw` walks the HNSW index
+    with pgvector's iterative scan (relaxed order) so a filtered search still returns `limit` rows.
+    `hide_recent=(session_id, turns)` leaves out that session's memories from its last `turns`
+    turns — the prompt's history already carries them verbatim.
+    """
+    params: list[Any] = [user_id, vector, limit]
+    layer = _layer_condition(instance_id, params)
+    scope = f"user_id = $1 AND {layer} AND deleted_at IS NULL"
+    if hide_recent is not None:
+        params.extend(hide_recent)
+        session, turns = f"${len(params) - 1}", f"${len(params)}"
+        scope += f""" AND NOT (session_id IS NOT DISTINCT FROM {session}::uuid AND occurred_at >= (
+            SELECT coalesce(min(occurred_at), 'infinity') FROM (
+                SELECT occurred_at FROM memory.ingested_turns WHERE session_id = {session}::uuid
+                ORDER BY seq DESC LIMIT {turns}) recent))"""
+    if text:
+        params.append(text)
+        query = _TEXT_QUERY.format(n=len(params))
+    if vector_search == "exact":
+        # One pass over the user's rows of the layer (btree): distances for the vector ranking, and the
+        # tsvector for the text ranking — its cost follows the user's memories, not the table's.
+        source = "scoped"
+        vector_cte = f"""scoped AS MATERIALIZED (SELECT id, embedding <=> $2 AS distance, content_tsv
+                             FROM memory.memories WHERE {scope}),
+            vector_hits AS (SELECT id, distance FROM scoped ORDER BY distance LIMIT $3)"""
+    else:
+        source = f"(SELECT id, content_tsv FROM memory.memories WHERE {scope})"
+        vector_cte = f"""vector_hits AS MATERIALIZED (SELECT id, embedding <=> $2 AS distance FROM memory.memories
+                             WHERE {scope} ORDER BY embedding <=> $2 LIMIT $3)"""
+    if text:
+        text_cte = f"""text_hits AS (SELECT id, ts_rank_cd(content_tsv, {query}) AS rank FROM {source} candidates
+                           WHERE content_tsv @@ {query} ORDER BY rank DESC, id LIMIT $3)"""
+    else:
+        text_cte = "text_hits AS (SELECT NULL::uuid AS id, NULL::real AS rank WHERE false)"
+    sql = f"""WITH {vector_cte}, {text_cte}
+        SELECT m.id, m.category, m.content, m.importance, m.occurred_at, m.source_message_ids,
+               m.embedding <=> $2 AS distance, v.id IS NOT NULL AS vector_hit, t.rank AS text_rank
+        FROM (SELECT id FROM vector_hits UNION SELECT id FROM text_hits) hits
+        JOIN memory.memories m ON m.id = hits.id
+        LEFT JOIN vector_hits v ON v.id = m.id LEFT JOIN text_hits t ON t.id = m.id"""
+    async with pool.acquire() as conn:
+        if vector_search == "exact":
+            return await conn.fetch(sql, *params)
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            return await conn.fetch(sql, *params)
+
+
+async def mark_recalled(pool: asyncpg.Pool, user_id: uuid.UUID, memory_ids: Sequence[uuid.UUID]) -> None:
+    await pool.execute(
+        """UPDATE memory.memories SET recall_count = recall_count + 1, last_recalled_at = now()
+           WHERE user_id = $1 AND id = ANY($2::uuid[])""", user_id, list(memory_ids))
+
+
+async def latest_summary(pool: asyncpg.Pool, user_id: uuid.UUID, session_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        """SELECT session_id, content, first_message_index, last_message_index, created_at
+           FROM memory.session_summaries WHERE user_id = $1 AND session_id = $2
+           ORDER BY last_message_index DESC LIMIT 1""", user_id, session_id)
+
+
+# --------------------------------------------------------------------------- data ownership
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    user_id: uuid.UUID
+    layer: Literal["profile", "relationship"] | None = None
+    instance_id: uuid.UUID | None = None
+    category: str | None = None
+    text: str | None = None
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_memories(pool: asyncpg.Pool, where: ListFilter, limit: int,
+                        after: tuple[datetime, uuid.UUID] | None) -> list[asyncpg.Record]:
+    """Live memories of one user, newest first, keyset-paginated on (created_at, id)."""
+    params: list[Any] = [where.user_id]
+    conditions = ["user_id = $1", "deleted_at IS NULL"]
+
+    def bind(value: Any) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    if where.layer == "profile":
+        conditions.append("instance_id IS NULL")
+    elif where.layer == "relationship":
+        conditions.append("instance_id IS NOT NULL")
+    if where.instance_id is not None:
+        conditions.append(f"instance_id = {bind(where.instance_id)}")
+    if where.category:
+        conditions.append(f"category = {bind(where.category)}")
+    if where.text:
+        conditions.append(f"content ILIKE {bind(_like_pattern(where.text))} ESCAPE '\\'")
+    if after is not None:
+        conditions.append(f"(created_at, id) < ({bind(after[0])}, {bind(after[1])})")
+    return await pool.fetch(
+        f"""SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE {' AND '.join(conditions)}
+            ORDER BY created_at DESC, id DESC LIMIT {bind(limit)}""", *params)
+
+
+async def soft_delete(pool: asyncpg.Pool, user_id: uuid.UUID, memory_id: uuid.UUID) -> bool:
+    deleted = await pool.fetchval(
+        """UPDATE memory.memories SET deleted_at = now(), updated_at = now()
+           WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL RETURNING id""", memory_id, user_id)
+    return deleted is not None
+
+
+async def export_memories(pool: asyncpg.Pool, user_id: uuid.UUID) -> AsyncIterator[asyncpg.Record]:
+    """Every live memory of the user, oldest first, streamed from a server-side cursor."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async for row in conn.cursor(
+                f"SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE user_id = $1 AND deleted_at IS NULL "
+                "ORDER BY created_at, id", user_id, prefetch=200):
+            yield row
+
+
+async def import_memories(pool: asyncpg.Pool, user_id: uuid.UUID, memories: Sequence[NewMemory], model: str,
+                          merge_threshold: float) -> WriteResult:
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_user(conn, user_id)
+        return await write_memories(conn, memories, model, merge_threshold)
+
+
+async def delete_user_data(pool: asyncpg.Pool, user_id: uuid.UUID, instance_id: uuid.UUID | None) -> int:
+    """Hard-delete what this service holds about a user (or only one persona instance of theirs:
+    its relationship memories, turns, sessions and summaries). Returns the memories deleted."""
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_user(conn, user_id)
+        if instance_id is None:
+            deleted = await conn.execute("DELETE FROM memory.memories WHERE user_id = $1", user_id)
+            for table in ("session_summaries", "distillations", "sessions", "ingested_turns"):
+                await conn.execute(f"DELETE FROM memory.{table} WHERE user_id = $1", user_id)
+        else:
+            deleted = await conn.execute("DELETE FROM memory.memories WHERE user_id = $1 AND instance_id = $2",
+                                         user_id, instance_id)
+            sessions = "(SELECT session_id FROM memory.sessions WHERE user_id = $1 AND instance_id = $2)"
+            for table in ("session_summaries", "distillations"):
+                await conn.execute(f"DELETE FROM memory.{table} WHERE user_id = $1 AND session_id IN {sessions}",
+                                   user_id, instance_id)
+            for table in ("sessions", "ingested_turns"):
+                await conn.execute(f"DELETE FROM memory.{table} WHERE user_id = $1 AND instance_id = $2",
+                                   user_id, instance_id)
+        return int(deleted.split()[-1])
+
+
+async def purge_deleted(pool: asyncpg.Pool, before: datetime) -> int:
+    """Hard-delete memories soft-deleted before `before`."""
+    result = await pool.execute("DELETE FROM memory.memories WHERE deleted_at < $1", before)
+    return int(result.split()[-1])
+
+
+# --------------------------------------------------------------------------- dreaming sweeper
+
+
+async def claim_idle_sessions(pool: asyncpg.Pool, *, now: datetime, idle_secs: float, stale_secs: float,
+                              limit: int, token: uuid.UUID) -> list[asyncpg.Record]:
+    """Claim up to `limit` sessions idle since `now - idle_secs` with turns not yet distilled, whose
+    claim is free or older than `stale_secs` (a crashed worker) — one statement, SKIP LOCKED."""
+    return await pool.fetch(
+        """UPDATE memory.sessions s SET claimed_at = $1, claim_token = $5
+           FROM (SELECT session_id FROM memory.sessions
+                 WHERE last_seq > distilled_seq
+                   AND last_activity_at <= $1::timestamptz - make_interval(secs => $2)
+                   AND (claimed_at IS NULL OR claimed_at <= $1::timestamptz - make_interval(secs => $3))
+                 ORDER BY last_activity_at LIMIT $4
+                 FOR UPDATE SKIP LOCKED) idle
+           WHERE s.session_id = idle.session_id
+           RETURNING s.session_id, s.user_id, s.instance_id, s.distilled_seq, s.last_seq""",
+        now, idle_secs, stale_secs, limit, token)
+
+
+async def turns_after(pool: asyncpg.Pool, session_id: uuid.UUID, after_seq: int, until_seq: int
+                      ) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        """SELECT seq, user_message_id, reply_message_id, user_text, reply_text, occurred_at
+           FROM memory.ingested_turns WHERE session_id = $1 AND seq > $2 AND seq <= $3
+           ORDER BY occurred_at, seq""", session_id, after_seq, until_seq)
+
+
+async def commit_distillation(pool: asyncpg.Pool, *, session_id: uuid.UUID, user_id: uuid.UUID,
+                              token: uuid.UUID, from_seq: int, to_seq: int, memories: Sequence[NewMemory],
+                              model: str, merge_threshold: float, worker: str) -> WriteResult | None:
+    """Write the distilled memories, advance the high-water mark and release the claim — only if
+    the claim is still ours (else None and nothing is written: another worker took it over)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_user(conn, user_id)
+        holder = await conn.fetchval(
+            "SELECT claim_token FROM memory.sessions WHERE session_id = $1 AND distilled_seq = $2 FOR UPDATE",
+            session_id, from_seq)
+        if holder != token:
+            return None
+        result = await write_memories(conn, memories, model, merge_threshold)
+        await conn.execute(
+            """UPDATE memory.sessions SET distilled_seq = $2, claimed_at = NULL, claim_token = NULL
+               WHERE session_id = $1""", session_id, to_seq)
+        await conn.execute(
+            """INSERT INTO memory.distillations (session_id, user_id, from_seq, to_seq, memory_ids, worker)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            session_id, user_id, from_seq, to_seq, list(dict.fromkeys(result.memory_ids)), worker)
+        return result
+
+
+async def release_claim(pool: asyncpg.Pool, session_id: uuid.UUID, token: uuid.UUID) -> None:
+    await pool.execute(
+        "UPDATE memory.sessions SET claimed_at = NULL, claim_token = NULL WHERE session_id = $1 AND claim_token = $2",
+        session_id, token)
+
+
+# --------------------------------------------------------------------------- rolling summaries
+
+
+async def summary_state(pool: asyncpg.Pool, session_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        "SELECT user_id, message_count, summarized_until FROM memory.sessions WHERE session_id = $1", session_id)
+
+
+async def session_transcript(pool: asyncpg.Pool, session_id: uuid.UUID) -> list[tuple[str, str, str]]:
+    """(message_id, role, content) of the session in order, as ingested."""
+    rows = await pool.fetch(
+        """SELECT user_message_id, reply_message_id, user_text, reply_text FROM memory.ingested_turns
+           WHERE session_id = $1 ORDER BY occurred_at, seq""", session_id)
+    messages: list[tuple[str, str, str]] = []
+    for row in rows:
+        messages.append((row["user_message_id"], "user", row["user_text"]))
+        if row["reply_text"]:
+            messages.append((row["reply_message_id"], "assistant", row["reply_text"]))
+    return messages
+
+
+async def save_summary(pool: asyncpg.Pool, *, session_id: uuid.UUID, user_id: uuid.UUID, first_index: int,
+                       last_index: int, content: str, method: str) -> bool:
+    """Store a summary of messages first..last (inclusive) unless one for that range exists."""
+    async with pool.acquire() as conn, conn.transaction():
+        saved = await conn.fetchval(
+            """INSERT INTO memory.session_summaries (session_id, user_id, first_message_index, last_message_index,
+                   content, method) VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (session_id, last_message_index) DO NOTHING RETURNING session_id""",
+            session_id, user_id, first_index, last_index, content, method)
+        await conn.execute(
+            "UPDATE memory.sessions SET summarized_until = greatest(summarized_until, $2) WHERE session_id = $1",
+            session_id, last_index + 1)
+        return saved is not None
+
+
+# --------------------------------------------------------------------------- re-embedding
+
+_VECTOR_INDEX = "memories_embedding_idx"
+
+
+async def count_memories(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM memory.memories"))
+
+
+async def stale_embeddings(pool: asyncpg.Pool, model: str) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM memory.memories WHERE embedding_model <> $1", model))
+
+
+async def prepare_reembedding(pool: asyncpg.Pool, dim: int) -> None:
+    """A fresh `embedding_next vector(dim)` column that the new vectors are written to (the live
+    column keeps serving until the switch)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE memory.memories DROP COLUMN IF EXISTS embedding_next")
+        await conn.execute(f"ALTER TABLE memory.memories ADD COLUMN embedding_next vector({int(dim)})")
+
+
+async def memories_to_reembed(conn: asyncpg.Connection | asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, content FROM memory.memories WHERE embedding_next IS NULL ORDER BY id LIMIT $1", limit)
+
+
+async def store_reembedded(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[uuid.UUID],
+                           vectors: np.ndarray) -> None:
+    await conn.executemany("UPDATE memory.memories SET embedding_next = $2 WHERE id = $1",
+                           list(zip(ids, vectors, strict=True)))
+
+
+async def switch_embeddings(conn: asyncpg.Connection, model: str, dim: int) -> None:
+    """Make `embedding_next` the live column (same HNSW index definition, rebuilt) and record the new
+    model and dimension. Call inside a transaction after every row has its new vector."""
+    definition = await conn.fetchval("SELECT pg_get_indexdef(($1)::regclass)", f"memory.{_VECTOR_INDEX}")
+    await conn.execute("ALTER TABLE memory.memories DROP COLUMN embedding")
+    await conn.execute("ALTER TABLE memory.memories RENAME COLUMN embedding_next TO embedding")
+    await conn.execute("ALTER TABLE memory.memories ALTER COLUMN embedding SET NOT NULL")
+    await conn.execute("UPDATE memory.memories SET embedding_model = $1 WHERE embedding_model <> $1", model)
+    await conn.execute(definition)
+    await conn.execute("UPDATE memory.embedding_config SET model = $1, dim = $2", model, dim)
