@@ -1,6 +1,8 @@
 """Orchestrator gRPC server: personas, sessions, history and the streamed turn."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -192,6 +194,15 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             self.live.admit(user_key)
         except TooManyTurns as error:
             raise ResourceExhausted(str(error), user_message="Too many replies at once. Wait a moment.") from None
+        lock = self.live.session_lock(str(session.id))
+        prefetch = None
+        if begin is None and not lock.locked():
+            # Nothing else runs on this session: read affinity, memory, insight, persona and history while
+            # the user message is being persisted (the reads see the session as it will be after it).
+            prefetch = asyncio.create_task(self.engine.read_context(TurnInput(
+                turn_id="", user_message_id="", session=prefetch_session(session), request=turn_request,
+                sampling=sampling)))
+            prefetch.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             if begin is None:
                 turn_id, message_id, created = await store.begin_turn(
@@ -215,15 +226,24 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                                         "WHERE id = $1", turn_id)  # a failed turn is generated again
         except BaseException:
             self.live.release(user_key)
+            if prefetch is not None:
+                prefetch.cancel()
             raise
         turn = TurnInput(turn_id=turn_id, user_message_id=message_id, session=session, request=turn_request,
                          sampling=sampling, system_prompt=system_prompt, post_process=post_process)
 
         async def work(frame_log: Any) -> None:
             try:
-                async with self.live.session_lock(str(session.id)):
-                    fresh = await store.get_session(self.pool, session.id)
-                    await self.engine.run(frame_log, TurnInput(**{**turn.__dict__, "session": fresh or session}))
+                uncontended = not lock.locked()
+                async with lock:
+                    if uncontended and prefetch is not None and created:
+                        run = dataclasses.replace(turn, session=prefetch_session(session), prefetched=prefetch)
+                    else:
+                        if prefetch is not None:
+                            prefetch.cancel()
+                        fresh = await store.get_session(self.pool, session.id)
+                        run = dataclasses.replace(turn, session=fresh or session)
+                    await self.engine.run(frame_log, run)
             finally:
                 self.live.release(user_key)
 
@@ -311,6 +331,12 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         response = pb.DeleteUserDataResponse()
         response.deleted.update(deleted)
         return response
+
+
+def prefetch_session(session: store.SessionRow) -> store.SessionRow:
+    """The session as it is once the new user message is stored."""
+    return dataclasses.replace(session, message_count=session.message_count + 1,
+                               user_message_count=session.user_message_count + 1)
 
 
 def _in_progress(message_id: str) -> Aborted:

@@ -73,6 +73,7 @@ class TurnInput:
     system_prompt: str | None = None  # the client's system messages (OpenAI-compatible API) replace the persona's
     post_process: bool = True  # False when a reply to this user message was already post-processed (a regenerate)
     received_at: float = field(default_factory=time.monotonic)  # for time-to-first-token
+    prefetched: asyncio.Task[TurnContext] | None = None  # reads started while the turn was being persisted
 
 
 @dataclass
@@ -83,6 +84,8 @@ class TurnContext:
     ghost: affinity_pb2.DecideGhostResponse | None = None
     recall: memory_pb2.RecallResponse | None = None
     profile: insight_pb2.GetProfileResponse | None = None
+    persona_row: Any = None
+    history_rows: list[Any] = field(default_factory=list)  # may include the current message: filtered by id
     degraded: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -165,7 +168,7 @@ class TurnEngine:
 
     async def _run(self, turn: TurnInput, emit: Any, emitted: list[dict[str, Any]]) -> None:
         started = time.monotonic()
-        ctx = await self.read_context(turn)
+        ctx = await turn.prefetched if turn.prefetched is not None else await self.read_context(turn)
         decision, judge_audit = await self._decide(turn, ctx)
         explain: dict[str, Any] = {
             "decision": {"action": decision.action, "style": decision.style, "reason": decision.reason,
@@ -233,7 +236,10 @@ class TurnEngine:
                 insight_pb2.GetProfileRequest(user_id=user_id, mode=mode), timeout=timeout), ctx))
         else:
             reads.append(_nothing())
-        ctx.affinity, ctx.ghost, ctx.recall, ctx.profile = await asyncio.gather(*reads)
+        reads.append(store.get_persona(self.pool, s.persona_id))
+        reads.append(store.recent_messages(self.pool, s.id, HISTORY_MESSAGES + 1))
+        (ctx.affinity, ctx.ghost, ctx.recall, ctx.profile, ctx.persona_row,
+         ctx.history_rows) = await asyncio.gather(*reads)
         return ctx
 
     # -- the Persona Decision Engine ------------------------------------------------------------
@@ -305,8 +311,8 @@ class TurnEngine:
                       resolved: ResolvedTask) -> AssembledPrompt:
         s, req = turn.session, turn.request
         gates = MEMORY_GATES[req.memory_scope]
-        persona_row = await store.get_persona(self.pool, s.persona_id)
-        history = await store.recent_messages(self.pool, s.id, HISTORY_MESSAGES, exclude_id=turn.user_message_id)
+        persona_row = ctx.persona_row
+        history = [row for row in ctx.history_rows if row["id"] != turn.user_message_id][-HISTORY_MESSAGES:]
         recall, affinity = ctx.recall, ctx.affinity
         profile_memories = [(m.content, m.score) for m in recall.profile] if recall and gates.profile_memories else []
         relationship = ([(m.content, m.score) for m in recall.relationship]
