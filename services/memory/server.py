@@ -521,6 +521,9 @@ class ImportDraft:
 async def build(ctx: ServiceContext) -> ServiceParts:
     embedder = configured_embedder(ctx.env.environ)
     await check_embedding_config(ctx.pool, embedder)
+    inner = getattr(embedder, "inner", embedder)
+    if hasattr(inner, "warm_up"):
+        await inner.warm_up()
     settings = MemorySettings.from_env(ctx.env)
     extraction_llm = llm_for_task(ctx.env, "memory_extraction")
     summary_llm = llm_for_task(ctx.env, "summarization")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import platform
@@ -27,7 +28,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +46,9 @@ DOC_TITLE = "# Benchmarks"
 GOAL_SESSIONS = 16
 GOAL_ADDED_P50_MS = 15.0
 GOAL_ADDED_P99_MS = 50.0
+GOAL_LAG_P95_MS = 1000.0  # post-process lag with the local embedder
 THROUGHPUT_SESSIONS = 64
+SATURATED = 0.7  # share of the CPU-bound turn rate from which a level counts as saturated
 HISTORY_MESSAGES = 20  # what the engine keeps in the prompt; the direct baseline mirrors it
 TURN_TIMEOUT = 120.0
 # Variables that would point the bench at something other than its own local stack.
@@ -68,6 +72,10 @@ def user_line(session: int, turn: int) -> str:
     return f"{USER_LINES[(session + turn) % len(USER_LINES)]} (session {session}, turn {turn + 1})"
 
 
+def count_sessions(count: int) -> str:
+    return f"{count} session" if count == 1 else f"{count} sessions"
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0–100), linear between closest ranks; NaN when there are no values."""
     if not values:
@@ -89,6 +97,8 @@ class BenchTarget:
     database_url: str
     mint_token: Callable[[uuid.UUID], str]
     model: str = OFFLINE_MODEL_ID
+    # Process ids by name (the stack's processes): with them, CPU time per turn is accounted too.
+    pids: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,7 @@ class TurnOutcome:
     ttft_ms: float | None = None
     error: str | None = None
     ghost: bool = False
-    degraded: bool = False
+    degraded: tuple[str, ...] = ()  # services the turn went without (`final.degraded`)
 
 
 @dataclass
@@ -107,7 +117,7 @@ class PathFigures:
     turns: int = 0
     errors: int = 0
     ghosts: int = 0
-    degraded: int = 0
+    degraded: Counter[str] = field(default_factory=Counter)  # degraded turns by missing service
     seconds: float = 0.0
     first_error: str | None = None
 
@@ -130,7 +140,7 @@ class PathFigures:
             return
         self.turns += 1
         self.ghosts += outcome.ghost
-        self.degraded += outcome.degraded
+        self.degraded.update(outcome.degraded)
         if outcome.ttft_ms is not None:
             self.ttft_ms.append(outcome.ttft_ms)
 
@@ -151,6 +161,8 @@ class LevelResult:
     direct: PathFigures
     gateway: PathFigures
     lag: PostProcessLag | None = None
+    # CPU milliseconds per gateway turn by process (warm-up, turns and their post-process included).
+    cpu_ms_per_turn: dict[str, float] | None = None
 
     @property
     def added_p50(self) -> float:
@@ -167,6 +179,8 @@ class BenchReport:
     warmup: int
     levels: list[LevelResult]
     seconds: float = 0.0
+    # Share of the machine's CPU time used by processes outside the stack during the run (None: unknown).
+    foreign_cpu_share: float | None = None
 
     def level(self, sessions: int) -> LevelResult | None:
         return next((level for level in self.levels if level.sessions == sessions), None)
@@ -224,7 +238,8 @@ class GatewaySession:
         body = {"content": text, "client_msg_id": "bench-" + uuid.uuid4().hex[:26]}
         started = time.perf_counter()
         ttft: float | None = None
-        ghost = degraded = finished = False
+        ghost = finished = False
+        degraded: tuple[str, ...] = ()
         try:
             async with self.client.stream("POST", f"/comp/chat/{self.session_id}/message/stream", json=body,
                                           headers=self.headers) as response:
@@ -244,7 +259,7 @@ class GatewaySession:
                         return TurnOutcome(error=f"error frame: {frame.get('code')}: {frame.get('message')}")
                     elif kind == "final":
                         finished = True
-                        degraded = bool(frame.get("degraded"))
+                        degraded = tuple(frame.get("degraded") or ())
         except httpx.HTTPError as error:
             return TurnOutcome(error=f"{type(error).__name__}: {error}")
         if not finished:
@@ -329,6 +344,44 @@ async def post_process_lag(database_url: str, user_ids: Sequence[str], timeout: 
     return PostProcessLag(jobs=row["jobs"], p95_ms=p95, pending=row["pending"], dead=row["dead"])
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all processes, all CPUs) since boot."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each named process with its children (Postgres
+    backends), and by this process ("bench client")."""
+    import psutil
+
+    usage: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            root = psutil.Process(pid)
+            times = root.cpu_times()
+            total = times.user + times.system + times.children_user + times.children_system
+            children = root.children(recursive=True)
+        except psutil.Error:
+            continue
+        for child in children:
+            try:
+                times = child.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        usage[name] = total
+    times = psutil.Process().cpu_times()
+    usage["bench client"] = times.user + times.system
+    return usage
+
+
 async def measure_level(target: BenchTarget, sessions: int, turns: int, warmup: int,
                         drain_timeout: float = 120.0) -> LevelResult:
     """Direct, then gateway, then the post-process of the gateway turns, at `sessions` in flight."""
@@ -337,25 +390,36 @@ async def measure_level(target: BenchTarget, sessions: int, turns: int, warmup: 
     async with httpx.AsyncClient(limits=_client_limits(sessions), timeout=timeout) as llm_http:
         llm = openai.AsyncOpenAI(base_url=target.llm_base_url, api_key="bench", max_retries=0, http_client=llm_http)
         direct = await drive([DirectSession(llm, target.model, system_prompt) for _ in range(sessions)], warmup, turns)
+    cpu_before = cpu_seconds(target.pids) if target.pids else None
     async with httpx.AsyncClient(base_url=target.gateway_url, limits=_client_limits(sessions),
                                  timeout=timeout) as client:
         chats, users = await open_gateway_sessions(client, target, sessions)
         gateway = await drive(chats, warmup, turns)
     lag = await post_process_lag(target.database_url, users, drain_timeout)
-    return LevelResult(sessions=sessions, direct=direct, gateway=gateway, lag=lag)
+    cpu = None
+    if cpu_before is not None:
+        cpu_after = cpu_seconds(target.pids)
+        sent = sessions * (warmup + turns)
+        cpu = {name: (used - cpu_before.get(name, used)) * 1000 / sent for name, used in cpu_after.items()}
+    return LevelResult(sessions=sessions, direct=direct, gateway=gateway, lag=lag, cpu_ms_per_turn=cpu)
 
 
 async def run_bench(target: BenchTarget, levels: Sequence[int], turns: int, warmup: int,
                     drain_timeout: float = 120.0, progress: Callable[[str], None] = lambda line: None
                     ) -> BenchReport:
     started = time.perf_counter()
+    busy_before = (machine_busy_seconds(), sum(cpu_seconds(target.pids).values())) if target.pids else None
     report = BenchReport(turns=turns, warmup=warmup, levels=[])
     for sessions in levels:
-        progress(f"{sessions} concurrent sessions × {turns} turns (+{warmup} warm-up) …")
+        progress(f"{count_sessions(sessions)} in flight × {turns} turns (+{warmup} warm-up) …")
         level = await measure_level(target, sessions, turns, warmup, drain_timeout)
         report.levels.append(level)
         progress("  " + level_line(level))
     report.seconds = time.perf_counter() - started
+    if busy_before is not None:
+        machine = machine_busy_seconds() - busy_before[0]
+        ours = sum(cpu_seconds(target.pids).values()) - busy_before[1]
+        report.foreign_cpu_share = max(0.0, machine - ours) / (report.seconds * _cpu_count())
     return report
 
 
@@ -373,7 +437,7 @@ def level_line(level: LevelResult) -> str:
     g, d = level.gateway, level.direct
     return (f"TTFT p50 direct {_ms(d.p50)} ms, gateway {_ms(g.p50)} ms (added {_signed_ms(level.added_p50)}); "
             f"p99 direct {_ms(d.p99)}, gateway {_ms(g.p99)} (added {_signed_ms(level.added_p99)}); "
-            f"{g.turns_per_second:.1f} turns/s; errors {g.errors + d.errors}")
+            f"{g.turns_per_second:.1f} turns/s; errors {g.errors + d.errors}; degraded {sum(g.degraded.values())}")
 
 
 TABLE_HEADER = ("sessions", "measured turns", "direct p50", "direct p99", "gateway p50", "gateway p99",
@@ -395,13 +459,79 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
     return rows
 
 
-def render_table(report: BenchReport) -> str:
-    """A plain-text table for the terminal (times in ms)."""
-    rows = [TABLE_HEADER, *table_rows(report)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+def cpu_rows(report: BenchReport) -> list[tuple[str, ...]]:
+    """Header and rows of CPU ms per turn by process; empty when nothing was accounted."""
+    levels = [level for level in report.levels if level.cpu_ms_per_turn]
+    if not levels:
+        return []
+    names = list(dict.fromkeys(name for level in levels for name in level.cpu_ms_per_turn or {}))
+    rows: list[tuple[str, ...]] = [("sessions", *names, "total")]
+    for level in levels:
+        cpu = level.cpu_ms_per_turn or {}
+        rows.append((str(level.sessions), *(f"{cpu.get(name, 0.0):.1f}" for name in names),
+                     f"{sum(cpu.values()):.1f}"))
+    return rows
+
+
+def _aligned(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def _markdown(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    return ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---:" for _ in rows[0]) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows[1:])]
+
+
+def render_table(report: BenchReport) -> str:
+    """Plain-text tables for the terminal (times in ms)."""
+    text = _aligned([TABLE_HEADER, *table_rows(report)])
+    cpu = cpu_rows(report)
+    if cpu:
+        text += "\n\nCPU ms per turn by process (warm-up, turns and post-process included):\n" + _aligned(cpu)
+        text += "\n" + capacity_note(report, _cpu_count())
+    return text
+
+
+def capacity_note(report: BenchReport, cpus: int) -> str:
+    """What the CPU accounting says: the CPU-bound turn rate, and whether the goal level ran
+    saturated (its TTFT is then mostly waiting for a CPU)."""
+    busiest = report.level(THROUGHPUT_SESSIONS) or report.levels[-1]
+    cpu = busiest.cpu_ms_per_turn or {}
+    total = sum(cpu.values())
+    if total <= 0:
+        return ""
+    limit = cpus * 1000 / total
+    heaviest = max(cpu, key=lambda name: cpu[name])
+    note = (f"At {count_sessions(busiest.sessions)} a turn costs {total:.0f} ms of CPU across all processes "
+            f"({heaviest}: {cpu[heaviest]:.0f} ms), so {cpus} CPUs serve at most {limit:.1f} turns/s")
+    if (report.foreign_cpu_share or 0) >= 0.05:  # what other processes took was not available to the stack
+        limit *= 1 - report.foreign_cpu_share
+        note += f" ({limit:.1f} with the CPU time other processes took during this run)"
+    note += "."
+    goal, single = report.level(GOAL_SESSIONS), report.level(1)
+    if goal is not None and goal.gateway.turns_per_second >= SATURATED * limit:
+        note += (f" At {GOAL_SESSIONS} sessions the stack already ran at {goal.gateway.turns_per_second:.1f} "
+                 "turns/s: each session sends its next turn the moment the last one ends and the offline LLM "
+                 "answers at once, so the CPUs are saturated and TTFT there is mostly queueing.")
+        if single is not None:
+            note += (" The 1-session row is what the engine adds without waiting for a CPU: "
+                     f"{_signed_ms(single.added_p50)} ms at p50 (the previous turn's post-process still runs "
+                     "alongside).")
+    return note
+
+
+def lag_verdict(report: BenchReport) -> str:
+    """The post-process lag goal, level by level."""
+    parts = []
+    for level in report.levels:
+        if level.lag is None or level.lag.p95_ms is None:
+            continue
+        met = level.lag.p95_ms <= GOAL_LAG_P95_MS and not level.lag.pending
+        parts.append(f"{'met' if met else 'missed'} at {count_sessions(level.sessions)} ({level.lag.p95_ms / 1000:.2f} s)")
+    return "; ".join(parts) or "not measured"
 
 
 def goal_verdict(report: BenchReport) -> str:
@@ -431,27 +561,33 @@ def machine_description() -> dict[str, str]:
                 break
     except OSError:
         pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-    return {"nproc": str(cpus), "cpu": cpu_model, "ram": memory, "os": platform.platform(terse=True),
+    return {"nproc": str(_cpu_count()), "cpu": cpu_model, "ram": memory, "os": platform.platform(terse=True),
             "python": platform.python_version(),
-            "postgres": "embedded PostgreSQL, fsync " + ("off" if os.environ.get("RAPPORT_PG_FSYNC_OFF") else "on")}
+            "postgres": "embedded PostgreSQL, fsync " + ("off" if os.environ.get("RAPPORT_PG_FSYNC_OFF") else "on"),
+            "load": f"{os.getloadavg()[0]:.1f}"}
+
+
+def _foreign_note(report: BenchReport) -> str:
+    if report.foreign_cpu_share is None:
+        return ""
+    return f", and other processes used {report.foreign_cpu_share:.0%} of the CPU time during the run"
 
 
 def render_section(report: BenchReport, machine: dict[str, str], command: str, when: datetime) -> str:
     """The "Turn latency" section of docs/benchmarks.md."""
-    header = "| " + " | ".join(TABLE_HEADER) + " |"
-    rule = "|" + "|".join("---:" for _ in TABLE_HEADER) + "|"
-    rows = ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     throughput = report.level(THROUGHPUT_SESSIONS)
     notes = []
     for level in report.levels:
         for name, path in (("direct", level.direct), ("gateway", level.gateway)):
             if path.errors:
-                notes.append(f"- {level.sessions} sessions, {name}: {path.errors} failed turns "
+                notes.append(f"- {count_sessions(level.sessions)}, {name}: {path.errors} failed turns "
                              f"(first: {path.first_error})")
-        if level.gateway.ghosts or level.gateway.degraded:
-            notes.append(f"- {level.sessions} sessions: {level.gateway.ghosts} ghosted turns (no delta, not in "
-                         f"TTFT), {level.gateway.degraded} degraded turns")
+        if level.gateway.ghosts:
+            notes.append(f"- {count_sessions(level.sessions)}: {level.gateway.ghosts} ghosted turns (no delta, not in TTFT)")
+        if level.gateway.degraded:
+            missing = ", ".join(f"{count} without {name}" for name, count in level.gateway.degraded.most_common())
+            notes.append(f"- {count_sessions(level.sessions)}: degraded turns, answered without a service that did "
+                         f"not reply within the orchestrator's read timeout (`final.degraded`): {missing}")
     lines = [
         SECTION_TITLE,
         "",
@@ -459,7 +595,9 @@ def render_section(report: BenchReport, machine: dict[str, str], command: str, w
         "",
         (f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['ram']} RAM, {machine['os']}, "
         f"Python {machine['python']}, {machine['postgres']}. The bench client, Postgres, the offline LLM "
-        "server, the four services and the gateway all share these CPUs."),
+        "server, the four services and the gateway all share these CPUs; the 1-minute load average before "
+        f"the stack started was {machine['load']}{_foreign_note(report)} (anything else running distorts "
+        "the figures)."),
         "",
         ("Time to first token (TTFT, ms): request sent → first text, through the gateway "
         "(`POST /comp/chat/{id}/message/stream`, httpx, first `delta` frame) and straight from the same "
@@ -469,16 +607,25 @@ def render_section(report: BenchReport, machine: dict[str, str], command: str, w
         "Added = gateway − direct. Turns/s = whole turns (to `final`) over the measured window. "
         "Post-process lag = outbox job created (with the reply) → delivered to affinity, memory and insight."),
         "",
-        header,
-        rule,
-        *rows,
+        *_markdown([TABLE_HEADER, *table_rows(report)]),
         "",
         (f"Goal (operations.md, at {GOAL_SESSIONS} sessions on 2 cores: added p50 ≤ {GOAL_ADDED_P50_MS:.0f} ms, "
         f"p99 ≤ {GOAL_ADDED_P99_MS:.0f} ms): {goal_verdict(report)}."),
     ]
+    lines += ["", (f"Post-process lag goal (p95 ≤ {GOAL_LAG_P95_MS / 1000:.0f} s with the local embedder): "
+                  f"{lag_verdict(report)}.")]
     if throughput is not None:
+        behind = ""
+        if throughput.lag is not None and (throughput.lag.p95_ms or 0) > GOAL_LAG_P95_MS:
+            behind = (" The replies outran the post-process, which caught up after the measured window, so this "
+                      "rate is not sustained; the CPU figures below give the sustainable one.")
         lines += ["", (f"Turn throughput at {THROUGHPUT_SESSIONS} sessions with the instant offline LLM: "
-                      f"{throughput.gateway.turns_per_second:.1f} turns/s (one replica of each service).")]
+                       f"{throughput.gateway.turns_per_second:.1f} turns/s (one replica of each service).{behind}")]
+    cpu = cpu_rows(report)
+    if cpu:
+        lines += ["", ("CPU time per turn by process (ms; the gateway phase with its warm-up turns and the "
+                      "post-process they cause, divided by the turns sent):"), "", *_markdown(cpu), "",
+                  capacity_note(report, int(machine["nproc"] or 1))]
     if notes:
         lines += ["", *notes]
     lines += ["", "Reproduce (from the repository root; starts and stops its own stack in a temporary folder):",
@@ -522,7 +669,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rapport bench turn", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=_levels, default=[1, 16, 64],
                         help="concurrency levels, comma-separated (default 1,16,64)")
-    parser.add_argument("--turns", type=int, default=20, help="measured turns per session (default 20)")
+    parser.add_argument("--turns", type=int, default=10, help="measured turns per session (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured turns per session first (default 2)")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="seconds to wait for the post-process of each level (default 120)")
@@ -546,6 +693,11 @@ def main(argv: list[str]) -> int:
     from services.local_stack import LocalStack
 
     args = parse_args(argv)
+    machine = machine_description()  # before the stack adds its own load
+    if float(machine["load"]) > 0.5 * int(machine["nproc"] or 1):
+        print(f"warning: the machine is busy (load average {machine['load']} on {machine['nproc']} CPUs); "
+              "the figures will show it", file=sys.stderr, flush=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the progress
     command = "rapport bench turn " + " ".join([f"--sessions {','.join(map(str, args.sessions))}",
                                                 f"--turns {args.turns}", f"--warmup {args.warmup}"])
     home = Path(tempfile.mkdtemp(prefix="rapport-bench-"))
@@ -556,7 +708,7 @@ def main(argv: list[str]) -> int:
         print("starting the local stack (separate processes) …", flush=True)
         with stack:
             target = BenchTarget(gateway_url=stack.gateway_url, llm_base_url=stack.llm_base_url,
-                                 database_url=stack.database_url, mint_token=stack.token)
+                                 database_url=stack.database_url, mint_token=stack.token, pids=stack.pids)
             report = asyncio.run(run_bench(target, args.sessions, args.turns, args.warmup, args.drain_timeout,
                                            progress=lambda line: print(line, flush=True)))
         failed = False
@@ -569,8 +721,11 @@ def main(argv: list[str]) -> int:
     print()
     print(render_table(report))
     print(f"\ngoal at {GOAL_SESSIONS} sessions: {goal_verdict(report).replace('**', '')}")
+    print(f"post-process lag goal: {lag_verdict(report)}")
+    if report.foreign_cpu_share is not None:
+        print(f"other processes used {report.foreign_cpu_share:.0%} of the CPU time during the run")
     if not args.no_write:
-        write_section(args.out, render_section(report, machine_description(), command, datetime.now(UTC)))
+        write_section(args.out, render_section(report, machine, command, datetime.now(UTC)))
         print(f"written to {args.out}")
     return 0
 
