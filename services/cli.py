@@ -102,7 +102,8 @@ def up(args: argparse.Namespace) -> int:
     """Start the local stack, print where it is, wait for Ctrl-C (or a child exiting), stop it."""
     from services.local_stack import LocalStack
 
-    stack = LocalStack(dict(os.environ), port=args.port, announce=lambda line: print(line, flush=True))
+    port = args.port if args.port is not None else Env().int("RAPPORT_PORT", 8080, 1, 65535)
+    stack = LocalStack(dict(os.environ), port=port, announce=lambda line: print(line, flush=True))
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -114,10 +115,11 @@ def up(args: argparse.Namespace) -> int:
     try:
         stack.start()
         url = f"{stack.gateway_url}/"
+        token = stack.token()
         print("\nRapport is running.", flush=True)
-        print(f"  web page:  {url}", flush=True)
+        print(f"  web page:  {url}#token={token}", flush=True)
         print(f"  API docs:  {url}docs", flush=True)
-        print(f"  token:     {stack.token()}", flush=True)
+        print(f"  token:     {token}", flush=True)
         print(f"  try:       curl -H 'Authorization: Bearer <token>' {url}comp/personas", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested:
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rapport", description="Rapport: a self-hosted engine for AI companions.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start everything locally (embedded Postgres unless DATABASE_URL is set)")
-    p_up.add_argument("--port", type=int, default=int(os.environ.get("RAPPORT_PORT", "8080")))
+    p_up.add_argument("--port", type=int, default=None,
+                      help="gateway port on 127.0.0.1 (default: $RAPPORT_PORT or 8080)")
     p_serve = sub.add_parser("serve", help="run one process (what a container runs)")
     p_serve.add_argument("service", choices=[*SERVICE_NAMES, "gateway", "offline-llm"])
     p_migrate = sub.add_parser("migrate", help="apply SQL migrations (idempotent)")
