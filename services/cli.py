@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p_keys_create.add_argument("--name", help="a label to recognise the key by")
     keys_sub.add_parser("list", help="a user's keys").add_argument("--user", required=True, help="the user's UUID")
     keys_sub.add_parser("revoke", help="revoke a key").add_argument("id", help="the key's id (from `keys list`)")
+    p_chat = sub.add_parser("chat", help="chat in the terminal through the gateway (streams replies)")
+    p_chat.add_argument("--persona", help="persona name or id (default: the first)")
+    p_chat.add_argument("--url", default=os.environ.get("RAPPORT_URL", "http://127.0.0.1:8080"))
+    p_chat.add_argument("--token", default=os.environ.get("RAPPORT_TOKEN"),
+                        help="bearer token (default: the local user's, as `rapport token` prints)")
+    p_chat.add_argument("--new", action="store_true", help="start a new session instead of resuming")
     p_memory = sub.add_parser("memory", help="memory maintenance")
     memory_sub = p_memory.add_subparsers(dest="memory_command", required=True)
     memory_sub.add_parser("reembed", help="re-embed every memory with the configured embedder (with progress)")
@@ -198,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return serve(args.service)
         env = Env()
+        if args.command == "chat":
+            import httpx
+
+            from services.chat_client import ChatError, run_chat
+
+            try:
+                return run_chat(args.url.rstrip("/"), args.token or token_for(env, None), args.persona, new=args.new)
+            except (ChatError, OSError, httpx.HTTPError) as error:
+                print(f"rapport chat: {error}", file=sys.stderr)
+                return 1
         if args.command == "memory":
             from services.memory.reembed import main as reembed_main
 
