@@ -92,6 +92,23 @@ async def manage_keys(dsn: str, args: argparse.Namespace) -> list[str]:
         await pool.close()
 
 
+async def outbox_report(dsn: str, retry_dead: bool) -> list[str]:
+    from services.orchestrator.outbox import list_jobs, outbox_counts, retry_dead_jobs
+    from services.servicekit.db import create_pool
+
+    pool = await create_pool(dsn, max_size=2)
+    try:
+        if retry_dead:
+            return [f"queued {await retry_dead_jobs(pool)} dead jobs again"]
+        counts = await outbox_counts(pool)
+        lines = ["  ".join(f"{status}: {counts.get(status, 0)}" for status in ("pending", "done", "dead"))]
+        lines += [f"dead #{row['id']} {row['target']} turn {row['turn_id']} after {row['attempts']} attempts "
+                  f"({row['created_at']:%Y-%m-%d %H:%M}): {row['last_error']}" for row in await list_jobs(pool, "dead")]
+        return lines
+    finally:
+        await pool.close()
+
+
 def database_url(env: Env) -> str:
     return env.required("DATABASE_URL", "a postgresql:// URL (rapport up starts an embedded one when it is unset)")
 
@@ -191,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p_chat.add_argument("--token", default=os.environ.get("RAPPORT_TOKEN"),
                         help="bearer token (default: the local user's, as `rapport token` prints)")
     p_chat.add_argument("--new", action="store_true", help="start a new session instead of resuming")
+    p_outbox = sub.add_parser("outbox", help="post-process queue: counts, and the dead jobs (or --retry-dead)")
+    p_outbox.add_argument("--retry-dead", action="store_true", help="queue the dead jobs again")
     p_memory = sub.add_parser("memory", help="memory maintenance")
     memory_sub = p_memory.add_subparsers(dest="memory_command", required=True)
     memory_sub.add_parser("reembed", help="re-embed every memory with the configured embedder (with progress)")
@@ -214,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             except (ChatError, OSError, httpx.HTTPError) as error:
                 print(f"rapport chat: {error}", file=sys.stderr)
                 return 1
+        if args.command == "outbox":
+            for line in asyncio.run(outbox_report(database_url(env), args.retry_dead)):
+                print(line)
+            return 0
         if args.command == "memory":
             from services.memory.reembed import main as reembed_main
 

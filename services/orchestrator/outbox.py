@@ -150,3 +150,17 @@ def _describe(error: BaseException) -> str:
 async def outbox_counts(pool: asyncpg.Pool) -> dict[str, int]:
     rows = await pool.fetch("SELECT status, count(*) AS n FROM chat.outbox GROUP BY status")
     return {row["status"]: int(row["n"]) for row in rows}
+
+
+async def list_jobs(pool: asyncpg.Pool, status: str, limit: int = 50) -> list[asyncpg.Record]:
+    """Jobs of one status, newest first (the admin listing of `rapport outbox`)."""
+    return await pool.fetch(
+        "SELECT id, turn_id, target, attempts, last_error, created_at FROM chat.outbox WHERE status = $1 "
+        "ORDER BY created_at DESC LIMIT $2", status, limit)
+
+
+async def retry_dead_jobs(pool: asyncpg.Pool) -> int:
+    """Put dead jobs back in the queue (after the cause is fixed); receivers are idempotent by turn id."""
+    result = await pool.execute("UPDATE chat.outbox SET status = 'pending', attempts = 0, next_attempt_at = now() "
+                                "WHERE status = 'dead'")
+    return int(result.split()[-1])

@@ -97,3 +97,29 @@ async def test_two_turns_on_one_session_are_serialized(database_url: str, db, sp
     finally:
         await stack.stop()
         await llm.stop()
+
+
+async def test_a_job_that_keeps_failing_is_parked_dead_listed_and_can_be_queued_again(database_url: str, db) -> None:
+    from services.cli import outbox_report
+    from services.orchestrator.outbox import OutboxWorker
+    from services.orchestrator.peers import Peers
+    from services.servicekit.db import create_pool
+
+    await db.execute("INSERT INTO chat.outbox (turn_id, target, payload) VALUES ('t-1', 'memory', '{}')")
+    pool = await create_pool(database_url, max_size=2)
+    peers = Peers.connect(Env({"MEMORY_ADDR": "127.0.0.1:9", "AFFINITY_ADDR": "127.0.0.1:9",
+                               "INSIGHT_ADDR": "127.0.0.1:9"}))  # nothing listens there
+    worker = OutboxWorker(pool, peers, max_attempts=2, backoff_base=0.0)
+    try:
+        for _ in range(2):
+            await worker.deliver_due()
+            await db.execute("UPDATE chat.outbox SET next_attempt_at = now()")  # skip the backoff wait
+        row = await db.fetchrow("SELECT status, attempts, last_error FROM chat.outbox")
+        assert row["status"] == "dead" and row["attempts"] == 2 and "UNAVAILABLE" in row["last_error"]
+        report = await outbox_report(database_url, retry_dead=False)
+        assert report[0] == "pending: 0  done: 0  dead: 1" and "turn t-1" in report[1]
+        assert await outbox_report(database_url, retry_dead=True) == ["queued 1 dead jobs again"]
+        assert await db.fetchval("SELECT status FROM chat.outbox") == "pending"
+    finally:
+        await peers.close()
+        await pool.close()
