@@ -162,6 +162,41 @@ def require_json(request: Request) -> None:
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
 
 
+async def unstorable_text(request: Request) -> str | None:
+    """Text that cannot be parsed or stored (invalid UTF-8, NUL characters) → why, else None."""
+    if "%00" in str(request.url):
+        return "the URL must not contain NUL characters"
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return None
+    body = await request.body()
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the body must be UTF-8"
+    if b"\\u0000" in body.lower():
+        return "text must not contain NUL (\\u0000) characters"
+    if b"\\ud" in body.lower():  # a JSON surrogate escape: a lone one cannot be encoded as UTF-8
+        try:
+            _encodable(json.loads(body))
+        except UnicodeEncodeError:
+            return "text must not contain unpaired UTF-16 surrogates"
+        except ValueError:
+            return None  # malformed JSON: the route answers that
+    return None
+
+
+def _encodable(value: Any) -> None:
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _encodable(key)
+            _encodable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _encodable(item)
+
+
 def same_user(user: uuid.UUID, path_user: uuid.UUID) -> None:
     if user != path_user:
         raise ApiError(403, "forbidden", "a user can only access their own data")
@@ -224,6 +259,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         limit = MAX_TRANSCRIPT_BYTES if request.url.path.startswith("/v1/") else MAX_BODY_BYTES
         if length and length.isdigit() and int(length) > limit:
             return ApiError(413, "too_large", f"request body over {limit} bytes").response()
+        problem = await unstorable_text(request)
+        if problem:
+            error = ApiError(400, "invalid_payload", problem)
+            if request.url.path.startswith("/v1/"):
+                return JSONResponse({"error": {"message": error.message, "type": "invalid_request_error",
+                                               "code": error.code, "param": None}}, status_code=400)
+            return error.response()
         return await call_next(request)  # type: ignore[no-any-return]
 
     # -- health ---------------------------------------------------------------------------

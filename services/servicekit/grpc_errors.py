@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
 
 log = logging.getLogger("rapport.grpc.errors")
@@ -94,6 +95,9 @@ def maps_errors(method: F) -> F:
             if details:
                 context.set_trailing_metadata(details)
             await context.abort(error.code(), error.details() or "peer call failed")
+        except asyncpg.exceptions.DataError as error:  # e.g. text PostgreSQL cannot store
+            context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid value: {error}")
         except ValueError as error:
             context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

@@ -1,6 +1,7 @@
 """The first turn end to end through the gateway: personas, start, stream, history, post-process."""
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -59,15 +60,18 @@ async def test_resuming_returns_the_same_session_unless_force_new(stack: Stack) 
     ({"content": "", "client_msg_id": "c" * 26}, "content"),
     ({"content": "hi", "client_msg_id": "short"}, "client_msg_id"),
     ({"content": "hi", "client_msg_id": "has spaces in it 0123456789"}, "client_msg_id"),
+    ({"content": "nul \u0000 inside", "client_msg_id": "c" * 26}, None),
+    ({"content": "lone \ud800 surrogate", "client_msg_id": "c" * 26}, None),
 ])
-async def test_bad_messages_get_400_and_persist_nothing(stack: Stack, db, body: dict, field: str) -> None:
+async def test_bad_messages_get_400_and_persist_nothing(stack: Stack, db, body: dict, field: str | None) -> None:
     user = uuid.uuid4()
     chat = await stack.start_chat(user)
-    response = await stack.client.post(f"/comp/chat/{chat['session_id']}/message/stream", json=body,
-                                       headers=stack.headers(user))
+    response = await stack.client.post(f"/comp/chat/{chat['session_id']}/message/stream",
+                                       content=json.dumps(body).encode(),  # ASCII escapes, lone surrogates included
+                                       headers={**stack.headers(user), "content-type": "application/json"})
     assert response.status_code == 400
     payload = response.json()
-    assert payload["code"] == "invalid_payload" and payload["field"] == field
+    assert payload["code"] == "invalid_payload" and payload.get("field") == field
     assert set(payload) >= {"code", "message", "user_message"}
     assert await db.fetchval("SELECT count(*) FROM chat.messages") == 0
     assert await db.fetchval("SELECT count(*) FROM chat.turns") == 0
