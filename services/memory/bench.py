@@ -206,6 +206,7 @@ async def create_indexes(pool: asyncpg.Pool, definitions: Sequence[str], mainten
         for definition in definitions:
             await conn.execute(definition)
         await conn.execute("ANALYZE memory.memories")
+        await conn.execute("RESET maintenance_work_mem; RESET max_parallel_maintenance_workers")  # pooled: no leftovers
 
 
 # --------------------------------------------------------------------------- measuring

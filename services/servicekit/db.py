@@ -32,10 +32,23 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await register_vector(conn)
 
 
+class PooledConnection(asyncpg.Connection):
+    """A pooled connection released without asyncpg's reset query (one round trip saved per use).
+
+    asyncpg still ends any open transaction and drops listeners on release; our pooled connections hold
+    no other session state: settings are `SET LOCAL`, advisory locks are transaction-scoped, and LISTEN
+    runs on dedicated connections.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0) -> asyncpg.Pool:
     """An asyncpg pool with JSON codecs and pgvector registered on every connection."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=command_timeout
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=command_timeout,
+        connection_class=PooledConnection,
     )
     assert pool is not None
     return pool
