@@ -1,6 +1,7 @@
 """The gateway: REST + SSE for browsers over the gRPC services. No business logic here — HTTP shapes,
 auth, mapping to gRPC, mapping errors back, streaming frames out.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,8 +67,12 @@ class GatewaySettings:
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
         env = env or Env()
         verifier, mode = verifier_from_env(env)
-        return cls(addresses={name: peer_address(name, env) for name in SERVICE_NAMES},
-                   expose_affinity_debug=env.bool("EXPOSE_AFFINITY_DEBUG", False), verifier=verifier, auth_mode=mode)
+        return cls(
+            addresses={name: peer_address(name, env) for name in SERVICE_NAMES},
+            expose_affinity_debug=env.bool("EXPOSE_AFFINITY_DEBUG", False),
+            verifier=verifier,
+            auth_mode=mode,
+        )
 
 
 @dataclass
@@ -80,6 +85,7 @@ class Clients:
 
 
 # ---- request bodies --------------------------------------------------------------------------
+
 
 class StartChatBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -129,14 +135,24 @@ class ErrorBody(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description} for status, description in (
-        (400, "invalid_payload (names the field)"), (401, "unauthorized"), (403, "forbidden"), (404, "not_found"),
-        (409, "duplicate_in_progress / conflict"), (413, "too_large"), (415, "unsupported_media_type"),
-        (429, "rate_limited (with Retry-After)"), (500, "internal"), (503, "unavailable"))
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "invalid_payload (names the field)"),
+        (401, "unauthorized"),
+        (403, "forbidden"),
+        (404, "not_found"),
+        (409, "duplicate_in_progress / conflict"),
+        (413, "too_large"),
+        (415, "unsupported_media_type"),
+        (429, "rate_limited (with Retry-After)"),
+        (500, "internal"),
+        (503, "unavailable"),
+    )
 }
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
 
 def clients(request: Request) -> Clients:
     return request.app.state.clients  # type: ignore[no-any-return]
@@ -208,9 +224,14 @@ def as_dict(message: Any) -> dict[str, Any]:
 
 def affinity_json(state: affinity_pb2.AffinityState) -> dict[str, Any]:
     vector = as_dict(state.vector)
-    return {**{k: round(float(v), 4) for k, v in vector.items()}, "bond": round(state.bond, 4),
-            "chemistry": round(state.chemistry, 4), "label": state.label, "ghost_streak": state.ghost_streak,
-            "total_ghosts": state.total_ghosts}
+    return {
+        **{k: round(float(v), 4) for k, v in vector.items()},
+        "bond": round(state.bond, 4),
+        "chemistry": round(state.chemistry, 4),
+        "label": state.label,
+        "ghost_streak": state.ghost_streak,
+        "total_ghosts": state.total_ghosts,
+    }
 
 
 def scope_list(value: str | list[str] | None) -> list[str]:
@@ -222,6 +243,7 @@ def scope_list(value: str | list[str] | None) -> list[str]:
 
 
 # ---- the app ------------------------------------------------------------------------------
+
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings.from_env()
@@ -242,9 +264,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             for channel in channels.values():
                 await channel.close()
 
-    app = FastAPI(title="Rapport", version="0.1.0", lifespan=lifespan, docs_url="/docs",
-                  openapi_url="/api-docs/openapi.json", redoc_url=None, responses=ERROR_RESPONSES,
-                  description="REST + SSE API of Rapport, a self-hosted engine for AI companions.")
+    app = FastAPI(
+        title="Rapport",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/api-docs/openapi.json",
+        redoc_url=None,
+        responses=ERROR_RESPONSES,
+        description="REST + SSE API of Rapport, a self-hosted engine for AI companions.",
+    )
     app.state.settings = settings
     app.add_exception_handler(ApiError, errors.api_error_handler)
     app.add_exception_handler(grpc.aio.AioRpcError, errors.grpc_error_handler)
@@ -263,8 +292,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if problem:
             error = ApiError(400, "invalid_payload", problem)
             if request.url.path.startswith("/v1/"):
-                return JSONResponse({"error": {"message": error.message, "type": "invalid_request_error",
-                                               "code": error.code, "param": None}}, status_code=400)
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": error.message,
+                            "type": "invalid_request_error",
+                            "code": error.code,
+                            "param": None,
+                        }
+                    },
+                    status_code=400,
+                )
             return error.response()
         return await call_next(request)  # type: ignore[no-any-return]
 
@@ -281,8 +319,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         peers = {name: ("SERVING" if ok else "NOT_SERVING") for name, ok in zip(names, states, strict=True)}
         if all(states):
             return JSONResponse({"status": "ready", "peers": peers})
-        return JSONResponse({"code": "unavailable", "message": "not every peer is SERVING",
-                             "user_message": errors.USER_MESSAGES[503], "peers": peers}, status_code=503)
+        return JSONResponse(
+            {
+                "code": "unavailable",
+                "message": "not every peer is SERVING",
+                "user_message": errors.USER_MESSAGES[503],
+                "peers": peers,
+            },
+            status_code=503,
+        )
 
     # -- personas and sessions --------------------------------------------------------------
 
@@ -295,40 +340,81 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def start_chat(request: Request, body: StartChatBody, user: User) -> dict[str, Any]:
         if body.persona_id is None and body.instance_id is None:
             raise ApiError(400, "invalid_payload", "persona_id is required", extra={"field": "persona_id"})
-        reply = await clients(request).orchestrator.StartChat(orch_pb2.StartChatRequest(
-            user_id=str(user), persona_id=str(body.persona_id or ""), instance_id=str(body.instance_id or ""),
-            is_demo=body.is_demo, force_new=body.force_new, reset_affinity=body.reset_affinity))
-        return {"session_id": reply.session_id, "instance_id": reply.instance_id, "persona_name": reply.persona_name,
-                "persona_id": reply.persona_id, "is_new": reply.is_new}
+        reply = await clients(request).orchestrator.StartChat(
+            orch_pb2.StartChatRequest(
+                user_id=str(user),
+                persona_id=str(body.persona_id or ""),
+                instance_id=str(body.instance_id or ""),
+                is_demo=body.is_demo,
+                force_new=body.force_new,
+                reset_affinity=body.reset_affinity,
+            )
+        )
+        return {
+            "session_id": reply.session_id,
+            "instance_id": reply.instance_id,
+            "persona_name": reply.persona_name,
+            "persona_id": reply.persona_id,
+            "is_new": reply.is_new,
+        }
 
     @app.get("/comp/chat/{user_id}/sessions", tags=["chat"])
-    async def list_sessions(request: Request, user_id: uuid.UUID, user: User,
-                            limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    async def list_sessions(
+        request: Request, user_id: uuid.UUID, user: User, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    ) -> dict[str, Any]:
         same_user(user, user_id)
-        reply = await clients(request).orchestrator.ListSessions(orch_pb2.ListSessionsRequest(user_id=str(user),
-                                                                                             limit=limit))
+        reply = await clients(request).orchestrator.ListSessions(
+            orch_pb2.ListSessionsRequest(user_id=str(user), limit=limit)
+        )
         return {"sessions": [as_dict(s) for s in reply.sessions]}
 
     @app.get("/comp/chat/{session_id}/history", tags=["chat"])
-    async def history(request: Request, session_id: uuid.UUID, user: User,
-                      limit: Annotated[int, Query(ge=1, le=50)] = 20,
-                      before: Annotated[str | None, Query(max_length=40)] = None) -> dict[str, Any]:
-        reply = await clients(request).orchestrator.GetHistory(orch_pb2.GetHistoryRequest(
-            user_id=str(user), session_id=str(session_id), limit=limit, before=before or ""))
-        return {"messages": [{"id": m.id, "role": m.role, "content": m.content, "kind": m.kind,
-                              "sent_at": m.sent_at.ToDatetime().isoformat() + "Z"} for m in reply.messages],
-                "total": reply.total, "next_cursor": reply.next_cursor or None, "has_more": reply.has_more}
+    async def history(
+        request: Request,
+        session_id: uuid.UUID,
+        user: User,
+        limit: Annotated[int, Query(ge=1, le=50)] = 20,
+        before: Annotated[str | None, Query(max_length=40)] = None,
+    ) -> dict[str, Any]:
+        reply = await clients(request).orchestrator.GetHistory(
+            orch_pb2.GetHistoryRequest(user_id=str(user), session_id=str(session_id), limit=limit, before=before or "")
+        )
+        return {
+            "messages": [
+                {
+                    "id": m.id,
+                    "role": m.role,
+                    "content": m.content,
+                    "kind": m.kind,
+                    "sent_at": m.sent_at.ToDatetime().isoformat() + "Z",
+                }
+                for m in reply.messages
+            ],
+            "total": reply.total,
+            "next_cursor": reply.next_cursor or None,
+            "has_more": reply.has_more,
+        }
 
     # -- the turn ---------------------------------------------------------------------------
 
-    @app.post("/comp/chat/{session_id}/message/stream", tags=["chat"], dependencies=[Depends(require_json)],
-              response_description="Server-sent events; each `data:` line is one JSON frame "
-                                   "(meta, delta, done, final, error).")
+    @app.post(
+        "/comp/chat/{session_id}/message/stream",
+        tags=["chat"],
+        dependencies=[Depends(require_json)],
+        response_description="Server-sent events; each `data:` line is one JSON frame "
+        "(meta, delta, done, final, error).",
+    )
     async def send_message(request: Request, session_id: uuid.UUID, body: SendMessageBody, user: User) -> Response:
         grpc_request = orch_pb2.SendMessageRequest(
-            user_id=str(user), session_id=str(session_id), content=body.content, client_msg_id=body.client_msg_id,
-            tier=body.tier, prompt_traits=[orch_pb2.PromptTrait(tag=t.tag, text=t.text) for t in body.prompt_traits],
-            memory_scope=body.memory_scope, affinity_scope=scope_list(body.affinity_scope))
+            user_id=str(user),
+            session_id=str(session_id),
+            content=body.content,
+            client_msg_id=body.client_msg_id,
+            tier=body.tier,
+            prompt_traits=[orch_pb2.PromptTrait(tag=t.tag, text=t.text) for t in body.prompt_traits],
+            memory_scope=body.memory_scope,
+            affinity_scope=scope_list(body.affinity_scope),
+        )
         if body.audit is not None:
             grpc_request.audit.user = body.audit.user
             grpc_request.audit.session_id = body.audit.session_id
@@ -355,58 +441,77 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     yield {"data": json.dumps(frame_to_dict(frame))}
             except grpc.aio.AioRpcError as error:
                 api = errors.from_grpc(error)
-                yield {"data": json.dumps({"type": "error", "code": "upstream_unavailable" if api.status >= 500
-                                           else api.code, "retryable": api.status >= 500, "message": api.message,
-                                           "user_message": api.user_message})}
+                yield {
+                    "data": json.dumps(
+                        {
+                            "type": "error",
+                            "code": "upstream_unavailable" if api.status >= 500 else api.code,
+                            "retryable": api.status >= 500,
+                            "message": api.message,
+                            "user_message": api.user_message,
+                        }
+                    )
+                }
             finally:
                 call.cancel()  # the client went away: cancel our tap, never the turn
 
-        return EventSourceResponse(events(), ping=SSE_PING_SECONDS,
-                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventSourceResponse(
+            events(), ping=SSE_PING_SECONDS, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     @app.get("/comp/chat/{session_id}/messages/{message_id}/explain", tags=["chat"])
-    async def explain(request: Request, session_id: uuid.UUID, message_id: Annotated[str, PathParam(max_length=40)],
-                      user: User) -> dict[str, Any]:
+    async def explain(
+        request: Request, session_id: uuid.UUID, message_id: Annotated[str, PathParam(max_length=40)], user: User
+    ) -> dict[str, Any]:
         """Why did it say that: the PDE decision, the affinity state and label, the memories recalled, the
         profile fields used, tokens per prompt section, model, usage and the trace id."""
-        reply = await clients(request).orchestrator.ExplainMessage(orch_pb2.ExplainMessageRequest(
-            user_id=str(user), session_id=str(session_id), message_id=message_id))
+        reply = await clients(request).orchestrator.ExplainMessage(
+            orch_pb2.ExplainMessageRequest(user_id=str(user), session_id=str(session_id), message_id=message_id)
+        )
         return MessageToDict(reply.explanation)
 
     # -- affinity ---------------------------------------------------------------------------
 
     @app.post("/comp/chat/{session_id}/event/gift", tags=["affinity"], dependencies=[Depends(require_json)])
     async def gift(request: Request, session_id: uuid.UUID, body: GiftBody, user: User) -> dict[str, Any]:
-        grpc_request = orch_pb2.ApplyGiftRequest(user_id=str(user), session_id=str(session_id),
-                                                 deltas=body.deltas, label=body.label)
+        grpc_request = orch_pb2.ApplyGiftRequest(
+            user_id=str(user), session_id=str(session_id), deltas=body.deltas, label=body.label
+        )
         grpc_request.metadata.update(body.metadata)
         reply = await clients(request).orchestrator.ApplyGift(grpc_request)
         return {"applied_deltas": dict(reply.applied_deltas), "affinity": affinity_json(reply.affinity)}
 
     @app.get("/comp/chat/{session_id}/gifts", tags=["affinity"])
     async def gifts(request: Request, session_id: uuid.UUID, user: User) -> dict[str, Any]:
-        reply = await clients(request).orchestrator.ListGifts(orch_pb2.ListGiftsRequest(
-            user_id=str(user), session_id=str(session_id)))
+        reply = await clients(request).orchestrator.ListGifts(
+            orch_pb2.ListGiftsRequest(user_id=str(user), session_id=str(session_id))
+        )
         return {"gifts": [as_dict(g) for g in reply.gifts]}
 
     @app.get("/comp/affinity/{session_id}", tags=["affinity"])
     async def affinity_debug(request: Request, session_id: uuid.UUID, user: User) -> dict[str, Any]:
         if not settings.expose_affinity_debug:
             raise ApiError(404, "not_found", "not found")
-        reply = await clients(request).affinity.GetState(affinity_pb2.GetStateRequest(
-            user_id=str(user), session_id=str(session_id), affinity_scope=["full"]))
+        reply = await clients(request).affinity.GetState(
+            affinity_pb2.GetStateRequest(user_id=str(user), session_id=str(session_id), affinity_scope=["full"])
+        )
         return affinity_json(reply.state)
 
-    @app.get("/comp/affinity/{session_id}/stream", tags=["affinity"],
-             response_description="Server-sent events; each `data:` line is one JSON frame: `state` (the vector, "
-                                  "composites, label, version and the `kind` of change; the current state first) "
-                                  "or `error`.")
+    @app.get(
+        "/comp/affinity/{session_id}/stream",
+        tags=["affinity"],
+        response_description="Server-sent events; each `data:` line is one JSON frame: `state` (the vector, "
+        "composites, label, version and the `kind` of change; the current state first) "
+        "or `error`.",
+    )
     async def affinity_stream(request: Request, session_id: uuid.UUID, user: User) -> Response:
         """The live affinity state of a session (same gate as `GET /comp/affinity/{session_id}`)."""
         if not settings.expose_affinity_debug:
             raise ApiError(404, "not_found", "not found")
-        call = clients(request).affinity.WatchAffinity(affinity_pb2.WatchAffinityRequest(
-            user_id=str(user), session_id=str(session_id)), timeout=WATCH_STREAM_SECONDS)
+        call = clients(request).affinity.WatchAffinity(
+            affinity_pb2.WatchAffinityRequest(user_id=str(user), session_id=str(session_id)),
+            timeout=WATCH_STREAM_SECONDS,
+        )
         try:
             first = await call.read()  # the owner check and UNIMPLEMENTED are HTTP errors, not frames
         except grpc.aio.AioRpcError as error:
@@ -424,44 +529,67 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     return  # the stream's lifetime is over; the client reconnects
                 api = errors.from_grpc(error)
-                yield {"data": json.dumps({"type": "error", "code": api.code, "retryable": api.status >= 500,
-                                           "message": api.message, "user_message": api.user_message})}
+                yield {
+                    "data": json.dumps(
+                        {
+                            "type": "error",
+                            "code": api.code,
+                            "retryable": api.status >= 500,
+                            "message": api.message,
+                            "user_message": api.user_message,
+                        }
+                    )
+                }
             finally:
                 call.cancel()
 
-        return EventSourceResponse(events(), ping=SSE_PING_SECONDS,
-                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventSourceResponse(
+            events(), ping=SSE_PING_SECONDS, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     # -- what it knows about the user ------------------------------------------------------------
 
     @app.get("/comp/user/{user_id}/profile", tags=["user"])
     async def profile(request: Request, user_id: uuid.UUID, user: User) -> dict[str, Any]:
         same_user(user, user_id)
-        reply = await clients(request).insight.GetProfile(insight_pb2.GetProfileRequest(
-            user_id=str(user), mode=insight_pb2.RENDER_MODE_FULL))
+        reply = await clients(request).insight.GetProfile(
+            insight_pb2.GetProfileRequest(user_id=str(user), mode=insight_pb2.RENDER_MODE_FULL)
+        )
         p = reply.profile
-        return {"insights": MessageToDict(p.insights), "provenance": MessageToDict(p.provenance),
-                "training_level": round(p.training_level, 3),
-                "updated_at": p.updated_at.ToDatetime().isoformat() + "Z" if p.HasField("updated_at") else None}
+        return {
+            "insights": MessageToDict(p.insights),
+            "provenance": MessageToDict(p.provenance),
+            "training_level": round(p.training_level, 3),
+            "updated_at": p.updated_at.ToDatetime().isoformat() + "Z" if p.HasField("updated_at") else None,
+        }
 
     @app.get("/comp/user/{user_id}/memories", tags=["user"])
-    async def memories(request: Request, user_id: uuid.UUID, user: User,
-                       layer: Annotated[str | None, Query(pattern="^(profile|relationship)$")] = None,
-                       category: Annotated[str | None, Query(max_length=32)] = None,
-                       q: Annotated[str | None, Query(max_length=200)] = None,
-                       limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+    async def memories(
+        request: Request,
+        user_id: uuid.UUID,
+        user: User,
+        layer: Annotated[str | None, Query(pattern="^(profile|relationship)$")] = None,
+        category: Annotated[str | None, Query(max_length=32)] = None,
+        q: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
         same_user(user, user_id)
         layer_value = {"profile": memory_pb2.LAYER_PROFILE, "relationship": memory_pb2.LAYER_RELATIONSHIP}.get(
-            layer or "", memory_pb2.LAYER_UNSPECIFIED)
-        reply = await clients(request).memory.ListMemories(memory_pb2.ListMemoriesRequest(
-            user_id=str(user), layer=layer_value, category=category or "", text=q or "", limit=limit))
+            layer or "", memory_pb2.LAYER_UNSPECIFIED
+        )
+        reply = await clients(request).memory.ListMemories(
+            memory_pb2.ListMemoriesRequest(
+                user_id=str(user), layer=layer_value, category=category or "", text=q or "", limit=limit
+            )
+        )
         return {"memories": [memory_json(m) for m in reply.memories], "next_cursor": reply.next_cursor or None}
 
     @app.delete("/comp/user/{user_id}/memories/{memory_id}", tags=["user"])
     async def delete_memory(request: Request, user_id: uuid.UUID, memory_id: uuid.UUID, user: User) -> dict[str, Any]:
         same_user(user, user_id)
-        reply = await clients(request).memory.DeleteMemory(memory_pb2.DeleteMemoryRequest(
-            user_id=str(user), memory_id=str(memory_id)))
+        reply = await clients(request).memory.DeleteMemory(
+            memory_pb2.DeleteMemoryRequest(user_id=str(user), memory_id=str(memory_id))
+        )
         if not reply.deleted:
             raise ApiError(404, "not_found", "no such memory")
         return {"deleted": True, "id": str(memory_id)}
@@ -496,12 +624,24 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 def affinity_change_json(change: affinity_pb2.WatchAffinityResponse) -> dict[str, Any]:
     """One WatchAffinity message as an SSE frame; `kind` is `snapshot` for a state not tied to one event."""
     kind = affinity_pb2.EventKind.Name(change.kind).removeprefix("EVENT_KIND_").lower()
-    return {"type": "state", **affinity_json(change.state), "version": change.state.version,
-            "kind": "snapshot" if kind == "unspecified" else kind, "event_id": change.event_id}
+    return {
+        "type": "state",
+        **affinity_json(change.state),
+        "version": change.state.version,
+        "kind": "snapshot" if kind == "unspecified" else kind,
+        "event_id": change.event_id,
+    }
 
 
 def memory_json(m: memory_pb2.Memory) -> dict[str, Any]:
-    return {"id": m.id, "layer": "profile" if m.layer == memory_pb2.LAYER_PROFILE else "relationship",
-            "category": m.category, "content": m.content, "importance": round(m.importance, 3),
-            "created_at": m.created_at.ToDatetime().isoformat() + "Z", "source_message_ids": list(m.source_message_ids),
-            "instance_id": m.instance_id or None, "session_id": m.session_id or None}
+    return {
+        "id": m.id,
+        "layer": "profile" if m.layer == memory_pb2.LAYER_PROFILE else "relationship",
+        "category": m.category,
+        "content": m.content,
+        "importance": round(m.importance, 3),
+        "created_at": m.created_at.ToDatetime().isoformat() + "Z",
+        "source_message_ids": list(m.source_message_ids),
+        "instance_id": m.instance_id or None,
+        "session_id": m.session_id or None,
+    }

@@ -6,6 +6,7 @@ re-fetched on an unknown kid), `SUPABASE_JWT_SECRET` (HS256), or `AUTH_MODE=loca
 mode of `rapport up`: HS256 with a secret kept under $RAPPORT_HOME). With none, the gateway refuses
 to start.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,14 @@ class SecretVerifier:
 
     def verify(self, token: str) -> uuid.UUID:
         try:
-            claims = jwt.decode(token, self.secret, algorithms=["HS256"], audience=self.audience,
-                                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
-                                leeway=5)
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                audience=self.audience,
+                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+                leeway=5,
+            )
         except jwt.PyJWTError as error:
             raise AuthError(f"invalid token: {error}") from None
         return _subject(claims)
@@ -68,9 +74,14 @@ class JwksVerifier:
     def verify(self, token: str) -> uuid.UUID:
         try:
             key = self.client.get_signing_key_from_jwt(token)
-            claims = jwt.decode(token, key.key, algorithms=["RS256", "ES256"], audience=self.audience,
-                                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
-                                leeway=5)
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=["RS256", "ES256"],
+                audience=self.audience,
+                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+                leeway=5,
+            )
         except (jwt.PyJWTError, jwt.PyJWKClientError) as error:
             raise AuthError(f"invalid token: {error}") from None
         return _subject(claims)
@@ -98,7 +109,9 @@ class LocalIdentity:
         return identity
 
 
-def mint_token(secret: str, user_id: uuid.UUID, *, ttl_seconds: int = 30 * 24 * 3600, audience: str | None = None) -> str:
+def mint_token(
+    secret: str, user_id: uuid.UUID, *, ttl_seconds: int = 30 * 24 * 3600, audience: str | None = None
+) -> str:
     now = int(time.time())
     claims: dict[str, object] = {"sub": str(user_id), "iat": now, "exp": now + ttl_seconds, "role": "authenticated"}
     if audience:
@@ -121,5 +134,8 @@ def verifier_from_env(env: Env | None = None) -> tuple[TokenVerifier, str]:
     if env.choice("AUTH_MODE", ("local", "jwt"), "jwt") == "local":
         identity = LocalIdentity.load_or_create(rapport_home(env))
         return SecretVerifier(identity.secret), "local"
-    raise ConfigError("SUPABASE_JWT_SECRET", "set (or SUPABASE_URL / SUPABASE_JWKS_URL, or AUTH_MODE=local for "
-                      "single-user local use): the gateway does not start without authentication")
+    raise ConfigError(
+        "SUPABASE_JWT_SECRET",
+        "set (or SUPABASE_URL / SUPABASE_JWKS_URL, or AUTH_MODE=local for "
+        "single-user local use): the gateway does not start without authentication",
+    )

@@ -2,6 +2,7 @@
 
 gRPC status → HTTP status by a table, never "everything is 500" (STYLE 10).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,9 +29,19 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented"),
 }
 
-HTTP_CODES = {400: "invalid_payload", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-              409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "unprocessable",
-              429: "rate_limited", 503: "unavailable"}
+HTTP_CODES = {
+    400: "invalid_payload",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "rate_limited",
+    503: "unavailable",
+}
 
 USER_MESSAGES = {
     400: "Something in that request wasn't right.",
@@ -49,8 +60,15 @@ USER_MESSAGES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, user_message: str | None = None,
-                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        user_message: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

@@ -10,6 +10,7 @@ Auth: `Authorization: Bearer <api key>` (`rapport keys create`), checked with th
 `VerifyApiKey` and cached in-process for `API_KEY_CACHE_SECS` (default 30 s: a revoked key stops
 working within that), or a JWT as on /comp.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,9 +29,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
-from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
 from sse_starlette.sse import EventSourceResponse
 
+from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
 from services.orchestrator.api_keys import looks_like_api_key
 from services.orchestrator.frames import to_dict as frame_to_dict
 from services.servicekit.config import Env
@@ -51,6 +52,7 @@ UTILITY_HEADER_VALUES = frozenset({"1", "true", "yes"})
 
 # ---- errors in OpenAI's shape ----------------------------------------------------------------------
 
+
 def error_type(status: int) -> str:
     if status == 429:
         return "rate_limit_error"
@@ -60,15 +62,22 @@ def error_type(status: int) -> str:
 
 
 class OpenAiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": error_type(self.status), "code": self.code,
-                          "param": self.param}}
+        return {
+            "error": {"message": self.message, "type": error_type(self.status), "code": self.code, "param": self.param}
+        }
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -86,8 +95,12 @@ def from_frame(frame: dict[str, Any]) -> OpenAiError:
     """An `error` frame (the turn failed) as an HTTP error."""
     status = FRAME_ERROR_STATUS.get(frame.get("code", ""), 502)
     headers = {"Retry-After": "2"} if status in (429, 503) else {}
-    return OpenAiError(status, frame.get("user_message") or frame.get("message") or "the reply failed",
-                       frame.get("code") or "upstream_unavailable", headers=headers)
+    return OpenAiError(
+        status,
+        frame.get("user_message") or frame.get("message") or "the reply failed",
+        frame.get("code") or "upstream_unavailable",
+        headers=headers,
+    )
 
 
 def _param(location: tuple[Any, ...]) -> str:
@@ -141,15 +154,24 @@ class OpenAiErrorBody(BaseModel):
 
 
 OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": OpenAiErrorBody, "description": description} for status, description in (
-        (400, "invalid_request_error (`param` names the field)"), (401, "invalid_api_key"),
-        (403, "permission_error"), (404, "model_not_found"), (409, "conflict / duplicate_in_progress"),
-        (413, "too_large"), (415, "unsupported_media_type"), (429, "rate_limit_error (with Retry-After)"),
-        (500, "server_error"), (503, "server_error (unavailable)"))
+    status: {"model": OpenAiErrorBody, "description": description}
+    for status, description in (
+        (400, "invalid_request_error (`param` names the field)"),
+        (401, "invalid_api_key"),
+        (403, "permission_error"),
+        (404, "model_not_found"),
+        (409, "conflict / duplicate_in_progress"),
+        (413, "too_large"),
+        (415, "unsupported_media_type"),
+        (429, "rate_limit_error (with Retry-After)"),
+        (500, "server_error"),
+        (503, "server_error (unavailable)"),
+    )
 }
 
 
 # ---- auth ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ApiKeyCache:
@@ -197,7 +219,8 @@ async def authenticate(request: Request, cache: ApiKeyCache) -> uuid.UUID:
         known, user_id = cache.get(token)
         if not known:
             reply = await request.app.state.clients.orchestrator.VerifyApiKey(
-                orch_pb2.VerifyApiKeyRequest(key=token), timeout=VERIFY_TIMEOUT)
+                orch_pb2.VerifyApiKeyRequest(key=token), timeout=VERIFY_TIMEOUT
+            )
             user_id = uuid.UUID(reply.user_id) if reply.valid else None
             cache.put(token, user_id)
         if user_id is None:
@@ -210,6 +233,7 @@ async def authenticate(request: Request, cache: ApiKeyCache) -> uuid.UUID:
 
 
 # ---- request bodies ------------------------------------------------------------------------------------
+
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -250,8 +274,9 @@ class ChatCompletionBody(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
-    user: str | None = Field(default=None, max_length=200,
-                             description="names the conversation when there is no X-Chat-Id header")
+    user: str | None = Field(
+        default=None, max_length=200, description="names the conversation when there is no X-Chat-Id header"
+    )
 
     def sampling(self) -> orch_pb2.Sampling:
         sampling = orch_pb2.Sampling()
@@ -271,6 +296,7 @@ class ChatCompletionBody(BaseModel):
 
 # ---- frames → OpenAI's completion and chunks -----------------------------------------------------------
 
+
 @dataclass
 class CompletionAssembler:
     """Turns the turn's frames into OpenAI chunks (and, at the end, a whole completion).
@@ -283,16 +309,22 @@ class CompletionAssembler:
     created: int = field(default_factory=lambda: int(time.time()))
     id: str = ""
     parts: list[str] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0,
-                                                            "total_tokens": 0})
+    usage: dict[str, int] = field(
+        default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    )
     finished: bool = False
     error: dict[str, Any] | None = None
     _role_sent: bool = False
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        }
 
     def feed(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks this frame produces."""
@@ -314,22 +346,43 @@ class CompletionAssembler:
         return []
 
     def usage_chunk(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "system_fingerprint": None, "choices": [], "usage": self.usage}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [],
+            "usage": self.usage,
+        }
 
     def completion(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(self.parts)},
-                             "finish_reason": "stop", "logprobs": None}],
-                "usage": self.usage}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.parts)},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": self.usage,
+        }
 
 
 def usage_json(usage: dict[str, Any]) -> dict[str, int]:
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": int(usage.get("total_tokens") or prompt + completion)}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+    }
 
 
 def stream_error_event(error: OpenAiError) -> dict[str, str]:
@@ -338,6 +391,7 @@ def stream_error_event(error: OpenAiError) -> dict[str, str]:
 
 
 # ---- the router ---------------------------------------------------------------------------------------
+
 
 def openai_router(env: Env | None = None) -> APIRouter:
     """The /v1 routes; `API_KEY_CACHE_SECS` (0–300, default 30) bounds how long a key's check is reused."""
@@ -355,25 +409,44 @@ def openai_router(env: Env | None = None) -> APIRouter:
     async def list_models(request: Request, user: uuid.UUID = authenticated) -> dict[str, Any]:
         """The personas, as models (`id` = the persona's name)."""
         reply = await request.app.state.clients.orchestrator.ListPersonas(
-            orch_pb2.ListPersonasRequest(user_id=str(user)))
-        return {"object": "list", "data": [{"id": p.name, "object": "model", "created": 0, "owned_by": "rapport"}
-                                           for p in reply.personas]}
+            orch_pb2.ListPersonasRequest(user_id=str(user))
+        )
+        return {
+            "object": "list",
+            "data": [{"id": p.name, "object": "model", "created": 0, "owned_by": "rapport"} for p in reply.personas],
+        }
 
-    @router.post("/chat/completions", response_model=None, responses={200: {
-        "description": "A `chat.completion` object, or with `stream: true` server-sent `chat.completion.chunk`s "
-                       "ending with `data: [DONE]`.",
-        "content": {"application/json": {}, "text/event-stream": {}}}})
-    async def chat_completions(request: Request, body: ChatCompletionBody, user: uuid.UUID = authenticated,
-                               x_chat_id: Annotated[str | None, Header(max_length=200)] = None,
-                               x_rapport_utility: Annotated[str | None, Header(max_length=10)] = None) -> Response:
+    @router.post(
+        "/chat/completions",
+        response_model=None,
+        responses={
+            200: {
+                "description": "A `chat.completion` object, or with `stream: true` server-sent `chat.completion.chunk`s "
+                "ending with `data: [DONE]`.",
+                "content": {"application/json": {}, "text/event-stream": {}},
+            }
+        },
+    )
+    async def chat_completions(
+        request: Request,
+        body: ChatCompletionBody,
+        user: uuid.UUID = authenticated,
+        x_chat_id: Annotated[str | None, Header(max_length=200)] = None,
+        x_rapport_utility: Annotated[str | None, Header(max_length=10)] = None,
+    ) -> Response:
         """A reply of the persona named by `model`. The conversation is the `X-Chat-Id` header, else `user`,
         else a fingerprint of the first system message and the first user message; the transcript is
         reconciled with the stored one (a swipe replaces the last reply, an edit is taken over). Utility
         calls (summaries, impersonation, connection tests, or `X-Rapport-Utility: 1`) are not stored."""
         grpc_request = orch_pb2.ChatCompletionRequest(
-            user_id=str(user), model=body.model, sampling=body.sampling(), chat_id=x_chat_id or "",
-            client_user=body.user or "", utility=(x_rapport_utility or "").strip().lower() in UTILITY_HEADER_VALUES,
-            messages=[orch_pb2.ChatCompletionMessage(role=m.role, content=m.text()) for m in body.messages])
+            user_id=str(user),
+            model=body.model,
+            sampling=body.sampling(),
+            chat_id=x_chat_id or "",
+            client_user=body.user or "",
+            utility=(x_rapport_utility or "").strip().lower() in UTILITY_HEADER_VALUES,
+            messages=[orch_pb2.ChatCompletionMessage(role=m.role, content=m.text()) for m in body.messages],
+        )
         call = request.app.state.clients.orchestrator.ChatCompletion(grpc_request, timeout=TURN_STREAM_TIMEOUT)
         try:
             conversation, first = await _opening(call)
@@ -389,8 +462,12 @@ def openai_router(env: Env | None = None) -> APIRouter:
         if not body.stream:
             return await _whole_completion(call, first, assembler, headers)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventSourceResponse(_chunks(call, first, assembler, include_usage), ping=SSE_PING_SECONDS, sep="\n",
-                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        return EventSourceResponse(
+            _chunks(call, first, assembler, include_usage),
+            ping=SSE_PING_SECONDS,
+            sep="\n",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+        )
 
     return router
 
@@ -409,8 +486,9 @@ async def _opening(call: Any) -> tuple[orch_pb2.ChatCompletionConversation, dict
     return item.conversation, frame_to_dict(frame.frame)
 
 
-async def _whole_completion(call: Any, first: dict[str, Any], assembler: CompletionAssembler,
-                            headers: dict[str, str]) -> JSONResponse:
+async def _whole_completion(
+    call: Any, first: dict[str, Any], assembler: CompletionAssembler, headers: dict[str, str]
+) -> JSONResponse:
     try:
         assembler.feed(first)
         while (item := await call.read()) is not grpc.aio.EOF:
@@ -424,8 +502,9 @@ async def _whole_completion(call: Any, first: dict[str, Any], assembler: Complet
     return JSONResponse(assembler.completion(), headers=headers)
 
 
-async def _chunks(call: Any, first: dict[str, Any], assembler: CompletionAssembler,
-                  include_usage: bool) -> AsyncIterator[dict[str, str]]:
+async def _chunks(
+    call: Any, first: dict[str, Any], assembler: CompletionAssembler, include_usage: bool
+) -> AsyncIterator[dict[str, str]]:
     try:
         frame: Any = first
         while True:

@@ -2,6 +2,7 @@
 
 Regenerate with `make openapi` (`python -m gateway.openapi`).
 """
+
 from __future__ import annotations
 
 import json

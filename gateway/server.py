@@ -1,4 +1,5 @@
 """`rapport serve gateway`: the gateway app, traced (the HTTP span is the turn's root), on BIND_ADDR."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,8 +17,9 @@ from .app import GatewaySettings, create_app
 
 def traced_app(settings: GatewaySettings | None = None) -> Any:
     """The gateway wrapped in the OTel ASGI middleware; SSE sends are not a span each."""
-    return OpenTelemetryMiddleware(create_app(settings), exclude_spans=["receive", "send"],
-                                   excluded_urls="healthz,readyz")
+    return OpenTelemetryMiddleware(
+        create_app(settings), exclude_spans=["receive", "send"], excluded_urls="healthz,readyz"
+    )
 
 
 async def start_gateway(settings: GatewaySettings, host: str, port: int) -> RunningHttpServer:

@@ -3,6 +3,7 @@
 `make protos` runs this with the pinned grpcio-tools and mypy-protobuf; the test suite runs it into a
 temporary directory and fails when the committed files differ.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ def generate(out_dir: Path) -> None:
     from grpc_tools import protoc
 
     bin_dir = Path(sys.executable).parent
-    plugins = {name: shutil.which(name, path=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-               for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc")}
+    plugins = {
+        name: shutil.which(name, path=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc")
+    }
     missing = [name for name, path in plugins.items() if not path]
     if missing:
         raise SystemExit(f"missing protoc plugins {missing}: install the dev extras (mypy-protobuf)")
@@ -63,8 +66,9 @@ def generated_files(root: Path) -> dict[str, bytes]:
     """Generated artefacts under root, keyed by relative path."""
     out: dict[str, bytes] = {}
     for path in root.rglob("*"):
-        if path.is_file() and (path.name.endswith(("_pb2.py", "_pb2_grpc.py", "_pb2.pyi", "_pb2_grpc.pyi"))
-                               or path.name == "__init__.py"):
+        if path.is_file() and (
+            path.name.endswith(("_pb2.py", "_pb2_grpc.py", "_pb2.pyi", "_pb2_grpc.pyi")) or path.name == "__init__.py"
+        ):
             out[str(path.relative_to(root))] = path.read_bytes()
     return out
 

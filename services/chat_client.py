@@ -1,4 +1,5 @@
 """`rapport chat`: a terminal client that streams a conversation through the gateway (REST + SSE)."""
+
 from __future__ import annotations
 
 import json
@@ -35,21 +36,37 @@ def stream_frames(client: httpx.Client, session_id: str, content: str) -> Iterat
                 yield json.loads(line[5:].strip())
 
 
-def run_chat(base_url: str, token: str, persona: str | None, *, new: bool = False, stdin: TextIO = sys.stdin,
-             out: TextIO = sys.stdout) -> int:
+def run_chat(
+    base_url: str,
+    token: str,
+    persona: str | None,
+    *,
+    new: bool = False,
+    stdin: TextIO = sys.stdin,
+    out: TextIO = sys.stdout,
+) -> int:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=httpx.Timeout(30, read=330)) as client:
         personas = _check(client.get("/comp/personas"))
         if not personas:
             raise ChatError("no personas: run `rapport seed-personas DIR`")
-        chosen = next((p for p in personas if persona is None or p["name"].casefold() == persona.casefold()
-                       or p["id"] == persona), None)
+        chosen = next(
+            (
+                p
+                for p in personas
+                if persona is None or p["name"].casefold() == persona.casefold() or p["id"] == persona
+            ),
+            None,
+        )
         if chosen is None:
             raise ChatError(f"no persona {persona!r}; choose one of: {', '.join(p['name'] for p in personas)}")
         chat = _check(client.post("/comp/chat/start", json={"persona_id": chosen["id"], "force_new": new}))
         name = chat["persona_name"]
-        print(f"{'New chat' if chat['is_new'] else 'Resuming your chat'} with {name}. Empty line or Ctrl-D to quit.",
-              file=out, flush=True)
+        print(
+            f"{'New chat' if chat['is_new'] else 'Resuming your chat'} with {name}. Empty line or Ctrl-D to quit.",
+            file=out,
+            flush=True,
+        )
         while True:
             out.write("you> ")
             out.flush()

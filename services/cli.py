@@ -1,4 +1,5 @@
 """The `rapport` command line: up, serve, migrate, seed-personas, import-card, token."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ def migration_params() -> dict[str, dict[str, object]]:
 
 
 # ---- migrate / seed / cards / token -------------------------------------------------------------
+
 
 async def migrate(dsn: str, services: list[str] | None = None) -> list[str]:
     from services.servicekit.db import apply_migrations
@@ -80,10 +82,12 @@ async def manage_keys(dsn: str, args: argparse.Namespace) -> list[str]:
             key, info = await api_keys.create_api_key(pool, uuid.UUID(args.user), args.name or "")
             return [key, f"id {info.id} ({info.prefix}…): shown once, store it now"]
         if args.keys_command == "list":
-            return [f"{k.id}  {k.prefix}…  {k.name or '-'}  created {k.created_at:%Y-%m-%d %H:%M}  "
-                    f"last used {f'{k.last_used_at:%Y-%m-%d %H:%M}' if k.last_used_at else 'never'}"
-                    f"{'  REVOKED' if k.revoked_at else ''}"
-                    for k in await api_keys.list_api_keys(pool, uuid.UUID(args.user))] or ["no keys"]
+            return [
+                f"{k.id}  {k.prefix}…  {k.name or '-'}  created {k.created_at:%Y-%m-%d %H:%M}  "
+                f"last used {f'{k.last_used_at:%Y-%m-%d %H:%M}' if k.last_used_at else 'never'}"
+                f"{'  REVOKED' if k.revoked_at else ''}"
+                for k in await api_keys.list_api_keys(pool, uuid.UUID(args.user))
+            ] or ["no keys"]
         revoked = await api_keys.revoke_api_key(pool, uuid.UUID(args.id))
         if revoked is None:
             raise ValueError(f"no API key with id {args.id}")
@@ -102,8 +106,11 @@ async def outbox_report(dsn: str, retry_dead: bool) -> list[str]:
             return [f"queued {await retry_dead_jobs(pool)} dead jobs again"]
         counts = await outbox_counts(pool)
         lines = ["  ".join(f"{status}: {counts.get(status, 0)}" for status in ("pending", "done", "dead"))]
-        lines += [f"dead #{row['id']} {row['target']} turn {row['turn_id']} after {row['attempts']} attempts "
-                  f"({row['created_at']:%Y-%m-%d %H:%M}): {row['last_error']}" for row in await list_jobs(pool, "dead")]
+        lines += [
+            f"dead #{row['id']} {row['target']} turn {row['turn_id']} after {row['attempts']} attempts "
+            f"({row['created_at']:%Y-%m-%d %H:%M}): {row['last_error']}"
+            for row in await list_jobs(pool, "dead")
+        ]
         return lines
     finally:
         await pool.close()
@@ -114,6 +121,7 @@ def database_url(env: Env) -> str:
 
 
 # ---- up ---------------------------------------------------------------------------------
+
 
 def up(args: argparse.Namespace) -> int:
     """Start the local stack, print where it is, wait for Ctrl-C (or a child exiting), stop it."""
@@ -156,6 +164,7 @@ def up(args: argparse.Namespace) -> int:
 
 # ---- serve ------------------------------------------------------------------------------
 
+
 def serve(name: str) -> int:
     if name in SERVICE_NAMES:
         from services.servicekit.service import serve_forever
@@ -178,13 +187,15 @@ def serve(name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     parser = argparse.ArgumentParser(prog="rapport", description="Rapport: a self-hosted engine for AI companions.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start everything locally (embedded Postgres unless DATABASE_URL is set)")
-    p_up.add_argument("--port", type=int, default=None,
-                      help="gateway port on 127.0.0.1 (default: $RAPPORT_PORT or 8080)")
+    p_up.add_argument(
+        "--port", type=int, default=None, help="gateway port on 127.0.0.1 (default: $RAPPORT_PORT or 8080)"
+    )
     p_serve = sub.add_parser("serve", help="run one process (what a container runs)")
     p_serve.add_argument("service", choices=[*SERVICE_NAMES, "gateway", "offline-llm"])
     p_migrate = sub.add_parser("migrate", help="apply SQL migrations (idempotent)")
@@ -205,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p_chat = sub.add_parser("chat", help="chat in the terminal through the gateway (streams replies)")
     p_chat.add_argument("--persona", help="persona name or id (default: the first)")
     p_chat.add_argument("--url", default=os.environ.get("RAPPORT_URL", "http://127.0.0.1:8080"))
-    p_chat.add_argument("--token", default=os.environ.get("RAPPORT_TOKEN"),
-                        help="bearer token (default: the local user's, as `rapport token` prints)")
+    p_chat.add_argument(
+        "--token",
+        default=os.environ.get("RAPPORT_TOKEN"),
+        help="bearer token (default: the local user's, as `rapport token` prints)",
+    )
     p_chat.add_argument("--new", action="store_true", help="start a new session instead of resuming")
     p_outbox = sub.add_parser("outbox", help="post-process queue: counts, and the dead jobs (or --retry-dead)")
     p_outbox.add_argument("--retry-dead", action="store_true", help="queue the dead jobs again")

@@ -8,6 +8,7 @@ SERVING) and the gateway (waiting for `/readyz`). `stop()` sends SIGTERM to ever
 kills what is left, and stops Postgres last: no process outlives the stack. As a context manager
 it starts on enter and stops on exit (also when start-up fails half-way).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,8 +67,14 @@ class LocalStack:
     prints.
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None, *, port: int | None = None,
-                 log_dir: Path | None = None, announce: Callable[[str], None] = _silent) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        port: int | None = None,
+        log_dir: Path | None = None,
+        announce: Callable[[str], None] = _silent,
+    ) -> None:
         self.env: dict[str, str] = dict(os.environ if env is None else env)
         self.port = port  # None: a free port, chosen just before the gateway starts (no time for a clash)
         self.log_dir = log_dir
@@ -144,18 +151,32 @@ class LocalStack:
         if llm_endpoint_from_env(Env(self.env)) is None:
             llm_port = free_port()
             self._spawn("offline-llm", {"BIND_ADDR": f"127.0.0.1:{llm_port}"})
-            self.env.update({"LLM_BASE_URL": f"http://127.0.0.1:{llm_port}/v1", "LLM_API_KEY": "offline",
-                             "LLM_OFFLINE": "1", "LLM_MODEL": OFFLINE_MODEL_ID})
+            self.env.update(
+                {
+                    "LLM_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
+                    "LLM_API_KEY": "offline",
+                    "LLM_OFFLINE": "1",
+                    "LLM_MODEL": OFFLINE_MODEL_ID,
+                }
+            )
             self.announce(f"LLM: offline responder ({OFFLINE_MODEL_ID}) — {OFFLINE_LLM_NOTE}")
         for name in SERVICE_NAMES:
             var = f"{name.upper()}_ADDR"
             self.addresses[name] = self.env.get(var) or f"127.0.0.1:{free_port()}"
             self.env[var] = self.addresses[name]
         for name in SERVICE_NAMES:
-            self._spawn(name, {"BIND_ADDR": self.addresses[name],
-                               "OTEL_SERVICE_NAME": self.env.get("OTEL_SERVICE_NAME") or f"rapport-{name}"})
-        self._wait_until(lambda: all(grpc_serving(address) for address in self.addresses.values()),
-                         "the four services to report SERVING", SERVICES_TIMEOUT)
+            self._spawn(
+                name,
+                {
+                    "BIND_ADDR": self.addresses[name],
+                    "OTEL_SERVICE_NAME": self.env.get("OTEL_SERVICE_NAME") or f"rapport-{name}",
+                },
+            )
+        self._wait_until(
+            lambda: all(grpc_serving(address) for address in self.addresses.values()),
+            "the four services to report SERVING",
+            SERVICES_TIMEOUT,
+        )
         self.port = self.port or free_port()
         self._spawn("gateway", {"BIND_ADDR": f"127.0.0.1:{self.port}", "OTEL_SERVICE_NAME": "rapport-gateway"})
         self._wait_until(lambda: http_ready(f"{self.gateway_url}/readyz"), "the gateway", GATEWAY_TIMEOUT)
@@ -166,10 +187,14 @@ class LocalStack:
         output: IO[bytes] | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
+            output = open(self.log_dir / f"{name}.log", "ab")
             self._logs.append(output)
-        self.children[name] = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name],
-                                               env={**self.env, **extra_env}, stdout=output, stderr=output)
+        self.children[name] = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve", name],
+            env={**self.env, **extra_env},
+            stdout=output,
+            stderr=output,
+        )
 
     def _wait_until(self, check: Callable[[], bool], what: str, timeout: float) -> None:
         """Poll `check` until it holds; fail at once if a child exits meanwhile."""
@@ -211,6 +236,7 @@ class LocalStack:
             self.stop()
             raise
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.stop()

@@ -76,9 +76,7 @@ class AffinityVector:
         return cls(**{axis: float(values[axis]) for axis in AXES})
 
 
-AffinityVector.START = AffinityVector(
-    warmth=0.3, trust=0.2, intimacy=0.0, intrigue=0.5, patience=0.5, tension=0.1
-)
+AffinityVector.START = AffinityVector(warmth=0.3, trust=0.2, intimacy=0.0, intrigue=0.5, patience=0.5, tension=0.1)
 
 
 # --- update per turn -------------------------------------------------------------------------
@@ -112,9 +110,7 @@ LONG_MESSAGE_MIN_CHARS = 30
 LONG_GAP = timedelta(hours=24)
 
 
-def rule_deltas(
-    user_text: str, previous_user_message_at: datetime | None, now: datetime
-) -> dict[str, float]:
+def rule_deltas(user_text: str, previous_user_message_at: datetime | None, now: datetime) -> dict[str, float]:
     """Rule deltas of one user message (length measured after stripping whitespace).
 
     ≥ 30 chars → intrigue +0.02, patience +0.02; ≤ 3 chars → patience −0.02;
@@ -154,10 +150,7 @@ def decay(vector: AffinityVector, elapsed: timedelta) -> AffinityVector:
         return vector
     return replace(
         vector,
-        **{
-            axis: clamp_axis(axis, getattr(vector, axis) + rate * days)
-            for axis, rate in DECAY_PER_DAY.items()
-        },
+        **{axis: clamp_axis(axis, getattr(vector, axis) + rate * days) for axis, rate in DECAY_PER_DAY.items()},
     )
 
 
@@ -439,4 +432,3 @@ def record_ghost(book: GhostBookkeeping, now: datetime) -> GhostBookkeeping:
 def reset_streak(book: GhostBookkeeping) -> GhostBookkeeping:
     """A served reply resets the streak (total and last ghost time stay)."""
     return replace(book, ghost_streak=0)
-

@@ -51,9 +51,7 @@ class Evaluation:
         object.__setattr__(self, "deltas", capped)
 
     @classmethod
-    def zero(
-        cls, source: str, reason: str, *, skip_reason: str | None = None, error: str | None = None
-    ) -> Evaluation:
+    def zero(cls, source: str, reason: str, *, skip_reason: str | None = None, error: str | None = None) -> Evaluation:
         """Zero deltas: a skipped turn (`skip_reason`) or an unusable evaluator output (`error`)."""
         return cls({}, reason, source, skipped=skip_reason is not None, skip_reason=skip_reason, error=error)
 
@@ -94,50 +92,64 @@ _CUES: tuple[_Cue, ...] = (
         _YOU_ARE + r"(?:stupid|dumb|idiot|useless|boring|annoying|pathetic|ugly|worthless|trash|creepy|"
         r"loser|joke|waste)\b|\b(?:you idiot|shut up|fuck (?:you|off)|screw you|i hate you|you suck|"
         r"i (?:don'?t|do not) like you)\b",
-        warmth=-0.12, trust=-0.08, intimacy=-0.03, tension=0.10,
+        warmth=-0.12,
+        trust=-0.08,
+        intimacy=-0.03,
+        tension=0.10,
     ),
     _cue(
         "dismissiveness",
         r"\b(?:whatever|don'?t care|do not care|who cares|not interested|so what|idc)\b"
         r"|^\s*(?:k+|ok|okay|fine|meh|sure)\W*$",
-        intrigue=-0.06, warmth=-0.02, tension=0.05,
+        intrigue=-0.06,
+        warmth=-0.02,
+        tension=0.05,
     ),
     _cue(
         "a compliment",
         _YOU_ARE + r"(?:beautiful|amazing|smart|funny|sweet|cute|kind|great|awesome|wonderful|lovely|"
         r"brilliant|gorgeous|adorable|best|fun)\b|\bi (?:really )?(?:like|love|adore) (?:you|talking to you|"
         r"chatting with you)\b|\byou make me (?:smile|laugh|happy)\b",
-        warmth=0.08, intimacy=0.03, trust=0.02,
+        warmth=0.08,
+        intimacy=0.03,
+        trust=0.02,
     ),
     _cue(
         "gratitude",
         r"\b(?:thank you|thanks|thx|ty|appreciate (?:it|you|that))\b",
-        warmth=0.05, trust=0.03,
+        warmth=0.05,
+        trust=0.03,
     ),
     _cue(
         "an apology",
         r"\b(?:sorry|i apologi[sz]e|my bad|forgive me)\b",
-        warmth=0.03, trust=0.04, tension=-0.05,
+        warmth=0.03,
+        trust=0.04,
+        tension=-0.05,
     ),
     _cue(
         "personal disclosure",
         r"\b(?:i feel|i felt|i'?m (?:scared|afraid|lonely|anxious|nervous|sad|depressed|worried|struggling)|"
         r"my (?:mom|mum|mother|dad|father|parents|sister|brother|family|ex|best friend|therapist|childhood)|"
         r"growing up|when i was (?:a kid|little|young)|to be honest|honestly,? i)\b",
-        trust=0.06, intimacy=0.06, warmth=0.02,
+        trust=0.06,
+        intimacy=0.06,
+        warmth=0.02,
     ),
     _cue(
         "a confided secret",
         r"\b(?:i'?ve never told anyone|i never told anyone|never told anyone|don'?t tell anyone|"
         r"(?:just )?between us|can i tell you a secret|(?:it'?s|this is) (?:a )?secret)\b",
-        trust=0.06, intimacy=0.05,
+        trust=0.06,
+        intimacy=0.05,
     ),
     _cue(
         "a question about the persona",
         r"\b(?:what about you|and you\?|how about you|tell me about (?:you|yourself)|"
         r"do you (?:like|love|enjoy|ever|have|think|want|prefer)|what do you (?:like|think|do|want|love)|"
         r"what(?:'s| is) your|have you ever|are you into)\b",
-        intrigue=0.07, warmth=0.02,
+        intrigue=0.07,
+        warmth=0.02,
     ),
 )
 
@@ -166,9 +178,7 @@ class OfflineEvaluator:
     def __init__(self) -> None:
         self._sentiment = SentimentIntensityAnalyzer()
 
-    def evaluate(
-        self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str
-    ) -> Evaluation:
+    def evaluate(self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str) -> Evaluation:
         skip = should_skip(user_text, reply_text)
         if skip is not None:
             return Evaluation.zero(self.source, f"Not evaluated: {skip}.", skip_reason=skip)
@@ -196,10 +206,7 @@ class OfflineEvaluator:
         else:
             tone = "neutral"
         cues = _join_names([cue.name for cue in found]) if found else "no relational cues"
-        return (
-            f"The user's message to {persona_name} showed {cues}, "
-            f"in a {tone} tone (VADER compound {compound:+.2f})."
-        )
+        return f"The user's message to {persona_name} showed {cues}, in a {tone} tone (VADER compound {compound:+.2f})."
 
 
 # --- LLM evaluator: prompt and strict parsing --------------------------------------------------
@@ -221,10 +228,7 @@ def build_evaluation_messages(
     """OpenAI chat messages for task `affinity_evaluation`, asking for the strict JSON shape."""
     state = ", ".join(f"{axis} {getattr(vector, axis):.2f}" for axis in AXES)
     exchange = json.dumps({"user": user_text, persona_name: reply_text}, ensure_ascii=False)
-    user = (
-        f"Persona: {persona_name}\nCurrent feelings: {state}\n"
-        f"Exchange (JSON): {exchange}\nReturn the JSON object."
-    )
+    user = f"Persona: {persona_name}\nCurrent feelings: {state}\nExchange (JSON): {exchange}\nReturn the JSON object."
     return [{"role": "system", "content": _SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 

@@ -3,6 +3,7 @@
 Spec: /work/shared/spec/affinity.md. Every write goes through `store.write_locked` (row lock, lazy
 decay materialised, one event row, NOTIFY for watchers); reads decay the vector to now.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,9 @@ import asyncpg
 import grpc
 import openai
 from google.protobuf import json_format
+
 from rapport.affinity.v1 import affinity_pb2 as pb
 from rapport.affinity.v1 import affinity_pb2_grpc as pb_grpc
-
 from services.affinity import store
 from services.affinity.domain import (
     AXES,
@@ -73,7 +74,9 @@ MAX_GIFTS_LISTED = 500
 WATCH_READY_SECONDS = 5.0
 
 EVENT_KINDS: dict[str, pb.EventKind.ValueType] = {
-    "message": pb.EVENT_KIND_MESSAGE, "ghost": pb.EVENT_KIND_GHOST, "gift": pb.EVENT_KIND_GIFT,
+    "message": pb.EVENT_KIND_MESSAGE,
+    "ghost": pb.EVENT_KIND_GHOST,
+    "gift": pb.EVENT_KIND_GIFT,
     "reply": pb.EVENT_KIND_REPLY,
 }
 
@@ -108,8 +111,7 @@ class LlmEvaluator:
     def __init__(self, llm: TaskLlm) -> None:
         self.llm = llm
 
-    async def evaluate(self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str
-                       ) -> Evaluation:
+    async def evaluate(self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str) -> Evaluation:
         source = f"llm:{self.llm.models[0]}"
         skip = should_skip(user_text, reply_text)
         if skip is not None:
@@ -119,8 +121,9 @@ class LlmEvaluator:
             text, _usage, model = await self.llm.complete(messages, json_mode=True)
         except (openai.APIError, TimeoutError) as error:
             log.warning("affinity evaluator call failed: %s", error)
-            return Evaluation.zero(source, "Evaluator unavailable; no evaluator deltas applied.",
-                                   error=f"{type(error).__name__}: {error}")
+            return Evaluation.zero(
+                source, "Evaluator unavailable; no evaluator deltas applied.", error=f"{type(error).__name__}: {error}"
+            )
         return parse_evaluation(text, f"llm:{model}")
 
 
@@ -136,9 +139,16 @@ def state_message(state: store.SessionAffinity) -> pb.AffinityState:
     """The state as of its read time: the decayed vector, composites, label and bookkeeping."""
     vector = state.current()
     message = pb.AffinityState(
-        session_id=str(state.session_id), vector=_vector_message(vector), bond=bond(vector),
-        chemistry=chemistry(vector), label=relationship_label(vector), ghost_streak=state.book.ghost_streak,
-        total_ghosts=state.book.total_ghosts, is_demo=state.is_demo, version=state.version)
+        session_id=str(state.session_id),
+        vector=_vector_message(vector),
+        bond=bond(vector),
+        chemistry=chemistry(vector),
+        label=relationship_label(vector),
+        ghost_streak=state.book.ghost_streak,
+        total_ghosts=state.book.total_ghosts,
+        is_demo=state.is_demo,
+        version=state.version,
+    )
     message.updated_at.FromDatetime(state.updated_at)
     if state.book.last_ghost_at is not None:
         message.last_ghost_at.FromDatetime(state.book.last_ghost_at)
@@ -147,19 +157,30 @@ def state_message(state: store.SessionAffinity) -> pb.AffinityState:
 
 def event_message(row: asyncpg.Record) -> pb.AffinityEvent:
     event = pb.AffinityEvent(
-        event_id=str(row["id"]), kind=EVENT_KINDS[row["kind"]], turn_id=row["turn_id"] or "",
-        deltas=row["deltas"], effective_deltas=row["effective_deltas"], reason=row["reason"],
-        before=_vector_message(row["state_before"]), after=_vector_message(row["state_after"]),
-        skipped=row["skipped"], evaluator=row["evaluator"], evaluator_error=row["evaluator_error"] or "",
-        label=row["label"] or "", rule_deltas=row["rule_deltas"], evaluator_deltas=row["evaluator_deltas"])
+        event_id=str(row["id"]),
+        kind=EVENT_KINDS[row["kind"]],
+        turn_id=row["turn_id"] or "",
+        deltas=row["deltas"],
+        effective_deltas=row["effective_deltas"],
+        reason=row["reason"],
+        before=_vector_message(row["state_before"]),
+        after=_vector_message(row["state_after"]),
+        skipped=row["skipped"],
+        evaluator=row["evaluator"],
+        evaluator_error=row["evaluator_error"] or "",
+        label=row["label"] or "",
+        rule_deltas=row["rule_deltas"],
+        evaluator_deltas=row["evaluator_deltas"],
+    )
     event.metadata.update(row["metadata"])
     event.created_at.FromDatetime(row["created_at"])
     return event
 
 
 def gift_message(row: asyncpg.Record) -> pb.GiftEvent:
-    gift = pb.GiftEvent(event_id=str(row["id"]), label=row["label"] or "", deltas=row["deltas"],
-                        applied_deltas=row["effective_deltas"])
+    gift = pb.GiftEvent(
+        event_id=str(row["id"]), label=row["label"] or "", deltas=row["deltas"], applied_deltas=row["effective_deltas"]
+    )
     gift.metadata.update(row["metadata"])
     gift.created_at.FromDatetime(row["created_at"])
     return gift
@@ -192,8 +213,9 @@ def gift_deltas(deltas: Mapping[str, float]) -> dict[str, float]:
         raise InvalidArgument("deltas must name at least one axis", field="deltas")
     for axis, value in deltas.items():
         if axis not in AXES:
-            raise InvalidArgument(f"unknown axis {axis!r} in deltas; allowed: {', '.join(AXES)}",
-                                  field=f"deltas.{axis}")
+            raise InvalidArgument(
+                f"unknown axis {axis!r} in deltas; allowed: {', '.join(AXES)}", field=f"deltas.{axis}"
+            )
         if not (math.isfinite(value) and -1.0 <= value <= 1.0):
             raise InvalidArgument(f"deltas.{axis} must be within [-1, 1], got {value!r}", field=f"deltas.{axis}")
     return dict(deltas)
@@ -212,28 +234,37 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None
 
 
 class AffinityServicer(pb_grpc.AffinityServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, settings: AffinitySettings, changes: AffinityChanges,
-                 llm_evaluator: LlmEvaluator | None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: AffinitySettings,
+        changes: AffinityChanges,
+        llm_evaluator: LlmEvaluator | None,
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.changes = changes
         self.llm_evaluator = llm_evaluator
         self.offline_evaluator = OfflineEvaluator()
 
-    async def _evaluate(self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str
-                        ) -> Evaluation:
+    async def _evaluate(self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str) -> Evaluation:
         if self.llm_evaluator is not None:
             return await self.llm_evaluator.evaluate(persona_name, vector, user_text, reply_text)
         return self.offline_evaluator.evaluate(persona_name, vector, user_text, reply_text)
 
     @maps_errors
-    async def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.OpenSessionResponse:
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OpenSessionResponse:
         user_id, session_id = _owner_and_session(request)
         state, continued = await store.open_session(
-            self.pool, session_id=session_id, user_id=user_id,
-            instance_id=parse_uuid(request.instance_id, "instance_id"), is_demo=request.is_demo,
-            reset_affinity=request.reset_affinity)
+            self.pool,
+            session_id=session_id,
+            user_id=user_id,
+            instance_id=parse_uuid(request.instance_id, "instance_id"),
+            is_demo=request.is_demo,
+            reset_affinity=request.reset_affinity,
+        )
         return pb.OpenSessionResponse(state=state_message(state), continued=continued)
 
     @maps_errors
@@ -243,10 +274,13 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         state = await store.read_owned(self.pool, session_id, user_id)
         vector = state.current()
         return pb.GetStateResponse(
-            state=state_message(state), mood_lines=prompt_lines(vector, scope),
-            feelings_lines=feelings_lines(vector, scope), length_guidance=length_guidance(vector, scope),
+            state=state_message(state),
+            mood_lines=prompt_lines(vector, scope),
+            feelings_lines=feelings_lines(vector, scope),
+            length_guidance=length_guidance(vector, scope),
             emotional_context=await store.recent_reasons(self.pool, session_id, EMOTIONAL_CONTEXT_EVENTS),
-            scope_axes=[axis for axis in AXES if axis in scope])
+            scope_axes=[axis for axis in AXES if axis in scope],
+        )
 
     @maps_errors
     async def ApplyTurn(self, request: pb.ApplyTurnRequest, context: grpc.aio.ServicerContext) -> pb.ApplyTurnResponse:
@@ -257,28 +291,38 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
             return pb.ApplyTurnResponse(state=state_message(state), applied=False, reason="turn already applied")
         message_at = _timestamp(request, "user_message_at") or state.read_at
         rules = rule_deltas(request.user_text, _timestamp(request, "previous_user_message_at"), message_at)
-        evaluation = await self._evaluate(request.persona_name or "the persona", state.current(),
-                                          request.user_text, request.reply_text)
+        evaluation = await self._evaluate(
+            request.persona_name or "the persona", state.current(), request.user_text, request.reply_text
+        )
         deltas = combine_deltas(rules, evaluation.deltas)
         event = store.EventDraft(
-            kind="message", turn_id=turn_id, deltas=deltas, reason=evaluation.reason, skipped=evaluation.skipped,
-            rule_deltas=rules, evaluator_deltas=evaluation.deltas, evaluator=evaluation.source,
-            evaluator_error=evaluation.error)
+            kind="message",
+            turn_id=turn_id,
+            deltas=deltas,
+            reason=evaluation.reason,
+            skipped=evaluation.skipped,
+            rule_deltas=rules,
+            evaluator_deltas=evaluation.deltas,
+            evaluator=evaluation.source,
+            evaluator_error=evaluation.error,
+        )
 
         def apply_turn(locked: store.SessionAffinity) -> store.Change:
             inertia = self.settings.demo_inertia if locked.is_demo else self.settings.inertia
             return store.Change(apply_delta(locked.current(), deltas, inertia), locked.book, event)
 
-        outcome = await store.write_locked(self.pool, session_id, user_id, apply_turn,
-                                           idempotency=("message", turn_id))
+        outcome = await store.write_locked(self.pool, session_id, user_id, apply_turn, idempotency=("message", turn_id))
         return pb.ApplyTurnResponse(
-            state=state_message(outcome.state), applied=outcome.applied,
+            state=state_message(outcome.state),
+            applied=outcome.applied,
             reason=evaluation.reason if outcome.applied else "turn already applied",
-            event_id=str(outcome.event_id or ""))
+            event_id=str(outcome.event_id or ""),
+        )
 
     @maps_errors
-    async def DecideGhost(self, request: pb.DecideGhostRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.DecideGhostResponse:
+    async def DecideGhost(
+        self, request: pb.DecideGhostRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecideGhostResponse:
         user_id, session_id = _owner_and_session(request)
         if request.user_message_count < 0:
             raise InvalidArgument("user_message_count must be ≥ 0", field="user_message_count")
@@ -286,13 +330,19 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         policy = self.settings.ghost_policy(request.ghosting_enabled)
         decision = decide_ghost(state.current(), state.book, request.user_message_count, state.read_at, policy)
         return pb.DecideGhostResponse(
-            ghost=decision.ghost, score=decision.score, threshold=decision.threshold, rule=decision.rule,
-            reason=decision.reason, state=state_message(state),
-            judge_ghost_allowed=judge_ghost_allowed(state.book, request.user_message_count, state.read_at, policy))
+            ghost=decision.ghost,
+            score=decision.score,
+            threshold=decision.threshold,
+            rule=decision.rule,
+            reason=decision.reason,
+            state=state_message(state),
+            judge_ghost_allowed=judge_ghost_allowed(state.book, request.user_message_count, state.read_at, policy),
+        )
 
     @maps_errors
-    async def RecordGhost(self, request: pb.RecordGhostRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.RecordGhostResponse:
+    async def RecordGhost(
+        self, request: pb.RecordGhostRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordGhostResponse:
         user_id, session_id = _owner_and_session(request)
         turn_id = _turn_id(request.turn_id)
 
@@ -301,12 +351,14 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
             return store.Change(locked.current(), record_ghost(locked.book, locked.read_at), event)
 
         outcome = await store.write_locked(self.pool, session_id, user_id, ghost, idempotency=("ghost", turn_id))
-        return pb.RecordGhostResponse(state=state_message(outcome.state), applied=outcome.applied,
-                                      event_id=str(outcome.event_id or ""))
+        return pb.RecordGhostResponse(
+            state=state_message(outcome.state), applied=outcome.applied, event_id=str(outcome.event_id or "")
+        )
 
     @maps_errors
-    async def RecordReply(self, request: pb.RecordReplyRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.RecordReplyResponse:
+    async def RecordReply(
+        self, request: pb.RecordReplyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordReplyResponse:
         user_id, session_id = _owner_and_session(request)
 
         def reply(locked: store.SessionAffinity) -> store.Change | None:
@@ -332,8 +384,11 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
             return store.Change(apply_delta(locked.current(), deltas, self.settings.inertia), locked.book, event)
 
         outcome = await store.write_locked(self.pool, session_id, user_id, gift)
-        return pb.ApplyGiftResponse(applied_deltas=outcome.effective_deltas(deltas),
-                                    state=state_message(outcome.state), event_id=str(outcome.event_id))
+        return pb.ApplyGiftResponse(
+            applied_deltas=outcome.effective_deltas(deltas),
+            state=state_message(outcome.state),
+            event_id=str(outcome.event_id),
+        )
 
     @maps_errors
     async def ListGifts(self, request: pb.ListGiftsRequest, context: grpc.aio.ServicerContext) -> pb.ListGiftsResponse:
@@ -343,8 +398,9 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         return pb.ListGiftsResponse(gifts=[gift_message(row) for row in rows])
 
     @maps_errors
-    async def ListEvents(self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
-                         ) -> pb.ListEventsResponse:
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEventsResponse:
         user_id, session_id = _owner_and_session(request)
         limit = request.limit or DEFAULT_EVENTS_LIMIT
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
@@ -353,8 +409,9 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         rows = await store.list_events(self.pool, session_id, limit=limit)
         return pb.ListEventsResponse(events=[event_message(row) for row in rows])
 
-    async def WatchAffinity(self, request: pb.WatchAffinityRequest, context: grpc.aio.ServicerContext
-                            ) -> AsyncIterator[pb.WatchAffinityResponse]:
+    async def WatchAffinity(
+        self, request: pb.WatchAffinityRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchAffinityResponse]:
         """The current state first, then every committed change of the session (any replica's),
         until the client hangs up or the session is deleted."""
         try:
@@ -386,12 +443,14 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
                 if item.state.version <= seen:
                     continue  # already reflected in what this subscriber was sent
                 seen = item.state.version
-                yield pb.WatchAffinityResponse(state=state_message(item.state), kind=EVENT_KINDS.get(item.kind, 0),
-                                               event_id=item.event_id)
+                yield pb.WatchAffinityResponse(
+                    state=state_message(item.state), kind=EVENT_KINDS.get(item.kind, 0), event_id=item.event_id
+                )
 
     @maps_errors
-    async def DeleteUserData(self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
-                             ) -> pb.DeleteUserDataResponse:
+    async def DeleteUserData(
+        self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteUserDataResponse:
         user_id = parse_uuid(request.user_id, "user_id")
         instance_id = parse_uuid(request.instance_id, "instance_id") if request.instance_id else None
         return pb.DeleteUserDataResponse(deleted=await store.delete_user_data(self.pool, user_id, instance_id))

@@ -6,6 +6,7 @@ write time, the change, at most one event row, `version + 1`, and a `pg_notify` 
 see exactly the committed changes, in commit order. Times come from the database clock unless a
 caller injects `now` (tests).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,11 +48,16 @@ class SessionAffinity:
     def as_json(self) -> dict[str, Any]:
         """The notification payload form (see `from_json`)."""
         return {
-            "session_id": str(self.session_id), "user_id": str(self.user_id),
-            "instance_id": str(self.instance_id), "is_demo": self.is_demo, "vector": self.vector.as_dict(),
-            "ghost_streak": self.book.ghost_streak, "total_ghosts": self.book.total_ghosts,
+            "session_id": str(self.session_id),
+            "user_id": str(self.user_id),
+            "instance_id": str(self.instance_id),
+            "is_demo": self.is_demo,
+            "vector": self.vector.as_dict(),
+            "ghost_streak": self.book.ghost_streak,
+            "total_ghosts": self.book.total_ghosts,
             "last_ghost_at": self.book.last_ghost_at.isoformat() if self.book.last_ghost_at else None,
-            "updated_at": self.updated_at.isoformat(), "version": self.version,
+            "updated_at": self.updated_at.isoformat(),
+            "version": self.version,
         }
 
     @classmethod
@@ -59,22 +65,34 @@ class SessionAffinity:
         updated_at = datetime.fromisoformat(data["updated_at"])
         last_ghost_at = data.get("last_ghost_at")
         return cls(
-            session_id=uuid.UUID(data["session_id"]), user_id=uuid.UUID(data["user_id"]),
-            instance_id=uuid.UUID(data["instance_id"]), is_demo=bool(data["is_demo"]),
+            session_id=uuid.UUID(data["session_id"]),
+            user_id=uuid.UUID(data["user_id"]),
+            instance_id=uuid.UUID(data["instance_id"]),
+            is_demo=bool(data["is_demo"]),
             vector=AffinityVector.from_mapping(data["vector"]),
-            book=GhostBookkeeping(int(data["ghost_streak"]), int(data["total_ghosts"]),
-                                  datetime.fromisoformat(last_ghost_at) if last_ghost_at else None),
-            updated_at=updated_at, version=int(data["version"]), read_at=updated_at,
+            book=GhostBookkeeping(
+                int(data["ghost_streak"]),
+                int(data["total_ghosts"]),
+                datetime.fromisoformat(last_ghost_at) if last_ghost_at else None,
+            ),
+            updated_at=updated_at,
+            version=int(data["version"]),
+            read_at=updated_at,
         )
 
 
 def _session(row: asyncpg.Record, now: datetime | None = None) -> SessionAffinity:
     read_at = max(now or row["read_at"], row["updated_at"])  # the clock never runs backwards here
     return SessionAffinity(
-        session_id=row["session_id"], user_id=row["user_id"], instance_id=row["instance_id"],
-        is_demo=row["is_demo"], vector=AffinityVector(**{axis: row[axis] for axis in AXES}),
+        session_id=row["session_id"],
+        user_id=row["user_id"],
+        instance_id=row["instance_id"],
+        is_demo=row["is_demo"],
+        vector=AffinityVector(**{axis: row[axis] for axis in AXES}),
         book=GhostBookkeeping(row["ghost_streak"], row["total_ghosts"], row["last_ghost_at"]),
-        updated_at=row["updated_at"], version=row["version"], read_at=read_at,
+        updated_at=row["updated_at"],
+        version=row["version"],
+        read_at=read_at,
     )
 
 
@@ -89,8 +107,9 @@ def _owned(row: asyncpg.Record | None, user_id: uuid.UUID, now: datetime | None)
     return _session(row, now)
 
 
-async def read_owned(db: Executor, session_id: uuid.UUID, user_id: uuid.UUID,
-                     now: datetime | None = None) -> SessionAffinity:
+async def read_owned(
+    db: Executor, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime | None = None
+) -> SessionAffinity:
     """The session's row (NotFound if unknown, PermissionDenied if another user's)."""
     return _owned(await db.fetchrow(_SELECT, session_id), user_id, now)
 
@@ -98,9 +117,16 @@ async def read_owned(db: Executor, session_id: uuid.UUID, user_id: uuid.UUID,
 # --- opening a session ---------------------------------------------------------------------------
 
 
-async def open_session(pool: asyncpg.Pool, *, session_id: uuid.UUID, user_id: uuid.UUID,
-                       instance_id: uuid.UUID, is_demo: bool, reset_affinity: bool,
-                       now: datetime | None = None) -> tuple[SessionAffinity, bool]:
+async def open_session(
+    pool: asyncpg.Pool,
+    *,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    instance_id: uuid.UUID,
+    is_demo: bool,
+    reset_affinity: bool,
+    now: datetime | None = None,
+) -> tuple[SessionAffinity, bool]:
     """Create the session's vector → (state, continued). Idempotent: an existing session is
     returned as it is (continued=False). Unless `reset_affinity`, the vector starts from the pair's
     latest vector decayed to now; otherwise (or for a first session) from the start values."""
@@ -114,7 +140,9 @@ async def open_session(pool: asyncpg.Pool, *, session_id: uuid.UUID, user_id: uu
             latest = await conn.fetchrow(
                 """SELECT v.*, clock_timestamp() AS read_at FROM affinity.vectors v
                    WHERE v.user_id = $1 AND v.instance_id = $2 ORDER BY v.updated_at DESC LIMIT 1""",
-                user_id, instance_id)
+                user_id,
+                instance_id,
+            )
             if latest is not None:
                 start, continued = _session(latest, now).current(), True
         created_at = now or await conn.fetchval("SELECT clock_timestamp()")
@@ -124,7 +152,13 @@ async def open_session(pool: asyncpg.Pool, *, session_id: uuid.UUID, user_id: uu
                 VALUES ($1, $2, $3, $4, {", ".join(f"${i}" for i in range(5, 11))}, $11, $11)
                 ON CONFLICT (session_id) DO NOTHING
                 RETURNING *, updated_at AS read_at""",
-            session_id, user_id, instance_id, is_demo, *start.as_dict().values(), created_at)
+            session_id,
+            user_id,
+            instance_id,
+            is_demo,
+            *start.as_dict().values(),
+            created_at,
+        )
         if row is None:  # opened concurrently by another call
             return _owned(await conn.fetchrow(_SELECT, session_id), user_id, now), False
         return _session(row), continued
@@ -183,9 +217,15 @@ class WriteOutcome:
         return effective_deltas(self.before, self.state.vector, axes)
 
 
-async def write_locked(pool: asyncpg.Pool, session_id: uuid.UUID, user_id: uuid.UUID,
-                       change: Callable[[SessionAffinity], Change | None], *,
-                       idempotency: tuple[str, str] | None = None, now: datetime | None = None) -> WriteOutcome:
+async def write_locked(
+    pool: asyncpg.Pool,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    change: Callable[[SessionAffinity], Change | None],
+    *,
+    idempotency: tuple[str, str] | None = None,
+    now: datetime | None = None,
+) -> WriteOutcome:
     """Lock the row, decay it to now, apply `change` (None = nothing to do) and record it.
 
     `idempotency` = (kind, turn_id): if that event exists, nothing changes (applied=False). The
@@ -198,7 +238,9 @@ async def write_locked(pool: asyncpg.Pool, session_id: uuid.UUID, user_id: uuid.
         if idempotency is not None:
             previous = await conn.fetchval(
                 "SELECT id FROM affinity.events WHERE session_id = $1 AND kind = $2 AND turn_id = $3",
-                session_id, *idempotency)
+                session_id,
+                *idempotency,
+            )
             if previous is not None:
                 return WriteOutcome(locked, locked.current(), applied=False, event_id=previous)
         before = locked.current()
@@ -206,15 +248,28 @@ async def write_locked(pool: asyncpg.Pool, session_id: uuid.UUID, user_id: uuid.
         if outcome is None:
             return WriteOutcome(locked, before, applied=False)
         written = SessionAffinity(
-            session_id=locked.session_id, user_id=locked.user_id, instance_id=locked.instance_id,
-            is_demo=locked.is_demo, vector=outcome.vector, book=outcome.book, updated_at=locked.read_at,
-            version=locked.version + 1, read_at=locked.read_at)
+            session_id=locked.session_id,
+            user_id=locked.user_id,
+            instance_id=locked.instance_id,
+            is_demo=locked.is_demo,
+            vector=outcome.vector,
+            book=outcome.book,
+            updated_at=locked.read_at,
+            version=locked.version + 1,
+            read_at=locked.read_at,
+        )
         await conn.execute(
             f"""UPDATE affinity.vectors SET {", ".join(f"{axis} = ${i}" for i, axis in enumerate(AXES, 2))},
                     ghost_streak = $8, total_ghosts = $9, last_ghost_at = $10, updated_at = $11, version = $12
                 WHERE session_id = $1""",
-            session_id, *outcome.vector.as_dict().values(), outcome.book.ghost_streak,
-            outcome.book.total_ghosts, outcome.book.last_ghost_at, written.updated_at, written.version)
+            session_id,
+            *outcome.vector.as_dict().values(),
+            outcome.book.ghost_streak,
+            outcome.book.total_ghosts,
+            outcome.book.last_ghost_at,
+            written.updated_at,
+            written.version,
+        )
         event_id = None
         kind = outcome.kind
         if outcome.event is not None:
@@ -225,18 +280,33 @@ async def write_locked(pool: asyncpg.Pool, session_id: uuid.UUID, user_id: uuid.
         return WriteOutcome(written, before, applied=True, event_id=event_id)
 
 
-async def _insert_event(conn: asyncpg.Connection, written: SessionAffinity, event: EventDraft,
-                        before: AffinityVector) -> uuid.UUID:
+async def _insert_event(
+    conn: asyncpg.Connection, written: SessionAffinity, event: EventDraft, before: AffinityVector
+) -> uuid.UUID:
     after = written.vector
     event_id: uuid.UUID = await conn.fetchval(
         """INSERT INTO affinity.events (session_id, user_id, kind, turn_id, deltas, effective_deltas, rule_deltas,
                evaluator_deltas, evaluator, evaluator_error, reason, skipped, label, metadata, state_before,
                state_after, created_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id""",
-        written.session_id, written.user_id, event.kind, event.turn_id, dict(event.deltas),
-        effective_deltas(before, after, event.deltas), dict(event.rule_deltas), dict(event.evaluator_deltas),
-        event.evaluator, event.evaluator_error, event.reason, event.skipped, event.label, dict(event.metadata),
-        before.as_dict(), after.as_dict(), written.updated_at)
+        written.session_id,
+        written.user_id,
+        event.kind,
+        event.turn_id,
+        dict(event.deltas),
+        effective_deltas(before, after, event.deltas),
+        dict(event.rule_deltas),
+        dict(event.evaluator_deltas),
+        event.evaluator,
+        event.evaluator_error,
+        event.reason,
+        event.skipped,
+        event.label,
+        dict(event.metadata),
+        before.as_dict(),
+        after.as_dict(),
+        written.updated_at,
+    )
     return event_id
 
 
@@ -246,19 +316,23 @@ async def _insert_event(conn: asyncpg.Connection, written: SessionAffinity, even
 async def has_event(db: Executor, session_id: uuid.UUID, kind: str, turn_id: str) -> bool:
     """Whether an event of this kind and turn id exists (a cheap check before expensive work)."""
     found = await db.fetchval(
-        "SELECT 1 FROM affinity.events WHERE session_id = $1 AND kind = $2 AND turn_id = $3",
-        session_id, kind, turn_id)
+        "SELECT 1 FROM affinity.events WHERE session_id = $1 AND kind = $2 AND turn_id = $3", session_id, kind, turn_id
+    )
     return found is not None
 
 
-async def list_events(db: Executor, session_id: uuid.UUID, *, limit: int,
-                      kind: str | None = None, oldest_first: bool = False) -> list[asyncpg.Record]:
+async def list_events(
+    db: Executor, session_id: uuid.UUID, *, limit: int, kind: str | None = None, oldest_first: bool = False
+) -> list[asyncpg.Record]:
     """Events of a session (optionally of one kind), newest first unless `oldest_first`."""
     order = "ASC" if oldest_first else "DESC"
     return await db.fetch(
         f"""SELECT * FROM affinity.events WHERE session_id = $1 AND ($2::text IS NULL OR kind = $2)
             ORDER BY seq {order} LIMIT $3""",
-        session_id, kind, limit)
+        session_id,
+        kind,
+        limit,
+    )
 
 
 async def recent_reasons(db: Executor, session_id: uuid.UUID, count: int) -> list[str]:
@@ -266,7 +340,9 @@ async def recent_reasons(db: Executor, session_id: uuid.UUID, count: int) -> lis
     rows = await db.fetch(
         """SELECT reason FROM affinity.events WHERE session_id = $1 AND NOT skipped AND reason <> ''
            ORDER BY seq DESC LIMIT $2""",
-        session_id, count)
+        session_id,
+        count,
+    )
     return [row["reason"] for row in reversed(rows)]
 
 
@@ -279,7 +355,10 @@ async def delete_user_data(pool: asyncpg.Pool, user_id: uuid.UUID, instance_id: 
     async with pool.acquire() as conn, conn.transaction():
         sessions = await conn.fetch(
             """SELECT session_id FROM affinity.vectors WHERE user_id = $1 AND ($2::uuid IS NULL OR instance_id = $2)
-               FOR UPDATE""", user_id, instance_id)
+               FOR UPDATE""",
+            user_id,
+            instance_id,
+        )
         ids = [row["session_id"] for row in sessions]
         events = await conn.execute("DELETE FROM affinity.events WHERE session_id = ANY($1::uuid[])", ids)
         vectors = await conn.execute("DELETE FROM affinity.vectors WHERE session_id = ANY($1::uuid[])", ids)

@@ -6,6 +6,7 @@ notification to the subscribers of that session. After a reconnect — or when a
 queue overflows — subscribers get a `RESYNC` marker and re-read the state, so nothing is silently
 lost; versions let them drop duplicates.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -67,9 +67,7 @@ FIELD_WEIGHTS: Mapping[str, float] = MappingProxyType(
     }
 )
 
-MBTI_TYPES: frozenset[str] = frozenset(
-    a + b + c + d for a in "EI" for b in "SN" for c in "TF" for d in "JP"
-)
+MBTI_TYPES: frozenset[str] = frozenset(a + b + c + d for a in "EI" for b in "SN" for c in "TF" for d in "JP")
 PREFERRED_GENDERS: tuple[str, ...] = ("female", "male", "nonbinary", "any")
 MATCHING_KEYS: tuple[str, ...] = ("preferred_gender", "age_range", "deal_breakers")
 AGE_MIN, AGE_MAX = 18, 120  # matchmaking is for adults
@@ -557,9 +555,7 @@ def parse_facts(text: str) -> tuple[list[str], str | None]:
     return facts[:MAX_FACTS], None
 
 
-def _validate_field_spec(
-    field: str, spec: object, sources: tuple[str, ...]
-) -> tuple[FieldUpdate | None, str | None]:
+def _validate_field_spec(field: str, spec: object, sources: tuple[str, ...]) -> tuple[FieldUpdate | None, str | None]:
     if field not in FIELD_KINDS:
         return None, f"unknown field {field!r}"
     if not isinstance(spec, dict):

@@ -21,24 +21,77 @@ MAX_CLAUSE_CHARS = 300  # self-statements are short; bounds the regex work on pa
 # --- vocabularies ---------------------------------------------------------------------------------
 
 NATIONALITY_COUNTRIES: dict[str, str] = {
-    "american": "United States", "british": "United Kingdom", "english": "England", "scottish": "Scotland",
-    "welsh": "Wales", "irish": "Ireland", "canadian": "Canada", "mexican": "Mexico", "brazilian": "Brazil",
-    "argentinian": "Argentina", "argentine": "Argentina", "chilean": "Chile", "colombian": "Colombia",
-    "peruvian": "Peru", "venezuelan": "Venezuela", "cuban": "Cuba", "portuguese": "Portugal",
-    "spanish": "Spain", "french": "France", "german": "Germany", "italian": "Italy", "dutch": "Netherlands",
-    "belgian": "Belgium", "swiss": "Switzerland", "austrian": "Austria", "swedish": "Sweden",
-    "norwegian": "Norway", "danish": "Denmark", "finnish": "Finland", "icelandic": "Iceland",
-    "polish": "Poland", "czech": "Czechia", "slovak": "Slovakia", "hungarian": "Hungary",
-    "romanian": "Romania", "bulgarian": "Bulgaria", "greek": "Greece", "turkish": "Turkey",
-    "russian": "Russia", "ukrainian": "Ukraine", "serbian": "Serbia", "croatian": "Croatia",
-    "israeli": "Israel", "lebanese": "Lebanon", "egyptian": "Egypt", "moroccan": "Morocco",
-    "nigerian": "Nigeria", "kenyan": "Kenya", "ghanaian": "Ghana", "ethiopian": "Ethiopia",
-    "south african": "South Africa", "indian": "India", "pakistani": "Pakistan",
-    "bangladeshi": "Bangladesh", "sri lankan": "Sri Lanka", "nepali": "Nepal", "chinese": "China",
-    "japanese": "Japan", "korean": "South Korea", "vietnamese": "Vietnam", "thai": "Thailand",
-    "filipino": "Philippines", "filipina": "Philippines", "indonesian": "Indonesia",
-    "malaysian": "Malaysia", "singaporean": "Singapore", "australian": "Australia",
-    "iranian": "Iran", "iraqi": "Iraq", "saudi": "Saudi Arabia", "emirati": "United Arab Emirates",
+    "american": "United States",
+    "british": "United Kingdom",
+    "english": "England",
+    "scottish": "Scotland",
+    "welsh": "Wales",
+    "irish": "Ireland",
+    "canadian": "Canada",
+    "mexican": "Mexico",
+    "brazilian": "Brazil",
+    "argentinian": "Argentina",
+    "argentine": "Argentina",
+    "chilean": "Chile",
+    "colombian": "Colombia",
+    "peruvian": "Peru",
+    "venezuelan": "Venezuela",
+    "cuban": "Cuba",
+    "portuguese": "Portugal",
+    "spanish": "Spain",
+    "french": "France",
+    "german": "Germany",
+    "italian": "Italy",
+    "dutch": "Netherlands",
+    "belgian": "Belgium",
+    "swiss": "Switzerland",
+    "austrian": "Austria",
+    "swedish": "Sweden",
+    "norwegian": "Norway",
+    "danish": "Denmark",
+    "finnish": "Finland",
+    "icelandic": "Iceland",
+    "polish": "Poland",
+    "czech": "Czechia",
+    "slovak": "Slovakia",
+    "hungarian": "Hungary",
+    "romanian": "Romania",
+    "bulgarian": "Bulgaria",
+    "greek": "Greece",
+    "turkish": "Turkey",
+    "russian": "Russia",
+    "ukrainian": "Ukraine",
+    "serbian": "Serbia",
+    "croatian": "Croatia",
+    "israeli": "Israel",
+    "lebanese": "Lebanon",
+    "egyptian": "Egypt",
+    "moroccan": "Morocco",
+    "nigerian": "Nigeria",
+    "kenyan": "Kenya",
+    "ghanaian": "Ghana",
+    "ethiopian": "Ethiopia",
+    "south african": "South Africa",
+    "indian": "India",
+    "pakistani": "Pakistan",
+    "bangladeshi": "Bangladesh",
+    "sri lankan": "Sri Lanka",
+    "nepali": "Nepal",
+    "chinese": "China",
+    "japanese": "Japan",
+    "korean": "South Korea",
+    "vietnamese": "Vietnam",
+    "thai": "Thailand",
+    "filipino": "Philippines",
+    "filipina": "Philippines",
+    "indonesian": "Indonesia",
+    "malaysian": "Malaysia",
+    "singaporean": "Singapore",
+    "australian": "Australia",
+    "iranian": "Iran",
+    "iraqi": "Iraq",
+    "saudi": "Saudi Arabia",
+    "emirati": "United Arab Emirates",
 }
 # City-states are cities first: "I live in Singapore" sets the city.
 _CITY_STATES = {"singapore", "monaco", "hong kong", "macau", "luxembourg"}
@@ -46,11 +99,15 @@ COUNTRY_NAMES: dict[str, str] = {
     **{name.casefold(): name for name in NATIONALITY_COUNTRIES.values() if name.casefold() not in _CITY_STATES},
     **{alias: "United States" for alias in ("us", "usa", "the us", "the usa", "america", "the united states")},
     **{alias: "United Kingdom" for alias in ("uk", "the uk", "the united kingdom", "great britain")},
-    "the netherlands": "Netherlands", "holland": "Netherlands", "the philippines": "Philippines",
-    "the uae": "United Arab Emirates", "uae": "United Arab Emirates",
+    "the netherlands": "Netherlands",
+    "holland": "Netherlands",
+    "the philippines": "Philippines",
+    "the uae": "United Arab Emirates",
+    "uae": "United Arab Emirates",
 }
 
-OCCUPATIONS = frozenset("""
+OCCUPATIONS = frozenset(
+    """
     nurse doctor physician surgeon dentist pharmacist therapist psychologist psychiatrist paramedic
     midwife vet veterinarian engineer developer programmer coder teacher professor lecturer tutor
     student researcher scientist physicist chemist biologist mathematician economist analyst
@@ -61,28 +118,40 @@ OCCUPATIONS = frozenset("""
     secretary assistant librarian firefighter officer soldier policeman policewoman entrepreneur
     founder freelancer marketer salesperson salesman saleswoman technician intern cleaner
     caregiver carer nanny hairdresser stylist coach trainer administrator scientist sysadmin
-""".split())
+""".split()
+)
 
-TRAITS = frozenset("""
+TRAITS = frozenset(
+    """
     shy introverted extroverted extraverted outgoing quiet talkative reserved social sociable curious
     calm optimistic pessimistic sensitive stubborn organized organised messy creative adventurous
     laid-back easygoing easy-going independent funny sarcastic empathetic patient impatient ambitious
     lazy romantic spontaneous loyal honest emotional competitive perfectionist kind caring thoughtful
     introspective chatty clumsy confident insecure nerdy geeky playful serious cautious impulsive
     practical logical rational idealistic generous affectionate reliable anxious
-""".split())
+""".split()
+)
 _TRAIT_ALIASES = {
-    "introvert": "introverted", "extrovert": "extroverted", "extravert": "extroverted", "ambivert": "ambivert",
-    "nerd": "nerdy", "geek": "geeky",
+    "introvert": "introverted",
+    "extrovert": "extroverted",
+    "extravert": "extroverted",
+    "ambivert": "ambivert",
+    "nerd": "nerdy",
+    "geek": "geeky",
 }
-_INTENSIFIERS = frozenset("""
+_INTENSIFIERS = frozenset(
+    """
     very really pretty quite so super rather fairly extremely generally usually naturally mostly
     incredibly somewhat basically honestly definitely a an bit little total complete too always
-""".split())
+""".split()
+)
 
 _RHYTHMS = {
-    "night owl": "night owl", "night person": "night owl", "early bird": "early bird",
-    "morning person": "early bird", "early riser": "early bird",
+    "night owl": "night owl",
+    "night person": "night owl",
+    "early bird": "early bird",
+    "morning person": "early bird",
+    "early riser": "early bird",
 }
 _GENDERS = {
     **dict.fromkeys("woman women girl girls girlfriend wife lady ladies female females".split(), "female"),
@@ -117,18 +186,22 @@ _CLAUSE_SPLIT = re.compile(
 _CORRECTION_CUE = re.compile(r"\b(?:actually|no longer|anymore|any more)\b", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_][\w'.-]*", re.UNICODE)
 
-_PLACE_STOP = frozenset("""
+_PLACE_STOP = frozenset(
+    """
     now currently with for since and but because at these this last next right again already too also as
     where which who so near by on from to lol haha though although when while until after before in
     a an my our your his her their
-""".split())
-_PLACE_REJECT = frozenset("""
+""".split()
+)
+_PLACE_REJECT = frozenset(
+    """
     the a an my our your his her their this that work school home here there town city village
     countryside suburbs abroad overseas downtown uni university college office love training charge
     tech fintech it software finance banking insurance marketing sales healthcare education retail
     hospitality research management consulting media law medicine logistics construction government
     general fact space apartment flat house dorm bed you
-""".split())
+""".split()
+)
 _PARTICLES = frozenset("de da do dos das del della di la le les los von van der den am upon on sur en y".split())
 
 _ITEM_STOP = re.compile(
@@ -141,10 +214,12 @@ _ITEM_FILLER = re.compile(
     r"\s+(?:a lot|so much|very much|too|as well|these days|lately|now|the most|in general|a ton|haha|lol)$",
     re.IGNORECASE,
 )
-_ITEM_REJECT_FIRST = frozenset("""
+_ITEM_REJECT_FIRST = frozenset(
+    """
     my his her their our its your when how what where why whether that this it those these not
     think say know believe imagine guess hope feel being is are
-""".split())
+""".split()
+)
 _ITEM_REJECT_ANY = frozenset("you your yours yourself u ur me him them us myself".split()) | set(_GENDERS)
 
 
@@ -201,7 +276,7 @@ def _words_until_stop(rest: str, stop: frozenset[str], max_words: int) -> tuple[
 
 
 def _place_case(words: list[str]) -> str:
-    """"new york" -> "New York", "rio de janeiro" -> "Rio de Janeiro"; mixed case is kept ("NYC")."""
+    """ "new york" -> "New York", "rio de janeiro" -> "Rio de Janeiro"; mixed case is kept ("NYC")."""
 
     def one(word: str, first: bool) -> str:
         if word != word.lower():
@@ -270,7 +345,7 @@ def _residence_findings(city: str | None, country: str | None, correction: bool)
 
 
 def _trailing_city(rest: str, lowercase_writer: bool) -> Iterator[_Found]:
-    """"… nurse in Lisbon" / "… nurse at a hospital in Lisbon". A weaker cue than "I live in", so the
+    """ "… nurse in Lisbon" / "… nurse at a hospital in Lisbon". A weaker cue than "I live in", so the
     place must be capitalised unless the user writes everything in lower case ("developer in fintech")."""
     match = re.match(r"\s*(?:(?:at|for)\s+(?:\S+\s+){1,3}?)?in\s+(.+)", rest, re.IGNORECASE)
     if match and (lowercase_writer or match.group(1)[:1].isupper()):
@@ -328,7 +403,7 @@ _VALUES = (
 
 
 def _occupation(clause: str, cue: bool) -> Iterator[_Found]:
-    """"I work as a …" takes any short phrase; "I'm a …" only a known job noun ("software engineer")."""
+    """ "I work as a …" takes any short phrase; "I'm a …" only a known job noun ("software engineer")."""
     lowercase_writer = clause == clause.lower()
     for match in _find_all(_WORK_AS, clause):
         words, remainder = _words_until_stop(match.group(1), _PLACE_STOP, 4)
@@ -343,7 +418,7 @@ def _occupation(clause: str, cue: bool) -> Iterator[_Found]:
 
 
 def _residence(clause: str, cue: bool) -> Iterator[_Found]:
-    """"I live in / I'm based in …"; "I moved to …" is always a correction."""
+    """ "I live in / I'm based in …"; "I moved to …" is always a correction."""
     for pattern, correction in ((_LIVES_IN, cue), (_MOVED_TO, True)):
         for match in _find_all(pattern, clause):
             yield from _residence_findings(*_parse_place(match.group(1)), correction=correction)
@@ -357,7 +432,7 @@ def _hometown(clause: str, cue: bool) -> Iterator[_Found]:
 
 
 def _nationality(clause: str, cue: bool) -> Iterator[_Found]:
-    """"I'm Portuguese" / "I'm South African, …": a known adjective that ends the clause."""
+    """ "I'm Portuguese" / "I'm South African, …": a known adjective that ends the clause."""
     for match in _find_all(rf"{_I_AM}{_ADVERB}\s+([a-z]+(?:\s+[a-z]+)?)", clause):
         for candidate in (match.group(1), match.group(1).split()[0]):
             end = match.start(1) + len(candidate)
@@ -379,7 +454,7 @@ def _life_rhythm(clause: str, cue: bool) -> Iterator[_Found]:
 
 
 def _traits(clause: str, cue: bool) -> Iterator[_Found]:
-    """"I'm shy and a bit introverted": known traits after "I'm", skipping intensifiers, stopping
+    """ "I'm shy and a bit introverted": known traits after "I'm", skipping intensifiers, stopping
     at anything else ("I'm not shy" stops at "not")."""
     found: list[str] = []
     for match in _find_all(rf"(?:{_I_AM}|\bi\s+tend\s+to\s+be){_ADVERB}\s+(.+)", clause):
@@ -452,8 +527,16 @@ def _relationship_values(clause: str, cue: bool) -> Iterator[_Found]:
 
 
 _RULES = (
-    _occupation, _residence, _hometown, _nationality, _mbti, _life_rhythm, _traits, _interests,
-    _partner_preferences, _relationship_values,
+    _occupation,
+    _residence,
+    _hometown,
+    _nationality,
+    _mbti,
+    _life_rhythm,
+    _traits,
+    _interests,
+    _partner_preferences,
+    _relationship_values,
 )
 
 

@@ -11,7 +11,7 @@ All datetimes in and out are timezone-aware; results are UTC.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
@@ -67,7 +67,7 @@ class SnapshotSchedule:
         return max(offsets) - min(offsets)
 
     def _to_utc(self, wall: datetime) -> datetime:
-        return wall.replace(tzinfo=self.zone, fold=0).astimezone(timezone.utc)
+        return wall.replace(tzinfo=self.zone, fold=0).astimezone(UTC)
 
     def next_firing(self, after: datetime) -> datetime:
         """The first firing strictly after `after`, in UTC.

@@ -6,6 +6,7 @@ facts about the user; stage 2: fields as strict JSON, validated before anything 
 rule-based extractor. The store claims the turn, records the run and merges under a row lock in one
 transaction, so redeliveries and concurrent turns of one user are safe.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -83,8 +84,17 @@ class UpstreamFailed(Exception):
 
 def updates_payload(updates: Sequence[FieldUpdate]) -> dict[str, Any]:
     """The recorded form of proposed updates: `{"fields": {field: {value, confidence, correction[, evidence]}}}`."""
-    return {"fields": {u.field: {"value": u.value, "confidence": u.confidence, "correction": u.correction,
-                                 **({"evidence": u.evidence} if u.evidence else {})} for u in updates}}
+    return {
+        "fields": {
+            u.field: {
+                "value": u.value,
+                "confidence": u.confidence,
+                "correction": u.correction,
+                **({"evidence": u.evidence} if u.evidence else {}),
+            }
+            for u in updates
+        }
+    }
 
 
 def extract_with_rules(user_text: str, message_id: str) -> ExtractionRun:
@@ -105,16 +115,24 @@ class LlmExtractor:
                 return await self.llm.complete(messages, json_mode=True)
         except (openai.APIError, TimeoutError) as error:
             detail = f"{type(error).__name__}: {error}"
-            raise UpstreamFailed([store.ExtractionEvent(stage, "upstream_error", {"error": detail},
-                                                        ",".join(self.llm.models))]) from error
+            raise UpstreamFailed(
+                [store.ExtractionEvent(stage, "upstream_error", {"error": detail}, ",".join(self.llm.models))]
+            ) from error
 
     async def extract(self, request: pb.ExtractTurnRequest, message_id: str, profile: Profile) -> ExtractionRun:
-        text, usage, model = await self._complete("facts", build_fact_messages(
-            request.user_text, request.reply_text, request.persona_name or "the companion"))
+        text, usage, model = await self._complete(
+            "facts", build_fact_messages(request.user_text, request.reply_text, request.persona_name or "the companion")
+        )
         facts, error = parse_facts(text)
         if error:
-            return ExtractionRun([], [store.ExtractionEvent(
-                "facts", "parse_error", {"error": error, "raw": text[:MAX_RAW_CHARS]}, model, usage)])
+            return ExtractionRun(
+                [],
+                [
+                    store.ExtractionEvent(
+                        "facts", "parse_error", {"error": error, "raw": text[:MAX_RAW_CHARS]}, model, usage
+                    )
+                ],
+            )
         facts_event = store.ExtractionEvent("facts", "ok" if facts else "empty", {"facts": facts}, model, usage)
         if not facts:
             return ExtractionRun([], [facts_event])
@@ -125,10 +143,12 @@ class LlmExtractor:
         updates, error = parse_fields(text, [message_id])
         if error:
             fields_event = store.ExtractionEvent(
-                "fields", "parse_error", {"error": error, "raw": text[:MAX_RAW_CHARS]}, model, usage)
+                "fields", "parse_error", {"error": error, "raw": text[:MAX_RAW_CHARS]}, model, usage
+            )
         else:
             fields_event = store.ExtractionEvent(
-                "fields", "ok" if updates else "empty", updates_payload(updates), model, usage)
+                "fields", "ok" if updates else "empty", updates_payload(updates), model, usage
+            )
         return ExtractionRun(updates, [facts_event, fields_event])
 
 
@@ -188,8 +208,9 @@ class InsightServicer(pb_grpc.InsightServiceServicer):
         self.extractor = extractor
 
     @maps_errors
-    async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
-                         ) -> pb.GetProfileResponse:
+    async def GetProfile(
+        self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProfileResponse:
         user_id = parse_uuid(request.user_id, "user_id")
         mode = RENDER_MODES.get(request.mode)
         if mode is None:
@@ -197,12 +218,14 @@ class InsightServicer(pb_grpc.InsightServiceServicer):
         row = await store.get_profile(self.pool, user_id)
         insights = row.insights if row else {}
         used = [f for f in profile_values(insights) if not (mode == "neutral" and f in NEUTRAL_OMITTED)]
-        return pb.GetProfileResponse(profile=profile_message(user_id, row), rendering=render_profile(insights, mode),
-                                     fields_used=used)
+        return pb.GetProfileResponse(
+            profile=profile_message(user_id, row), rendering=render_profile(insights, mode), fields_used=used
+        )
 
     @maps_errors
-    async def ExtractTurn(self, request: pb.ExtractTurnRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.ExtractTurnResponse:
+    async def ExtractTurn(
+        self, request: pb.ExtractTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExtractTurnResponse:
         user_id = parse_uuid(request.user_id, "user_id")
         turn_id = _required_text(request.turn_id, "turn_id", MAX_ID_CHARS)
         message_id = _required_text(request.user_message_id, "user_message_id", MAX_ID_CHARS)
@@ -212,16 +235,19 @@ class InsightServicer(pb_grpc.InsightServiceServicer):
 
         if not await store.turn_extracted(self.pool, turn_id):
             run = await self._extract(request, user_id, turn_id, message_id)
-            outcome = await store.apply_extraction(self.pool, user_id=user_id, turn_id=turn_id, updates=run.updates,
-                                                   events=run.events, now=now)
+            outcome = await store.apply_extraction(
+                self.pool, user_id=user_id, turn_id=turn_id, updates=run.updates, events=run.events, now=now
+            )
             if outcome is not None:
-                return pb.ExtractTurnResponse(applied=True, updated_fields=outcome.updated_fields,
-                                              training_level=outcome.training_level)
+                return pb.ExtractTurnResponse(
+                    applied=True, updated_fields=outcome.updated_fields, training_level=outcome.training_level
+                )
         row = await store.get_profile(self.pool, user_id)  # a redelivery: already applied
         return pb.ExtractTurnResponse(applied=False, training_level=row.training_level if row else 0.0)
 
-    async def _extract(self, request: pb.ExtractTurnRequest, user_id: uuid.UUID, turn_id: str,
-                       message_id: str) -> ExtractionRun:
+    async def _extract(
+        self, request: pb.ExtractTurnRequest, user_id: uuid.UUID, turn_id: str, message_id: str
+    ) -> ExtractionRun:
         if self.extractor is None or not request.user_text.strip():
             return extract_with_rules(request.user_text, message_id)
         current = await store.get_profile(self.pool, user_id)
@@ -229,16 +255,22 @@ class InsightServicer(pb_grpc.InsightServiceServicer):
             return await self.extractor.extract(request, message_id, current.insights if current else {})
         except UpstreamFailed as failure:
             await store.record_events(self.pool, user_id, turn_id, failure.events)
-            raise Unavailable(f"{EXTRACTION_TASK} model unavailable, retry later: {failure}",
-                              reason="upstream_error") from failure
+            raise Unavailable(
+                f"{EXTRACTION_TASK} model unavailable, retry later: {failure}", reason="upstream_error"
+            ) from failure
 
     @maps_errors
-    async def QueryProfiles(self, request: pb.QueryProfilesRequest, context: grpc.aio.ServicerContext
-                            ) -> pb.QueryProfilesResponse:
-        query = ProfileQuery(city=request.city or None, occupation=request.occupation or None,
-                             interests_all=tuple(request.interests_all), mbti=request.mbti or None,
-                             min_training_level=request.min_training_level or None,
-                             limit=request.limit or ProfileQuery.limit)
+    async def QueryProfiles(
+        self, request: pb.QueryProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.QueryProfilesResponse:
+        query = ProfileQuery(
+            city=request.city or None,
+            occupation=request.occupation or None,
+            interests_all=tuple(request.interests_all),
+            mbti=request.mbti or None,
+            min_training_level=request.min_training_level or None,
+            limit=request.limit or ProfileQuery.limit,
+        )
         try:
             query = query.validate()
         except InvalidQuery as error:
@@ -247,16 +279,18 @@ class InsightServicer(pb_grpc.InsightServiceServicer):
         return pb.QueryProfilesResponse(profiles=[profile_message(row.user_id, row) for row in rows])
 
     @maps_errors
-    async def ListSnapshots(self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
-                            ) -> pb.ListSnapshotsResponse:
+    async def ListSnapshots(
+        self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSnapshotsResponse:
         user_id = parse_uuid(request.user_id, "user_id")
         limit = _limit(request.limit, "limit", DEFAULT_SNAPSHOT_LIMIT, MAX_SNAPSHOT_LIMIT)
         rows = await store.list_snapshots(self.pool, user_id, limit)
         return pb.ListSnapshotsResponse(snapshots=[snapshot_message(row) for row in rows])
 
     @maps_errors
-    async def DeleteUserData(self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
-                             ) -> pb.DeleteUserDataResponse:
+    async def DeleteUserData(
+        self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteUserDataResponse:
         user_id = parse_uuid(request.user_id, "user_id")
         return pb.DeleteUserDataResponse(deleted=await store.delete_user_data(self.pool, user_id))
 

@@ -5,6 +5,7 @@
 the store writes exactly one snapshot per user per firing. The clock and the sleep are injected:
 tests drive `fire(at=...)` and `next_firing(now)` directly, or run the loop on a fake clock.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,10 @@ def schedule_from_env(env: Env) -> SnapshotSchedule | None:
     validated even when disabled: a bad value stops start-up with a ConfigError naming it."""
     disabled = env.bool("SNAPSHOT_DISABLED", False)
     try:
-        schedule = SnapshotSchedule.parse(env.str("SNAPSHOT_CRON", DEFAULT_SNAPSHOT_CRON) or DEFAULT_SNAPSHOT_CRON,
-                                          env.str("SNAPSHOT_TZ", DEFAULT_SNAPSHOT_TZ) or DEFAULT_SNAPSHOT_TZ)
+        schedule = SnapshotSchedule.parse(
+            env.str("SNAPSHOT_CRON", DEFAULT_SNAPSHOT_CRON) or DEFAULT_SNAPSHOT_CRON,
+            env.str("SNAPSHOT_TZ", DEFAULT_SNAPSHOT_TZ) or DEFAULT_SNAPSHOT_TZ,
+        )
     except ScheduleError as error:
         raise ConfigError(error.variable, error.expected, error.got) from None
     return None if disabled else schedule
@@ -44,8 +47,9 @@ def schedule_from_env(env: Env) -> SnapshotSchedule | None:
 class SnapshotSweeper:
     """Fires on the schedule; each firing copies every profile once (see store.capture_snapshots)."""
 
-    def __init__(self, pool: asyncpg.Pool, schedule: SnapshotSchedule, *, clock: Clock = utc_now,
-                 sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, schedule: SnapshotSchedule, *, clock: Clock = utc_now, sleep: Sleep = asyncio.sleep
+    ) -> None:
         self.pool = pool
         self.schedule = schedule
         self.clock = clock

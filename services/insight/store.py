@@ -1,5 +1,6 @@
 """asyncpg queries for the `insight` schema: profiles (JSONB + typed, indexed query columns),
 extracted turns, extraction events and snapshots."""
+
 from __future__ import annotations
 
 import uuid
@@ -53,35 +54,45 @@ class MergeOutcome:
 
 
 def _profile_row(row: asyncpg.Record) -> ProfileRow:
-    return ProfileRow(user_id=row["user_id"], insights=row["insights"], training_level=float(row["training_level"]),
-                      updated_at=row["updated_at"])
+    return ProfileRow(
+        user_id=row["user_id"],
+        insights=row["insights"],
+        training_level=float(row["training_level"]),
+        updated_at=row["updated_at"],
+    )
 
 
 async def get_profile(pool: asyncpg.Pool, user_id: uuid.UUID) -> ProfileRow | None:
     row = await pool.fetchrow(
-        "SELECT user_id, insights, training_level, updated_at FROM insight.profiles WHERE user_id = $1", user_id)
+        "SELECT user_id, insights, training_level, updated_at FROM insight.profiles WHERE user_id = $1", user_id
+    )
     return None if row is None else _profile_row(row)
 
 
 async def turn_extracted(pool: asyncpg.Pool, turn_id: str) -> bool:
-    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM insight.extracted_turns WHERE turn_id = $1)",
-                                    turn_id))
+    return bool(
+        await pool.fetchval("SELECT EXISTS (SELECT 1 FROM insight.extracted_turns WHERE turn_id = $1)", turn_id)
+    )
 
 
-async def record_events(conn: asyncpg.Connection | asyncpg.Pool, user_id: uuid.UUID, turn_id: str,
-                        events: Sequence[ExtractionEvent]) -> None:
+async def record_events(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: uuid.UUID, turn_id: str, events: Sequence[ExtractionEvent]
+) -> None:
     await conn.executemany(
         """INSERT INTO insight.extraction_events (user_id, turn_id, stage, status, payload, model, usage)
            VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        [(user_id, turn_id, e.stage, e.status, e.payload, e.model, e.usage) for e in events])
+        [(user_id, turn_id, e.stage, e.status, e.payload, e.model, e.usage) for e in events],
+    )
 
 
-async def _merge_locked(conn: asyncpg.Connection, user_id: uuid.UUID, updates: Sequence[FieldUpdate],
-                        now: datetime) -> MergeOutcome:
+async def _merge_locked(
+    conn: asyncpg.Connection, user_id: uuid.UUID, updates: Sequence[FieldUpdate], now: datetime
+) -> MergeOutcome:
     """Merge under the row lock; the JSONB and the typed query columns are written in one UPDATE."""
     await conn.execute("INSERT INTO insight.profiles (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id)
     row = await conn.fetchrow(
-        "SELECT insights, training_level FROM insight.profiles WHERE user_id = $1 FOR UPDATE", user_id)
+        "SELECT insights, training_level FROM insight.profiles WHERE user_id = $1 FOR UPDATE", user_id
+    )
     current: Profile = row["insights"]
     merged = merge_profile(current, updates, now)
     changed = [name for name, entry in merged.items() if current.get(name) != entry]
@@ -92,19 +103,35 @@ async def _merge_locked(conn: asyncpg.Connection, user_id: uuid.UUID, updates: S
         """UPDATE insight.profiles SET insights = $2, training_level = $3, city = $4, occupation = $5, mbti = $6,
                interests = $7, updated_at = now()
            WHERE user_id = $1""",
-        user_id, merged, columns["training_level"], columns["city"], columns["occupation"], columns["mbti"],
-        columns["interests"])
+        user_id,
+        merged,
+        columns["training_level"],
+        columns["city"],
+        columns["occupation"],
+        columns["mbti"],
+        columns["interests"],
+    )
     return MergeOutcome(changed, columns["training_level"])
 
 
-async def apply_extraction(pool: asyncpg.Pool, *, user_id: uuid.UUID, turn_id: str, updates: Sequence[FieldUpdate],
-                           events: Sequence[ExtractionEvent], now: datetime) -> MergeOutcome | None:
+async def apply_extraction(
+    pool: asyncpg.Pool,
+    *,
+    user_id: uuid.UUID,
+    turn_id: str,
+    updates: Sequence[FieldUpdate],
+    events: Sequence[ExtractionEvent],
+    now: datetime,
+) -> MergeOutcome | None:
     """Claim the turn, record its events and merge its updates — one transaction. None when the turn
     was already extracted (a redelivery, or a concurrent duplicate that won): nothing is written."""
     async with pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetchval(
             """INSERT INTO insight.extracted_turns (turn_id, user_id) VALUES ($1, $2)
-               ON CONFLICT (turn_id) DO NOTHING RETURNING turn_id""", turn_id, user_id)
+               ON CONFLICT (turn_id) DO NOTHING RETURNING turn_id""",
+            turn_id,
+            user_id,
+        )
         if claimed is None:
             return None
         await record_events(conn, user_id, turn_id, events)
@@ -112,8 +139,9 @@ async def apply_extraction(pool: asyncpg.Pool, *, user_id: uuid.UUID, turn_id: s
             level = await conn.fetchval("SELECT training_level FROM insight.profiles WHERE user_id = $1", user_id)
             return MergeOutcome([], float(level or 0))
         outcome = await _merge_locked(conn, user_id, updates, now)
-        await conn.execute("UPDATE insight.extracted_turns SET updated_fields = $2 WHERE turn_id = $1",
-                           turn_id, outcome.updated_fields)
+        await conn.execute(
+            "UPDATE insight.extracted_turns SET updated_fields = $2 WHERE turn_id = $1", turn_id, outcome.updated_fields
+        )
         return outcome
 
 
@@ -138,8 +166,10 @@ def profile_query_sql(query: ProfileQuery) -> tuple[str, list[Any]]:
         condition("training_level >= {}", query.min_training_level)
     where = " AND ".join(conditions) or "true"
     args.append(query.limit)
-    sql = (f"SELECT user_id, insights, training_level, updated_at FROM insight.profiles WHERE {where} "
-           f"ORDER BY training_level DESC, user_id LIMIT ${len(args)}")
+    sql = (
+        f"SELECT user_id, insights, training_level, updated_at FROM insight.profiles WHERE {where} "
+        f"ORDER BY training_level DESC, user_id LIMIT ${len(args)}"
+    )
     return sql, args
 
 
@@ -155,21 +185,36 @@ async def capture_snapshots(pool: asyncpg.Pool, captured_at: datetime) -> int:
     two large INSERT … SELECTs never interleave); the unique (user_id, captured_at) then makes the
     later run write nothing. If the first run fails, the second still writes the firing."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashint8(extract(epoch FROM $2::timestamptz)::bigint))",
-                           SNAPSHOT_LOCK_NAMESPACE, captured_at)
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashint8(extract(epoch FROM $2::timestamptz)::bigint))",
+            SNAPSHOT_LOCK_NAMESPACE,
+            captured_at,
+        )
         result = await conn.execute(
             """INSERT INTO insight.snapshots (user_id, captured_at, insights, training_level)
                SELECT user_id, $1, insights, training_level FROM insight.profiles
-               ON CONFLICT (user_id, captured_at) DO NOTHING""", captured_at)
+               ON CONFLICT (user_id, captured_at) DO NOTHING""",
+            captured_at,
+        )
         return int(result.split()[-1])
 
 
 async def list_snapshots(pool: asyncpg.Pool, user_id: uuid.UUID, limit: int) -> list[SnapshotRow]:
     rows = await pool.fetch(
         """SELECT user_id, captured_at, insights, training_level FROM insight.snapshots
-           WHERE user_id = $1 ORDER BY captured_at DESC LIMIT $2""", user_id, limit)
-    return [SnapshotRow(user_id=r["user_id"], captured_at=r["captured_at"], insights=r["insights"],
-                        training_level=float(r["training_level"])) for r in rows]
+           WHERE user_id = $1 ORDER BY captured_at DESC LIMIT $2""",
+        user_id,
+        limit,
+    )
+    return [
+        SnapshotRow(
+            user_id=r["user_id"],
+            captured_at=r["captured_at"],
+            insights=r["insights"],
+            training_level=float(r["training_level"]),
+        )
+        for r in rows
+    ]
 
 
 async def delete_user_data(pool: asyncpg.Pool, user_id: uuid.UUID) -> int:

@@ -18,6 +18,7 @@ For each size:
 Uses its own embedded Postgres in a temporary folder, or `--database-url` (a scratch database is
 created on that server and dropped afterwards).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,16 +55,108 @@ INSTANCES_PER_USER = 3
 BENCH_MODEL = "bench/random-unit-vectors"
 K = 10
 WORDS = (
-    "morning", "coffee", "river", "bridge", "sister", "brother", "mother", "father", "garden", "dog", "cat",
-    "bicycle", "marathon", "guitar", "piano", "novel", "poem", "movie", "series", "holiday", "beach",
-    "mountain", "lake", "forest", "city", "village", "hospital", "school", "office", "meeting", "deadline",
-    "promotion", "birthday", "wedding", "dinner", "lunch", "recipe", "pasta", "curry", "bakery", "market",
-    "train", "flight", "airport", "hotel", "museum", "concert", "festival", "football", "tennis", "swimming",
-    "yoga", "painting", "photo", "camera", "phone", "laptop", "game", "chess", "puzzle", "storm", "rain",
-    "snow", "sunset", "stars", "moon", "planet", "ocean", "island", "boat", "harbor", "lighthouse", "library",
-    "book", "teacher", "student", "doctor", "nurse", "engineer", "artist", "chef", "farmer", "pilot", "friend",
-    "neighbor", "roommate", "partner", "anniversary", "promise", "secret", "joke", "memory", "dream", "fear",
-    "hope", "plan", "trip", "weekend", "summer", "winter", "autumn", "spring",
+    "morning",
+    "coffee",
+    "river",
+    "bridge",
+    "sister",
+    "brother",
+    "mother",
+    "father",
+    "garden",
+    "dog",
+    "cat",
+    "bicycle",
+    "marathon",
+    "guitar",
+    "piano",
+    "novel",
+    "poem",
+    "movie",
+    "series",
+    "holiday",
+    "beach",
+    "mountain",
+    "lake",
+    "forest",
+    "city",
+    "village",
+    "hospital",
+    "school",
+    "office",
+    "meeting",
+    "deadline",
+    "promotion",
+    "birthday",
+    "wedding",
+    "dinner",
+    "lunch",
+    "recipe",
+    "pasta",
+    "curry",
+    "bakery",
+    "market",
+    "train",
+    "flight",
+    "airport",
+    "hotel",
+    "museum",
+    "concert",
+    "festival",
+    "football",
+    "tennis",
+    "swimming",
+    "yoga",
+    "painting",
+    "photo",
+    "camera",
+    "phone",
+    "laptop",
+    "game",
+    "chess",
+    "puzzle",
+    "storm",
+    "rain",
+    "snow",
+    "sunset",
+    "stars",
+    "moon",
+    "planet",
+    "ocean",
+    "island",
+    "boat",
+    "harbor",
+    "lighthouse",
+    "library",
+    "book",
+    "teacher",
+    "student",
+    "doctor",
+    "nurse",
+    "engineer",
+    "artist",
+    "chef",
+    "farmer",
+    "pilot",
+    "friend",
+    "neighbor",
+    "roommate",
+    "partner",
+    "anniversary",
+    "promise",
+    "secret",
+    "joke",
+    "memory",
+    "dream",
+    "fear",
+    "hope",
+    "plan",
+    "trip",
+    "weekend",
+    "summer",
+    "winter",
+    "autumn",
+    "spring",
 )
 
 
@@ -158,18 +251,29 @@ def plan_owners(data: Dataset, target: int, query_users: int, per_user: int) -> 
     return planned
 
 
-async def load_rows(pool: asyncpg.Pool, data: Dataset, planned: list[tuple[int, int]], source: VectorSource,
-                    chunk: int = 20_000) -> None:
+async def load_rows(
+    pool: asyncpg.Pool, data: Dataset, planned: list[tuple[int, int]], source: VectorSource, chunk: int = 20_000
+) -> None:
     """COPY the planned owners' rows in chunks (vectors random, texts random words)."""
-    columns = ["id", "user_id", "instance_id", "content", "category", "importance", "embedding", "embedding_model",
-               "occurred_at"]
+    columns = [
+        "id",
+        "user_id",
+        "instance_id",
+        "content",
+        "category",
+        "importance",
+        "embedding",
+        "embedding_model",
+        "occurred_at",
+    ]
     now = datetime.now(UTC)
     # Interleaved owners: a user's memories are written over time among everyone else's, so they are
     # scattered over the table's pages as in production.
-    owner_rows = source.rng.permutation(np.concatenate([np.full(count, index, dtype=np.int32)
-                                                        for index, count in planned]))
+    owner_rows = source.rng.permutation(
+        np.concatenate([np.full(count, index, dtype=np.int32) for index, count in planned])
+    )
     for start in range(0, len(owner_rows), chunk):
-        owners = owner_rows[start:start + chunk]
+        owners = owner_rows[start : start + chunk]
         rng = source.rng
         vectors = source.sample(len(owners))
         instances = np.where(rng.random(len(owners)) < 0.4, -1, rng.integers(0, INSTANCES_PER_USER, len(owners)))
@@ -178,9 +282,21 @@ async def load_rows(pool: asyncpg.Pool, data: Dataset, planned: list[tuple[int, 
         ages = rng.integers(0, 365 * 86_400, len(owners))
         ids = [uuid.uuid4() for _ in range(len(owners))]
         records = [
-            (memory_id, data.owners[o].user_id, None if i < 0 else data.owners[o].instances[i], " ".join(t),
-             domain.CATEGORIES[c], 0.5, v, BENCH_MODEL, now - timedelta(seconds=int(a)))
-            for memory_id, o, i, t, c, v, a in zip(ids, owners, instances, texts, categories, vectors, ages, strict=True)]
+            (
+                memory_id,
+                data.owners[o].user_id,
+                None if i < 0 else data.owners[o].instances[i],
+                " ".join(t),
+                domain.CATEGORIES[c],
+                0.5,
+                v,
+                BENCH_MODEL,
+                now - timedelta(seconds=int(a)),
+            )
+            for memory_id, o, i, t, c, v, a in zip(
+                ids, owners, instances, texts, categories, vectors, ages, strict=True
+            )
+        ]
         async with pool.acquire() as conn:
             await conn.copy_records_to_table("memories", schema_name="memory", columns=columns, records=records)
         data.vectors.append(vectors)
@@ -193,7 +309,8 @@ async def drop_secondary_indexes(pool: asyncpg.Pool) -> list[str]:
     """Drop memory.memories' indexes except the primary key; returns their definitions."""
     rows = await pool.fetch(
         """SELECT indexrelid::regclass::text AS name, pg_get_indexdef(indexrelid) AS definition
-           FROM pg_index WHERE indrelid = 'memory.memories'::regclass AND NOT indisprimary""")
+           FROM pg_index WHERE indrelid = 'memory.memories'::regclass AND NOT indisprimary"""
+    )
     for row in rows:
         await pool.execute(f"DROP INDEX {row['name']}")
     return [row["definition"] for row in rows]
@@ -222,24 +339,38 @@ class Query:
 
 def make_queries(data: Dataset, count: int, source: VectorSource) -> list[Query]:
     rng = source.rng
-    return [Query(owner=int(rng.choice(data.query_owners)), instance=int(rng.integers(0, INSTANCES_PER_USER)),
-                  vector=source.sample(1)[0], text=" ".join(random_words(rng, (4,))))
-            for _ in range(count)]
+    return [
+        Query(
+            owner=int(rng.choice(data.query_owners)),
+            instance=int(rng.integers(0, INSTANCES_PER_USER)),
+            vector=source.sample(1)[0],
+            text=" ".join(random_words(rng, (4,))),
+        )
+        for _ in range(count)
+    ]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-async def time_recall(pool: asyncpg.Pool, data: Dataset, queries: Sequence[Query], settings: MemorySettings,
-                      warmup: int) -> tuple[float, float, float]:
+async def time_recall(
+    pool: asyncpg.Pool, data: Dataset, queries: Sequence[Query], settings: MemorySettings, warmup: int
+) -> tuple[float, float, float]:
     scope = domain.parse_memory_scope("full")
     latencies = []
     for index, query in enumerate(queries):
         owner = data.owners[query.owner]
         started = time.perf_counter()
-        await recall_memories(pool, settings, user_id=owner.user_id, instance_id=owner.instances[query.instance],
-                              vector=query.vector, text=query.text, scope=scope)
+        await recall_memories(
+            pool,
+            settings,
+            user_id=owner.user_id,
+            instance_id=owner.instances[query.instance],
+            vector=query.vector,
+            text=query.text,
+            scope=scope,
+        )
         if index >= warmup:
             latencies.append((time.perf_counter() - started) * 1000)
     return percentile(latencies, 50), percentile(latencies, 95), float(np.mean(latencies))
@@ -263,8 +394,12 @@ class GroundTruth:
 
     @classmethod
     def of(cls, data: Dataset) -> GroundTruth:
-        return cls(np.concatenate(data.vectors), np.concatenate(data.user_of_row),
-                   np.concatenate(data.instance_of_row), data.ids)
+        return cls(
+            np.concatenate(data.vectors),
+            np.concatenate(data.user_of_row),
+            np.concatenate(data.instance_of_row),
+            data.ids,
+        )
 
     def top(self, query: Query, layer_instance: int | None, k: int = K) -> set[uuid.UUID]:
         """Ids of the k nearest rows: of all rows (layer_instance None), else of the query user's
@@ -277,8 +412,9 @@ class GroundTruth:
         return {self.ids[int(i)] for i in top if np.isfinite(distances[i])}
 
 
-async def index_recall(pool: asyncpg.Pool, data: Dataset, queries: Sequence[Query], ef_values: Sequence[int],
-                       global_queries: int) -> dict[int, IndexRecall]:
+async def index_recall(
+    pool: asyncpg.Pool, data: Dataset, queries: Sequence[Query], ef_values: Sequence[int], global_queries: int
+) -> dict[int, IndexRecall]:
     """recall@10 of HNSW against exact search at each ef_search: filtered to the query user's layer
     (alternately profile and one persona's relationship layer — what Recall asks) and unfiltered."""
     truth = GroundTruth.of(data)
@@ -287,22 +423,40 @@ async def index_recall(pool: asyncpg.Pool, data: Dataset, queries: Sequence[Quer
         owner = data.owners[query.owner]
         layer_instance = -1 if index % 2 == 0 else query.instance
         instance_id = None if layer_instance < 0 else owner.instances[layer_instance]
-        cases.append((query, owner.user_id, instance_id, truth.top(query, layer_instance),
-                      truth.top(query, None) if index < global_queries else None))
+        cases.append(
+            (
+                query,
+                owner.user_id,
+                instance_id,
+                truth.top(query, layer_instance),
+                truth.top(query, None) if index < global_queries else None,
+            )
+        )
     results = {}
     for ef in ef_values:
         found = expected = found_global = expected_global = short = 0
         for query, user_id, instance_id, truth_filtered, truth_global in cases:
-            rows = await store.search_layer(pool, user_id=user_id, instance_id=instance_id, vector=query.vector,
-                                            text=None, limit=K, vector_search="hnsw", ef_search=ef)
+            rows = await store.search_layer(
+                pool,
+                user_id=user_id,
+                instance_id=instance_id,
+                vector=query.vector,
+                text=None,
+                limit=K,
+                vector_search="hnsw",
+                ef_search=ef,
+            )
             short += len(rows) < len(truth_filtered)
             found += len({r["id"] for r in rows} & truth_filtered)
             expected += len(truth_filtered)
             if truth_global is not None:
                 async with pool.acquire() as conn, conn.transaction():
                     await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}")
-                    rows = await conn.fetch("SELECT id FROM memory.memories WHERE deleted_at IS NULL "
-                                            "ORDER BY embedding <=> $1 LIMIT $2", query.vector, K)
+                    rows = await conn.fetch(
+                        "SELECT id FROM memory.memories WHERE deleted_at IS NULL ORDER BY embedding <=> $1 LIMIT $2",
+                        query.vector,
+                        K,
+                    )
                 found_global += len({r["id"] for r in rows} & truth_global)
                 expected_global += len(truth_global)
         results[ef] = IndexRecall(found / max(1, expected), found_global / max(1, expected_global), short)
@@ -359,9 +513,11 @@ async def run(args: argparse.Namespace) -> tuple[list[SizeResult], dict[str, str
         await apply_migrations(dsn, ["memory"], {"memory": {"EMBEDDING_DIM": args.dim, "EMBEDDING_MODEL": BENCH_MODEL}})
         pool = await create_pool(dsn, min_size=2, max_size=4, command_timeout=3600)
         try:
-            versions = {"postgres": await pool.fetchval("SHOW server_version"),
-                        "pgvector": await pool.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'"),
-                        "shared_buffers": await pool.fetchval("SHOW shared_buffers")}
+            versions = {
+                "postgres": await pool.fetchval("SHOW server_version"),
+                "pgvector": await pool.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'"),
+                "shared_buffers": await pool.fetchval("SHOW shared_buffers"),
+            }
             base = MemorySettings.from_env(Env({}))
             for size in sorted(args.sizes):
                 planned = plan_owners(data, size, args.query_users, args.per_user)
@@ -380,8 +536,13 @@ async def run(args: argparse.Namespace) -> tuple[list[SizeResult], dict[str, str
                 for strategy in ("exact", "hnsw"):
                     settings = dataclasses.replace(base, vector_search=strategy)
                     result.latency[strategy] = await time_recall(pool, data, queries, settings, args.warmup)
-                result.recall = await index_recall(pool, data, queries[: args.recall_queries],
-                                                   sorted({*args.ef_search, base.ef_search}), args.global_queries)
+                result.recall = await index_recall(
+                    pool,
+                    data,
+                    queries[: args.recall_queries],
+                    sorted({*args.ef_search, base.ef_search}),
+                    args.global_queries,
+                )
                 results.append(result)
                 print(render_table([result]), flush=True)
         finally:
@@ -394,86 +555,124 @@ async def run(args: argparse.Namespace) -> tuple[list[SizeResult], dict[str, str
 
 def render_table(results: Sequence[SizeResult]) -> str:
     """Latency per size and vector strategy, then HNSW recall@10 per ef_search (filtered / unfiltered)."""
-    lines = [("| memories | users | COPY (s) | index build (s) | Recall, exact: p50 / p95 (ms) "
-              "| Recall, hnsw: p50 / p95 (ms) |"), "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| memories | users | COPY (s) | index build (s) | Recall, exact: p50 / p95 (ms) "
+            "| Recall, hnsw: p50 / p95 (ms) |"
+        ),
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         exact, hnsw = r.latency["exact"], r.latency["hnsw"]
-        lines.append(f"| {r.size:,} | {r.users:,} | {r.load_s:.1f} | {r.index_s:.1f} | {exact[0]:.2f} / {exact[1]:.2f} "
-                     f"| {hnsw[0]:.2f} / {hnsw[1]:.2f} |")
+        lines.append(
+            f"| {r.size:,} | {r.users:,} | {r.load_s:.1f} | {r.index_s:.1f} | {exact[0]:.2f} / {exact[1]:.2f} "
+            f"| {hnsw[0]:.2f} / {hnsw[1]:.2f} |"
+        )
     efs = sorted({ef for r in results for ef in r.recall})
-    lines += ["", "| memories | " + " | ".join(f"recall@10, ef_search {ef}: filtered / unfiltered" for ef in efs) + " |",
-              "|---:|" + "---:|" * len(efs)]
+    lines += [
+        "",
+        "| memories | " + " | ".join(f"recall@10, ef_search {ef}: filtered / unfiltered" for ef in efs) + " |",
+        "|---:|" + "---:|" * len(efs),
+    ]
     for r in results:
-        cells = [f"{r.recall[ef].filtered:.3f} / {r.recall[ef].unfiltered:.3f}"
-                 + (f" ({r.recall[ef].short} short)" if r.recall[ef].short else "") for ef in efs]
+        cells = [
+            f"{r.recall[ef].filtered:.3f} / {r.recall[ef].unfiltered:.3f}"
+            + (f" ({r.recall[ef].short} short)" if r.recall[ef].short else "")
+            for ef in efs
+        ]
         lines.append(f"| {r.size:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def machine_lines() -> list[str]:
-    cpu = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
+    cpu = next(
+        (
+            line.partition(":")[2].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
     memory = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout.rstrip()
     return [f"- `nproc`: {os.cpu_count()}", f"- CPU (/proc/cpuinfo): {cpu}", "- `free -h`:", "", "```", memory, "```"]
 
 
-def render_section(results: Sequence[SizeResult], versions: dict[str, str], args: argparse.Namespace,
-                   seconds: float, when: datetime) -> str:
+def render_section(
+    results: Sequence[SizeResult], versions: dict[str, str], args: argparse.Namespace, seconds: float, when: datetime
+) -> str:
     largest = max(results, key=lambda r: r.size)
     exact_p95, hnsw_p50 = largest.latency["exact"][1], largest.latency["hnsw"][0]
     ef = MemorySettings.from_env(Env({})).ef_search
     index = largest.recall[ef]
-    latency_verdict = (f"Recall p95 {exact_p95:.2f} ms at {largest.size:,} memories "
-                       f"(goal ≤ {GOAL_P95_MS:.0f} ms: {'met' if exact_p95 <= GOAL_P95_MS else 'not met'})")
-    recall_verdict = (f"HNSW recall@10 at ef_search {ef}: {index.unfiltered:.3f} over all rows, {index.filtered:.3f} "
-                      f"inside one user's layer (goal ≥ {GOAL_RECALL}: "
-                      f"{'met' if min(index.unfiltered, index.filtered) >= GOAL_RECALL else 'not met'})")
+    latency_verdict = (
+        f"Recall p95 {exact_p95:.2f} ms at {largest.size:,} memories "
+        f"(goal ≤ {GOAL_P95_MS:.0f} ms: {'met' if exact_p95 <= GOAL_P95_MS else 'not met'})"
+    )
+    recall_verdict = (
+        f"HNSW recall@10 at ef_search {ef}: {index.unfiltered:.3f} over all rows, {index.filtered:.3f} "
+        f"inside one user's layer (goal ≥ {GOAL_RECALL}: "
+        f"{'met' if min(index.unfiltered, index.filtered) >= GOAL_RECALL else 'not met'})"
+    )
     sizes = ",".join(str(r.size) for r in results)
-    return "\n".join([
-        SECTION_TITLE,
-        "",
-        (f"Measured by `rapport bench recall` on {when:%Y-%m-%d %H:%M} UTC in {seconds:.0f} s: PostgreSQL "
-         f"{versions['postgres']} (embedded unless DATABASE_URL was set, shared_buffers {versions['shared_buffers']}), "
-         f"pgvector {versions['pgvector']}, {args.dim}-d vectors, HNSW m = 16, ef_construction = 64."),
-        "",
-        "Machine:",
-        "",
-        *machine_lines(),
-        f"- 5-minute load average: {versions['load']} (a shared machine: other work moves the figures)",
-        "",
-        "What is measured:",
-        "",
-        (f"- Data: `{args.vectors}` random unit vectors (`low-rank`: Gaussian in a random 24-d subspace plus noise, "
-         "like text embeddings; `uniform` is the index's worst case) and 8 random words per memory (Zipf-like "
-         f"frequencies), loaded with COPY, users interleaved over the table. {args.query_users} query users own "
-         f"{args.per_user} memories each (40 % profile, 60 % relationship over {INSTANCES_PER_USER} personas); "
-         f"every other user owns {BACKGROUND_PER_USER}."),
-        (f"- Recall latency: `server.recall_memories` — the Recall path minus the query embedding: profile and "
-         "relationship searched in parallel on two pooled connections, vector ⊕ full text fused by RRF, selection "
-         f"and pruning — for {args.queries} random queries after {args.warmup} warm-up ones. *exact* (the default, "
-         "`MEMORY_VECTOR_SEARCH=exact`): cosine distance over the user's rows of the layer (btree) and a sort; "
-         "*hnsw*: the HNSW index with `hnsw.iterative_scan = relaxed_order`."),
-        (f"- recall@10: the HNSW top 10 against the exact top 10 (numpy over the same vectors), filtered to one "
-         f"user's layer ({args.recall_queries} queries, iterative scan; *short* = fewer than 10 rows returned) and "
-         f"over all rows ({args.global_queries} queries)."),
-        "",
-        render_table(results),
-        "",
-        f"Result: {latency_verdict}; {recall_verdict}.",
-        "",
-        (f"Why Recall uses exact search: a user's layer holds hundreds of rows, so a btree lookup plus a sort costs "
-         f"the same at any table size and is exact, while an HNSW walk with a filter this selective must visit "
-         f"thousands of tuples to find ten of the user's (p50 {hnsw_p50:.0f} ms at {largest.size:,} above). The HNSW "
-         "index stays for whole-table searches and for users with very many memories (`MEMORY_VECTOR_SEARCH=hnsw`)."),
-        "",
-        ("Reproduce (about a quarter of an hour with 1M on 2 cores, most of it the HNSW build; "
-         "`--sizes 10k,100k` takes two minutes):"),
-        "",
-        "```",
-        f"rapport bench recall --sizes {sizes} --queries {args.queries} --vectors {args.vectors}",
-        "```",
-        "",
-    ])
+    return "\n".join(
+        [
+            SECTION_TITLE,
+            "",
+            (
+                f"Measured by `rapport bench recall` on {when:%Y-%m-%d %H:%M} UTC in {seconds:.0f} s: PostgreSQL "
+                f"{versions['postgres']} (embedded unless DATABASE_URL was set, shared_buffers {versions['shared_buffers']}), "
+                f"pgvector {versions['pgvector']}, {args.dim}-d vectors, HNSW m = 16, ef_construction = 64."
+            ),
+            "",
+            "Machine:",
+            "",
+            *machine_lines(),
+            f"- 5-minute load average: {versions['load']} (a shared machine: other work moves the figures)",
+            "",
+            "What is measured:",
+            "",
+            (
+                f"- Data: `{args.vectors}` random unit vectors (`low-rank`: Gaussian in a random 24-d subspace plus noise, "
+                "like text embeddings; `uniform` is the index's worst case) and 8 random words per memory (Zipf-like "
+                f"frequencies), loaded with COPY, users interleaved over the table. {args.query_users} query users own "
+                f"{args.per_user} memories each (40 % profile, 60 % relationship over {INSTANCES_PER_USER} personas); "
+                f"every other user owns {BACKGROUND_PER_USER}."
+            ),
+            (
+                f"- Recall latency: `server.recall_memories` — the Recall path minus the query embedding: profile and "
+                "relationship searched in parallel on two pooled connections, vector ⊕ full text fused by RRF, selection "
+                f"and pruning — for {args.queries} random queries after {args.warmup} warm-up ones. *exact* (the default, "
+                "`MEMORY_VECTOR_SEARCH=exact`): cosine distance over the user's rows of the layer (btree) and a sort; "
+                "*hnsw*: the HNSW index with `hnsw.iterative_scan = relaxed_order`."
+            ),
+            (
+                f"- recall@10: the HNSW top 10 against the exact top 10 (numpy over the same vectors), filtered to one "
+                f"user's layer ({args.recall_queries} queries, iterative scan; *short* = fewer than 10 rows returned) and "
+                f"over all rows ({args.global_queries} queries)."
+            ),
+            "",
+            render_table(results),
+            "",
+            f"Result: {latency_verdict}; {recall_verdict}.",
+            "",
+            (
+                f"Why Recall uses exact search: a user's layer holds hundreds of rows, so a btree lookup plus a sort costs "
+                f"the same at any table size and is exact, while an HNSW walk with a filter this selective must visit "
+                f"thousands of tuples to find ten of the user's (p50 {hnsw_p50:.0f} ms at {largest.size:,} above). The HNSW "
+                "index stays for whole-table searches and for users with very many memories (`MEMORY_VECTOR_SEARCH=hnsw`)."
+            ),
+            "",
+            (
+                "Reproduce (about a quarter of an hour with 1M on 2 cores, most of it the HNSW build; "
+                "`--sizes 10k,100k` takes two minutes):"
+            ),
+            "",
+            "```",
+            f"rapport bench recall --sizes {sizes} --queries {args.queries} --vectors {args.vectors}",
+            "```",
+            "",
+        ]
+    )
 
 
 def write_section(path: Path, section: str) -> None:
@@ -499,27 +698,48 @@ def _sizes(text: str) -> list[int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rapport bench recall", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=_sizes, default=[10_000, 100_000, 1_000_000],
-                        help="memory counts, comma-separated, k/m suffixes allowed (default 10k,100k,1m)")
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=[10_000, 100_000, 1_000_000],
+        help="memory counts, comma-separated, k/m suffixes allowed (default 10k,100k,1m)",
+    )
     parser.add_argument("--queries", type=int, default=300, help="measured Recall calls per strategy (default 300)")
     parser.add_argument("--warmup", type=int, default=30, help="unmeasured calls first (default 30)")
     parser.add_argument("--recall-queries", type=int, default=200, help="queries for filtered recall@10 (default 200)")
-    parser.add_argument("--global-queries", type=int, default=100, help="queries for unfiltered recall@10 (default 100)")
+    parser.add_argument(
+        "--global-queries", type=int, default=100, help="queries for unfiltered recall@10 (default 100)"
+    )
     parser.add_argument("--per-user", type=int, default=1000, help="memories of each query user (default 1000)")
     parser.add_argument("--query-users", type=int, default=20, help="users the queries come from (default 20)")
     parser.add_argument("--dim", type=int, default=384, help="vector dimension (default 384, the local embedder's)")
-    parser.add_argument("--vectors", choices=("low-rank", "uniform"), default="low-rank",
-                        help="random unit vectors from a low-rank model (like text embeddings) or uniform on the "
-                             "sphere (an index's worst case) (default low-rank)")
+    parser.add_argument(
+        "--vectors",
+        choices=("low-rank", "uniform"),
+        default="low-rank",
+        help="random unit vectors from a low-rank model (like text embeddings) or uniform on the "
+        "sphere (an index's worst case) (default low-rank)",
+    )
     parser.add_argument("--maintenance-work-mem", default="4GB", help="for the index builds (default 4GB)")
-    parser.add_argument("--ef-search", type=_sizes, default=[40, 100, 200],
-                        help="hnsw.ef_search values for recall@10 (default 40,100,200)")
+    parser.add_argument(
+        "--ef-search",
+        type=_sizes,
+        default=[40, 100, 200],
+        help="hnsw.ef_search values for recall@10 (default 40,100,200)",
+    )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help="a Postgres server to use (a scratch database is created); default: DATABASE_URL, "
-                             "else an embedded Postgres in a temporary folder")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
-                        help="Markdown file whose 'Memory recall' section is (re)written")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="a Postgres server to use (a scratch database is created); default: DATABASE_URL, "
+        "else an embedded Postgres in a temporary folder",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/benchmarks.md"),
+        help="Markdown file whose 'Memory recall' section is (re)written",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     if args.queries < 1 or args.warmup < 0 or args.per_user < 1 or args.query_users < 1 or args.dim < 1:

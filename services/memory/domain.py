@@ -177,13 +177,18 @@ _CONTRACTIONS = (
     (re.compile(r"\bcan\s?not\b|\bcant\b", re.IGNORECASE), "can't"),
     (re.compile(r"\bdo not\b|\bdont\b", re.IGNORECASE), "don't"),
 )
-_OBJECT_END = re.compile(
-    r"\s*(?:[,;:(]|\s-\s|—|\s(?:because|but|since|although|though|which)\b)", re.IGNORECASE
-)
+_OBJECT_END = re.compile(r"\s*(?:[,;:(]|\s-\s|—|\s(?:because|but|since|although|though|which)\b)", re.IGNORECASE)
 _TRAILING_FILLER = re.compile(r"(?:\s+(?:lol|haha+|hehe|tbh|honestly)|\s*[:;]-?[)(DP])+$", re.IGNORECASE)
 _FIRST_TO_THIRD = {
-    "my": "their", "me": "them", "mine": "theirs", "myself": "themselves",
-    "i'm": "they're", "i've": "they've", "i'll": "they'll", "i'd": "they'd", "i": "they",
+    "my": "their",
+    "me": "them",
+    "mine": "theirs",
+    "myself": "themselves",
+    "i'm": "they're",
+    "i've": "they've",
+    "i'll": "they'll",
+    "i'd": "they'd",
+    "i": "they",
 }
 _FIRST_PERSON = re.compile(r"\b(?:i'm|i've|i'll|i'd|my|me|mine|myself|i)\b", re.IGNORECASE)
 _PRONOUN_OBJECT = re.compile(r"^(?:it|that|this|them|him|her|those|these|when|how|what)\b", re.IGNORECASE)
@@ -225,15 +230,25 @@ _SELF_STATEMENT_RULES: tuple[_Rule, ...] = (
     _rule(
         r"^i'm (?P<obj>vegan|vegetarian|pescatarian|lactose intolerant|gluten[- ]intolerant|"
         r"coeliac|celiac|diabetic|pregnant|sober)$",
-        "User is {obj}", "fact", 0.85,
+        "User is {obj}",
+        "fact",
+        0.85,
     ),
     _rule(r"^i'm (?P<obj>\d{1,3})(?: years old| yrs old| y/?o)?$", "User is {obj} years old", "fact", 0.7),
-    _rule(r"^my (?P<fav>favou?rite) (?P<thing>\w+(?: \w+)?) is (?P<obj>.+)", "User's {fav} {thing} is {obj}",
-          "preference", 0.6),
+    _rule(
+        r"^my (?P<fav>favou?rite) (?P<thing>\w+(?: \w+)?) is (?P<obj>.+)",
+        "User's {fav} {thing} is {obj}",
+        "preference",
+        0.6,
+    ),
     _rule(rf"^my (?P<rel>{_RELATIONS})'s name is (?P<obj>.+)", "User's {rel} is called {obj}", "relation", 0.7),
     _rule(rf"^my (?P<rel>{_RELATIONS}) (?P<rest>(?!and\b|or\b)\S+ \S.*)", "User's {rel}{rest}", "relation", 0.7),
-    _rule(rf"^i have (?P<det>a|an|two|three|four|\d+) (?P<rel>{_RELATIONS})\b(?P<rest>.*)",
-          "User has {det} {rel}{rest}", "relation", 0.7),
+    _rule(
+        rf"^i have (?P<det>a|an|two|three|four|\d+) (?P<rel>{_RELATIONS})\b(?P<rest>.*)",
+        "User has {det} {rel}{rest}",
+        "relation",
+        0.7,
+    ),
     _rule(r"^i(?: currently)? live in (?P<obj>.+)", "User lives in {obj}", "fact", 0.7),
     _rule(r"^i'm living in (?P<obj>.+)", "User lives in {obj}", "fact", 0.7),
     _rule(r"^i(?:'m| come) from (?P<obj>.+)", "User is from {obj}", "fact", 0.7),
@@ -244,20 +259,24 @@ _SELF_STATEMENT_RULES: tuple[_Rule, ...] = (
     _rule(r"^i'm studying (?P<obj>.+)", "User is studying {obj}", "fact", 0.6),
     _rule(r"^i'm (?:a|an) (?:(?:huge|big) )?fan of (?P<obj>.+)", "User is a fan of {obj}", "preference", 0.6),
     _rule(r"^i'm (?P<adj>afraid|scared|terrified) of (?P<obj>.+)", "User is {adj} of {obj}", "emotion", 0.7),
-    _rule(r"^i'm (?P<art>a|an) (?!(?:bit|little|tad|lot|mess|wreck)\b)(?P<obj>.+)", "User is {art} {obj}",
-          "fact", 0.6),
+    _rule(r"^i'm (?P<art>a|an) (?!(?:bit|little|tad|lot|mess|wreck)\b)(?P<obj>.+)", "User is {art} {obj}", "fact", 0.6),
     _rule(
         r"^i (?P<adv>(?:really|absolutely|totally|truly|also|still|kind of|kinda) )?"
         r"(?P<verb>love|like|enjoy|adore|hate|dislike|detest|prefer|can't stand) (?P<obj>.+)",
-        "User {adv}{verb} {obj}", "preference", 0.6,
+        "User {adv}{verb} {obj}",
+        "preference",
+        0.6,
     ),
-    _rule(r"^i (?:really )?don't (?P<dverb>like|enjoy|love) (?P<obj>.+)", "User doesn't {dverb} {obj}",
-          "preference", 0.6),
+    _rule(
+        r"^i (?:really )?don't (?P<dverb>like|enjoy|love) (?P<obj>.+)", "User doesn't {dverb} {obj}", "preference", 0.6
+    ),
     _rule(r"^i(?:'m)? feel(?:ing)? (?!like\b)(?P<obj>.+)", "User feels {obj}", "emotion", 0.5),
     _rule(
         r"^i (?P<adv>(?:just|recently) )?(?P<past>got|lost|started|quit|finished|graduated|moved|broke up|"
         r"adopted|bought|failed|retired|passed)\b(?P<rest>.*)",
-        "User {adv}{past}{rest}", "event", 0.6,
+        "User {adv}{past}{rest}",
+        "event",
+        0.6,
     ),
 )
 
@@ -338,7 +357,6 @@ def extract_self_statements(user_text: str) -> list[CandidateMemory]:
     return list(found.values())
 
 
-
 # --------------------------------------------------------------------------- LLM extraction output
 
 MAX_EXTRACTED_MEMORIES = 12
@@ -373,13 +391,17 @@ def parse_extraction(answer: str) -> list[CandidateMemory]:
             raise ExtractionFormatError(f"{where} must have exactly content, category, importance, layer")
         content, importance = item["content"], item["importance"]
         if not isinstance(content, str) or not content.strip() or len(content) > MAX_MEMORY_CHARS:
-            raise ExtractionFormatError(f"{where}.content must be a non-empty string of at most {MAX_MEMORY_CHARS} chars")
+            raise ExtractionFormatError(
+                f"{where}.content must be a non-empty string of at most {MAX_MEMORY_CHARS} chars"
+            )
         if isinstance(importance, bool) or not isinstance(importance, (int, float)):
             raise ExtractionFormatError(f"{where}.importance must be a number")
         if not isinstance(item["category"], str) or not isinstance(item["layer"], str):
             raise ExtractionFormatError(f"{where}.category and .layer must be strings")
         try:
-            candidate = CandidateMemory(_collapse_whitespace(content), item["category"], float(importance), item["layer"])  # type: ignore[arg-type]
+            candidate = CandidateMemory(
+                _collapse_whitespace(content), item["category"], float(importance), item["layer"]
+            )  # type: ignore[arg-type]
         except ValueError as error:
             raise ExtractionFormatError(f"{where}: {error}") from None
         found.setdefault(normalize_for_dedup(candidate.content), candidate)
@@ -517,7 +539,12 @@ def group_by_layer_and_category(items: Iterable[ScoredMemory]) -> dict[str, dict
 # --------------------------------------------------------------------------- memory scope
 
 MEMORY_SCOPES: tuple[str, ...] = (
-    "full", "neutral_and_relationship", "relationship_only", "neutral_only", "insights_only", "none"
+    "full",
+    "neutral_and_relationship",
+    "relationship_only",
+    "neutral_only",
+    "insights_only",
+    "none",
 )
 DEFAULT_MEMORY_SCOPE = "neutral_and_relationship"
 
@@ -577,7 +604,7 @@ class _SummarySentence:
 
 def _informativeness(role: str, sentence: str, unanswered: bool) -> float:
     """Self-disclosure, named entities/numbers, open questions, importance; assistant halved."""
-    words = [w.strip(".,;:!?\"()") for w in sentence.replace("’", "'").split()[1:]]
+    words = [w.strip('.,;:!?"()') for w in sentence.replace("’", "'").split()[1:]]
     entities = sum(1 for w in words if w[:1].isupper() and w not in _FIRST_PERSON_CAPITALIZED)
     score = min(2, entities) + (1.0 if _NUMBER.search(sentence) else 0.0)
     score += 0.5 * importance_score(sentence) + 0.5 * min(1.0, len(sentence.split()) / 25)

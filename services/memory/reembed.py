@@ -6,6 +6,7 @@ leaves the old embeddings working and a re-run starts over. The switch (new colu
 rebuilt, `memory.embedding_config` updated to the new model and dimension) is one transaction;
 memories written meanwhile are embedded inside it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,7 @@ class ReembedReport:
     seconds: float
 
 
-async def reembed(dsn: str, embedder: Embedder, progress: Callable[[str], None], batch: int = BATCH
-                  ) -> ReembedReport:
+async def reembed(dsn: str, embedder: Embedder, progress: Callable[[str], None], batch: int = BATCH) -> ReembedReport:
     started = time.monotonic()
     pool = await create_pool(dsn, min_size=1, max_size=2, command_timeout=3600)
     try:
@@ -42,8 +42,9 @@ async def reembed(dsn: str, embedder: Embedder, progress: Callable[[str], None],
             progress(f"memories are already embedded with {embedder.model} ({embedder.dim}-d); nothing to do")
             return ReembedReport(previous, target, 0, time.monotonic() - started)
         total = await store.count_memories(pool)
-        progress(f"re-embedding {total} memories: {previous[0]} ({previous[1]}-d) → {embedder.model} "
-                 f"({embedder.dim}-d)")
+        progress(
+            f"re-embedding {total} memories: {previous[0]} ({previous[1]}-d) → {embedder.model} ({embedder.dim}-d)"
+        )
         await store.prepare_reembedding(pool, embedder.dim)
         done = 0
         while rows := await store.memories_to_reembed(pool, batch):

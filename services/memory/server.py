@@ -3,6 +3,7 @@ write path, the dreaming sweeper, rolling summaries and the user's data-ownershi
 
 Validation and mapping live here; SQL in `store`, pure rules in `domain`, the embedder in `embedders`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,9 +26,9 @@ import numpy as np
 import openai
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
+
 from rapport.memory.v1 import memory_pb2 as pb
 from rapport.memory.v1 import memory_pb2_grpc as pb_grpc
-
 from services.memory import domain, store
 from services.memory.embedders import Embedder, EmbeddingError, embedder_from_env
 from services.memory.summaries import SessionSummarizer, SummarySettings, history_window
@@ -116,7 +117,8 @@ async def check_embedding_config(pool: Any, embedder: Embedder) -> None:
         raise EmbedderMismatch(
             f"memory: stored embeddings were made with {model} ({dim}-d) but the configured embedder is "
             f"{embedder.model} ({embedder.dim}-d). Run `rapport memory reembed` with the new embedder configured "
-            f"to re-embed every memory, or configure {model} again.")
+            f"to re-embed every memory, or configure {model} again."
+        )
 
 
 def migration_params() -> dict[str, object]:
@@ -146,12 +148,22 @@ def memory_message(row: Mapping[str, Any]) -> pb.Memory:
     metadata = struct_pb2.Struct()
     metadata.update(row["metadata"] or {})
     return pb.Memory(
-        id=str(row["id"]), user_id=str(row["user_id"]), instance_id=str(row["instance_id"] or ""),
-        session_id=str(row["session_id"] or ""), layer=layer, category=row["category"], content=row["content"],
-        importance=row["importance"], source_message_ids=list(row["source_message_ids"]),
-        occurred_at=_timestamp(row["occurred_at"]), created_at=_timestamp(row["created_at"]),
-        updated_at=_timestamp(row["updated_at"]), recall_count=row["recall_count"],
-        embedding_model=row["embedding_model"], metadata=metadata)
+        id=str(row["id"]),
+        user_id=str(row["user_id"]),
+        instance_id=str(row["instance_id"] or ""),
+        session_id=str(row["session_id"] or ""),
+        layer=layer,
+        category=row["category"],
+        content=row["content"],
+        importance=row["importance"],
+        source_message_ids=list(row["source_message_ids"]),
+        occurred_at=_timestamp(row["occurred_at"]),
+        created_at=_timestamp(row["created_at"]),
+        updated_at=_timestamp(row["updated_at"]),
+        recall_count=row["recall_count"],
+        embedding_model=row["embedding_model"],
+        metadata=metadata,
+    )
 
 
 def encode_cursor(created_at: datetime, memory_id: uuid.UUID) -> str:
@@ -196,31 +208,58 @@ class RecallResult:
     sources: dict[str, list[str]]  # memory id → source message ids
 
 
-def rank_layer(rows: Sequence[Mapping[str, Any]], layer: domain.Layer, settings: MemorySettings, now: datetime
-               ) -> list[domain.ScoredMemory]:
+def rank_layer(
+    rows: Sequence[Mapping[str, Any]], layer: domain.Layer, settings: MemorySettings, now: datetime
+) -> list[domain.ScoredMemory]:
     """Fuse the layer's vector ranking and full-text ranking (RRF), then weight recency/importance."""
     by_id = {str(row["id"]): row for row in rows}
     rankings = [[str(r["id"]) for r in sorted((r for r in rows if r["vector_hit"]), key=lambda r: r["distance"])]]
     if settings.ranking == "hybrid":
         # Equal text ranks (common: one matching word each) are ordered by vector distance, not by chance.
-        text_hits = sorted((r for r in rows if r["text_rank"] is not None), key=lambda r: (-r["text_rank"], r["distance"]))
+        text_hits = sorted(
+            (r for r in rows if r["text_rank"] is not None), key=lambda r: (-r["text_rank"], r["distance"])
+        )
         rankings.append([str(r["id"]) for r in text_hits])
     scored = []
     for memory_id, rrf in domain.reciprocal_rank_fusion(rankings).items():
         row = by_id[memory_id]
         age_days = (now - row["occurred_at"]).total_seconds() / 86_400
-        scored.append(domain.ScoredMemory(
-            id=memory_id, layer=layer, category=row["category"], content=row["content"],
-            score=domain.blend_scores(rrf, age_days, row["importance"], settings.recency_weight,
-                                      settings.importance_weight, settings.half_life_days),
-            vector_score=1.0 - row["distance"], text_rank=row["text_rank"], importance=row["importance"],
-            occurred_at=row["occurred_at"]))
+        scored.append(
+            domain.ScoredMemory(
+                id=memory_id,
+                layer=layer,
+                category=row["category"],
+                content=row["content"],
+                score=domain.blend_scores(
+                    rrf,
+                    age_days,
+                    row["importance"],
+                    settings.recency_weight,
+                    settings.importance_weight,
+                    settings.half_life_days,
+                ),
+                vector_score=1.0 - row["distance"],
+                text_rank=row["text_rank"],
+                importance=row["importance"],
+                occurred_at=row["occurred_at"],
+            )
+        )
     return scored
 
 
-async def recall_memories(pool: Any, settings: MemorySettings, *, user_id: uuid.UUID, instance_id: uuid.UUID,
-                          vector: np.ndarray, text: str, scope: domain.MemoryScope, profile_top: int = 4,
-                          relationship_top: int = 3, session_id: uuid.UUID | None = None) -> RecallResult:
+async def recall_memories(
+    pool: Any,
+    settings: MemorySettings,
+    *,
+    user_id: uuid.UUID,
+    instance_id: uuid.UUID,
+    vector: np.ndarray,
+    text: str,
+    scope: domain.MemoryScope,
+    profile_top: int = 4,
+    relationship_top: int = 3,
+    session_id: uuid.UUID | None = None,
+) -> RecallResult:
     """Search both layers in parallel (each on its own pooled connection), rank, select, prune.
     The relationship layer leaves out moments of `session_id` still inside the prompt's history."""
     text_query = text if settings.ranking == "hybrid" else None
@@ -231,17 +270,25 @@ async def recall_memories(pool: Any, settings: MemorySettings, *, user_id: uuid.
             return []
         relationship = layer == "relationship"
         return await store.search_layer(
-            pool, user_id=user_id, instance_id=instance_id if relationship else None, vector=vector,
-            text=text_query, limit=max(settings.candidates, 2 * (relationship_top if relationship else profile_top)),
-            vector_search=settings.vector_search, ef_search=settings.ef_search,
-            hide_recent=(session_id, recent_turns) if relationship and session_id and recent_turns else None)
+            pool,
+            user_id=user_id,
+            instance_id=instance_id if relationship else None,
+            vector=vector,
+            text=text_query,
+            limit=max(settings.candidates, 2 * (relationship_top if relationship else profile_top)),
+            vector_search=settings.vector_search,
+            ef_search=settings.ef_search,
+            hide_recent=(session_id, recent_turns) if relationship and session_id and recent_turns else None,
+        )
 
     profile_rows, relationship_rows = await asyncio.gather(
-        search("profile", scope.include_profile), search("relationship", scope.include_relationship))
+        search("profile", scope.include_profile), search("relationship", scope.include_relationship)
+    )
     now = datetime.now(UTC)
     profile = domain.select_profile(rank_layer(profile_rows, "profile", settings, now), top=profile_top)
-    relationship = domain.select_relationship(rank_layer(relationship_rows, "relationship", settings, now),
-                                              top=relationship_top)
+    relationship = domain.select_relationship(
+        rank_layer(relationship_rows, "relationship", settings, now), top=relationship_top
+    )
     profile, relationship = domain.prune_cross_layer_duplicates(profile, relationship)
     sources = {str(row["id"]): list(row["source_message_ids"]) for row in [*profile_rows, *relationship_rows]}
     return RecallResult(profile, relationship, sources)
@@ -249,9 +296,17 @@ async def recall_memories(pool: Any, settings: MemorySettings, *, user_id: uuid.
 
 def _recalled_message(memory: domain.ScoredMemory, sources: list[str]) -> pb.RecalledMemory:
     return pb.RecalledMemory(
-        id=memory.id, layer=LAYER_VALUES[memory.layer], category=memory.category, content=memory.content,
-        score=memory.score, vector_score=memory.vector_score or 0.0, text_score=memory.text_rank or 0.0,
-        importance=memory.importance, occurred_at=_timestamp(memory.occurred_at), source_message_ids=sources)
+        id=memory.id,
+        layer=LAYER_VALUES[memory.layer],
+        category=memory.category,
+        content=memory.content,
+        score=memory.score,
+        vector_score=memory.vector_score or 0.0,
+        text_score=memory.text_rank or 0.0,
+        importance=memory.importance,
+        occurred_at=_timestamp(memory.occurred_at),
+        source_message_ids=sources,
+    )
 
 
 # --------------------------------------------------------------------------- streaming error mapping
@@ -276,8 +331,14 @@ def maps_stream_errors(method: Callable[..., AsyncIterator[Any]]) -> Callable[..
 
 
 class MemoryServicer(pb_grpc.MemoryServiceServicer):
-    def __init__(self, pool: Any, settings: MemorySettings, embedder: Embedder, extraction_llm: TaskLlm | None,
-                 summarizer: SessionSummarizer) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        settings: MemorySettings,
+        embedder: Embedder,
+        extraction_llm: TaskLlm | None,
+        summarizer: SessionSummarizer,
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.embedder = embedder
@@ -303,18 +364,25 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
 
     # -- write path ---------------------------------------------------------------------------
 
-    async def _extract(self, turn: store.TurnRecord, persona_name: str
-                       ) -> tuple[list[domain.CandidateMemory], Literal["rules", "llm", "llm_failed"], str | None]:
+    async def _extract(
+        self, turn: store.TurnRecord, persona_name: str
+    ) -> tuple[list[domain.CandidateMemory], Literal["rules", "llm", "llm_failed"], str | None]:
         """Profile/relationship facts of the exchange: the LLM when configured, else the rules; an
         invalid or failed LLM answer is recorded and the rules are used."""
         if self.extraction_llm is None:
             return domain.extract_self_statements(turn.user_text), "rules", None
         exchange = {"persona_name": persona_name, "user_message": turn.user_text, "persona_reply": turn.reply_text}
         try:
-            answer, _, _ = await asyncio.wait_for(self.extraction_llm.complete(
-                [{"role": "system", "content": EXTRACTION_INSTRUCTIONS},
-                 {"role": "user", "content": json.dumps(exchange, ensure_ascii=False)}], json_mode=True),
-                self.settings.llm_timeout)
+            answer, _, _ = await asyncio.wait_for(
+                self.extraction_llm.complete(
+                    [
+                        {"role": "system", "content": EXTRACTION_INSTRUCTIONS},
+                        {"role": "user", "content": json.dumps(exchange, ensure_ascii=False)},
+                    ],
+                    json_mode=True,
+                ),
+                self.settings.llm_timeout,
+            )
             return domain.parse_extraction(answer), "llm", None
         except domain.ExtractionFormatError as error:
             reason = f"invalid answer: {error}"
@@ -324,7 +392,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         return domain.extract_self_statements(turn.user_text), "llm_failed", reason[:1000]
 
     @maps_errors
-    async def IngestTurn(self, request: pb.IngestTurnRequest, context: grpc.aio.ServicerContext) -> pb.IngestTurnResponse:
+    async def IngestTurn(
+        self, request: pb.IngestTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IngestTurnResponse:
         turn_id = _required_text(request.turn_id, "turn_id", 200)
         user_id = parse_uuid(request.user_id, "user_id")
         instance_id = parse_uuid(request.instance_id, "instance_id")
@@ -340,25 +410,47 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             await self._summarize(session_id)  # catch up if a previous delivery stopped before it
             return pb.IngestTurnResponse(applied=False, memory_ids=[str(i) for i in existing["memory_ids"]])
         occurred_at = _datetime(request.occurred_at, request, "occurred_at") or datetime.now(UTC)
-        draft = store.TurnRecord(turn_id, user_id, instance_id, session_id, user_message_id,
-                                 request.reply_message_id, user_text, request.reply_text, occurred_at, "rules")
+        draft = store.TurnRecord(
+            turn_id,
+            user_id,
+            instance_id,
+            session_id,
+            user_message_id,
+            request.reply_message_id,
+            user_text,
+            request.reply_text,
+            occurred_at,
+            "rules",
+        )
         facts, extraction, error = await self._extract(draft, request.persona_name)
         turn = dataclasses.replace(draft, extraction=extraction, extraction_error=error)
         moment = domain.moment_from_user_message(user_text)
         candidates = [(moment, "turn"), *((fact, extraction if extraction == "llm" else "rules") for fact in facts)]
         vectors = await self._embed([c.content for c, _ in candidates], "document")
         memories = [
-            store.NewMemory(user_id=user_id, instance_id=instance_id if c.layer == "relationship" else None,
-                            session_id=session_id, content=c.content, category=c.category, importance=c.importance,
-                            embedding=vector, source_message_ids=(user_message_id,), occurred_at=occurred_at,
-                            metadata={"source": source})
-            for (c, source), vector in zip(candidates, vectors, strict=True)]
+            store.NewMemory(
+                user_id=user_id,
+                instance_id=instance_id if c.layer == "relationship" else None,
+                session_id=session_id,
+                content=c.content,
+                category=c.category,
+                importance=c.importance,
+                embedding=vector,
+                source_message_ids=(user_message_id,),
+                occurred_at=occurred_at,
+                metadata={"source": source},
+            )
+            for (c, source), vector in zip(candidates, vectors, strict=True)
+        ]
         result = await store.ingest_turn(self.pool, turn, memories, self.embedder.model, self.settings.merge_threshold)
         if result is None:  # a concurrent delivery of the same turn won
             return pb.IngestTurnResponse(applied=False)
         await self._summarize(session_id)
-        return pb.IngestTurnResponse(applied=True, memory_ids=[str(i) for i in dict.fromkeys(result.memory_ids)],
-                                     merged=result.count("merged") + result.count("unchanged"))
+        return pb.IngestTurnResponse(
+            applied=True,
+            memory_ids=[str(i) for i in dict.fromkeys(result.memory_ids)],
+            merged=result.count("merged") + result.count("unchanged"),
+        )
 
     async def _summarize(self, session_id: uuid.UUID) -> None:
         try:
@@ -389,9 +481,18 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             vector = (await self._embed([query], "query"))[0]
             response.embed_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
-            result = await recall_memories(self.pool, self.settings, user_id=user_id, instance_id=instance_id,
-                                           vector=vector, text=query, scope=scope, profile_top=profile_top,
-                                           relationship_top=relationship_top, session_id=session_id)
+            result = await recall_memories(
+                self.pool,
+                self.settings,
+                user_id=user_id,
+                instance_id=instance_id,
+                vector=vector,
+                text=query,
+                scope=scope,
+                profile_top=profile_top,
+                relationship_top=relationship_top,
+                session_id=session_id,
+            )
             response.search_ms = (time.perf_counter() - started) * 1000
             response.profile.extend(_recalled_message(m, result.sources[m.id]) for m in result.profile)
             response.relationship.extend(_recalled_message(m, result.sources[m.id]) for m in result.relationship)
@@ -402,10 +503,15 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         async def latest_summary() -> None:
             summary = await store.latest_summary(self.pool, user_id, session_id) if session_id else None
             if summary is not None:
-                response.summary.CopyFrom(pb.SessionSummary(
-                    session_id=str(summary["session_id"]), content=summary["content"],
-                    first_message_index=summary["first_message_index"],
-                    last_message_index=summary["last_message_index"], created_at=_timestamp(summary["created_at"])))
+                response.summary.CopyFrom(
+                    pb.SessionSummary(
+                        session_id=str(summary["session_id"]),
+                        content=summary["content"],
+                        first_message_index=summary["first_message_index"],
+                        last_message_index=summary["last_message_index"],
+                        created_at=_timestamp(summary["created_at"]),
+                    )
+                )
 
         await asyncio.gather(recall(), latest_summary())
         return response
@@ -413,18 +519,25 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
     # -- data ownership ------------------------------------------------------------------------
 
     @maps_errors
-    async def ListMemories(self, request: pb.ListMemoriesRequest, context: grpc.aio.ServicerContext) -> pb.ListMemoriesResponse:
+    async def ListMemories(
+        self, request: pb.ListMemoriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMemoriesResponse:
         user_id = parse_uuid(request.user_id, "user_id")
         if request.category and request.category not in domain.CATEGORIES:
             raise InvalidArgument(f"category must be one of {', '.join(domain.CATEGORIES)}", field="category")
         if request.limit < 0 or request.limit > MAX_LIST_LIMIT:
-            raise InvalidArgument(f"limit must be between 0 and {MAX_LIST_LIMIT} (0 = {DEFAULT_LIST_LIMIT})",
-                                  field="limit")
+            raise InvalidArgument(
+                f"limit must be between 0 and {MAX_LIST_LIMIT} (0 = {DEFAULT_LIST_LIMIT})", field="limit"
+            )
         if len(request.text) > 200:
             raise InvalidArgument("text must be at most 200 characters", field="text")
-        where = store.ListFilter(user_id=user_id, layer=LAYER_NAMES.get(request.layer),
-                                 instance_id=_optional_uuid(request.instance_id, "instance_id"),
-                                 category=request.category or None, text=request.text.strip() or None)
+        where = store.ListFilter(
+            user_id=user_id,
+            layer=LAYER_NAMES.get(request.layer),
+            instance_id=_optional_uuid(request.instance_id, "instance_id"),
+            category=request.category or None,
+            text=request.text.strip() or None,
+        )
         limit = request.limit or DEFAULT_LIST_LIMIT
         rows = await store.list_memories(self.pool, where, limit + 1, decode_cursor(request.cursor))
         page = rows[:limit]
@@ -432,21 +545,26 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         return pb.ListMemoriesResponse(memories=[memory_message(row) for row in page], next_cursor=next_cursor)
 
     @maps_errors
-    async def DeleteMemory(self, request: pb.DeleteMemoryRequest, context: grpc.aio.ServicerContext) -> pb.DeleteMemoryResponse:
-        deleted = await store.soft_delete(self.pool, parse_uuid(request.user_id, "user_id"),
-                                          parse_uuid(request.memory_id, "memory_id"))
+    async def DeleteMemory(
+        self, request: pb.DeleteMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteMemoryResponse:
+        deleted = await store.soft_delete(
+            self.pool, parse_uuid(request.user_id, "user_id"), parse_uuid(request.memory_id, "memory_id")
+        )
         return pb.DeleteMemoryResponse(deleted=deleted)
 
     @maps_stream_errors
-    async def ExportMemories(self, request: pb.ExportMemoriesRequest, context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[pb.ExportMemoriesResponse]:
+    async def ExportMemories(
+        self, request: pb.ExportMemoriesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportMemoriesResponse]:
         user_id = parse_uuid(request.user_id, "user_id")
         async for row in store.export_memories(self.pool, user_id):
             yield pb.ExportMemoriesResponse(memory=memory_message(row))
 
     @maps_errors
-    async def ImportMemories(self, request_iterator: AsyncIterator[pb.ImportMemoriesRequest],
-                             context: grpc.aio.ServicerContext) -> pb.ImportMemoriesResponse:
+    async def ImportMemories(
+        self, request_iterator: AsyncIterator[pb.ImportMemoriesRequest], context: grpc.aio.ServicerContext
+    ) -> pb.ImportMemoriesResponse:
         """All or nothing: every item is validated before anything is embedded or written."""
         user_id: uuid.UUID | None = None
         drafts: list[ImportDraft] = []
@@ -454,8 +572,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             index = len(drafts)
             sender = parse_uuid(item.user_id, f"items[{index}].user_id")
             if user_id is not None and sender != user_id:
-                raise InvalidArgument("every item of one import must carry the same user_id",
-                                      field=f"items[{index}].user_id")
+                raise InvalidArgument(
+                    "every item of one import must carry the same user_id", field=f"items[{index}].user_id"
+                )
             user_id = sender
             if index >= MAX_IMPORT_ITEMS:
                 raise InvalidArgument(f"at most {MAX_IMPORT_ITEMS} memories per import", field="items")
@@ -464,15 +583,20 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             return pb.ImportMemoriesResponse()
         vectors = await self._embed([draft.candidate.content for draft in drafts], "document")
         memories = [draft.new_memory(user_id, vector) for draft, vector in zip(drafts, vectors, strict=True)]
-        result = await store.import_memories(self.pool, user_id, memories, self.embedder.model,
-                                             self.settings.merge_threshold)
-        return pb.ImportMemoriesResponse(imported=result.count("inserted"), merged=result.count("merged"),
-                                         skipped=result.count("unchanged"))
+        result = await store.import_memories(
+            self.pool, user_id, memories, self.embedder.model, self.settings.merge_threshold
+        )
+        return pb.ImportMemoriesResponse(
+            imported=result.count("inserted"), merged=result.count("merged"), skipped=result.count("unchanged")
+        )
 
     @maps_errors
-    async def DeleteUserData(self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext) -> pb.DeleteUserDataResponse:
-        deleted = await store.delete_user_data(self.pool, parse_uuid(request.user_id, "user_id"),
-                                               _optional_uuid(request.instance_id, "instance_id"))
+    async def DeleteUserData(
+        self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteUserDataResponse:
+        deleted = await store.delete_user_data(
+            self.pool, parse_uuid(request.user_id, "user_id"), _optional_uuid(request.instance_id, "instance_id")
+        )
         return pb.DeleteUserDataResponse(deleted=deleted)
 
 
@@ -493,26 +617,43 @@ class ImportDraft:
         instance_id = _optional_uuid(memory.instance_id, f"{where}.instance_id")
         layer = LAYER_NAMES.get(memory.layer) or ("relationship" if instance_id else "profile")
         if layer == "relationship" and instance_id is None:
-            raise InvalidArgument(f"{where}.instance_id is required for a relationship memory",
-                                  field=f"{where}.instance_id")
+            raise InvalidArgument(
+                f"{where}.instance_id is required for a relationship memory", field=f"{where}.instance_id"
+            )
         content = _required_text(memory.content, f"{where}.content", domain.MAX_MEMORY_CHARS * 4)
         try:
-            candidate = domain.CandidateMemory(" ".join(content.split()), memory.category or "fact",  # type: ignore[arg-type]
-                                               memory.importance, layer)
+            candidate = domain.CandidateMemory(
+                " ".join(content.split()),
+                memory.category or "fact",  # type: ignore[arg-type]
+                memory.importance,
+                layer,
+            )
         except ValueError as error:
             raise InvalidArgument(f"{where}: {error}", field=where) from None
         metadata = MessageToDict(memory.metadata) if memory.HasField("metadata") else {}
-        return cls(candidate=candidate, instance_id=instance_id if layer == "relationship" else None,
-                   session_id=_optional_uuid(memory.session_id, f"{where}.session_id"),
-                   occurred_at=_datetime(memory.occurred_at, memory, "occurred_at") or datetime.now(UTC),
-                   source_message_ids=tuple(memory.source_message_ids), metadata={**metadata, "source": "import"})
+        return cls(
+            candidate=candidate,
+            instance_id=instance_id if layer == "relationship" else None,
+            session_id=_optional_uuid(memory.session_id, f"{where}.session_id"),
+            occurred_at=_datetime(memory.occurred_at, memory, "occurred_at") or datetime.now(UTC),
+            source_message_ids=tuple(memory.source_message_ids),
+            metadata={**metadata, "source": "import"},
+        )
 
     def new_memory(self, user_id: uuid.UUID, vector: np.ndarray) -> store.NewMemory:
         c = self.candidate
-        return store.NewMemory(user_id=user_id, instance_id=self.instance_id, session_id=self.session_id,
-                               content=c.content, category=c.category, importance=c.importance, embedding=vector,
-                               source_message_ids=self.source_message_ids, occurred_at=self.occurred_at,
-                               metadata=self.metadata)
+        return store.NewMemory(
+            user_id=user_id,
+            instance_id=self.instance_id,
+            session_id=self.session_id,
+            content=c.content,
+            category=c.category,
+            importance=c.importance,
+            embedding=vector,
+            source_message_ids=self.source_message_ids,
+            occurred_at=self.occurred_at,
+            metadata=self.metadata,
+        )
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -529,8 +670,9 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     summary_llm = llm_for_task(ctx.env, "summarization")
     summarizer = SessionSummarizer(ctx.pool, SummarySettings.from_env(ctx.env), summary_llm)
     servicer = MemoryServicer(ctx.pool, settings, embedder, extraction_llm, summarizer)
-    sweeper = DreamingSweeper(ctx.pool, embedder, DreamingSettings.from_env(ctx.env),
-                              merge_threshold=settings.merge_threshold)
+    sweeper = DreamingSweeper(
+        ctx.pool, embedder, DreamingSettings.from_env(ctx.env), merge_threshold=settings.merge_threshold
+    )
 
     async def stop() -> None:
         await servicer.drain()

@@ -3,6 +3,7 @@
 Every query that reads or changes memories is scoped by user_id. Writes of one user are
 serialized by a transaction-scoped advisory lock (near-duplicate merging reads, then writes).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -96,8 +97,9 @@ async def lock_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", USER_LOCK_NAMESPACE, str(user_id))
 
 
-async def write_memory(conn: asyncpg.Connection, memory: NewMemory, model: str, merge_threshold: float
-                       ) -> tuple[uuid.UUID, WriteOutcome]:
+async def write_memory(
+    conn: asyncpg.Connection, memory: NewMemory, model: str, merge_threshold: float
+) -> tuple[uuid.UUID, WriteOutcome]:
     """Insert, or merge into the nearest live memory of the same user and layer when its cosine
     similarity is ≥ merge_threshold (content and embedding replaced, sources appended, importance
     kept at the higher). Call inside a transaction holding `lock_user`."""
@@ -107,7 +109,9 @@ async def write_memory(conn: asyncpg.Connection, memory: NewMemory, model: str, 
         f"""WITH scoped AS MATERIALIZED (
                 SELECT id, content, source_message_ids, embedding <=> $2 AS distance FROM memory.memories
                 WHERE user_id = $1 AND {layer} AND deleted_at IS NULL)
-            SELECT * FROM scoped ORDER BY distance LIMIT 1""", *params)
+            SELECT * FROM scoped ORDER BY distance LIMIT 1""",
+        *params,
+    )
     if nearest is not None and 1.0 - nearest["distance"] >= merge_threshold:
         old_sources = list(nearest["source_message_ids"])
         sources = old_sources + [s for s in memory.source_message_ids if s not in old_sources]
@@ -121,21 +125,41 @@ async def write_memory(conn: asyncpg.Connection, memory: NewMemory, model: str, 
                    metadata = metadata || $10::jsonb
                               || jsonb_build_object('merges', coalesce((metadata->>'merges')::int, 0) + 1)
                WHERE id = $1 AND deleted_at IS NULL RETURNING id""",
-            nearest["id"], memory.content, memory.category, memory.importance, memory.embedding, model, sources,
-            memory.session_id, memory.occurred_at, dict(memory.metadata))
+            nearest["id"],
+            memory.content,
+            memory.category,
+            memory.importance,
+            memory.embedding,
+            model,
+            sources,
+            memory.session_id,
+            memory.occurred_at,
+            dict(memory.metadata),
+        )
         if merged is not None:
             return merged, "merged"
     inserted = await conn.fetchval(
         """INSERT INTO memory.memories (user_id, instance_id, session_id, content, category, importance, embedding,
                embedding_model, source_message_ids, occurred_at, metadata)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id""",
-        memory.user_id, memory.instance_id, memory.session_id, memory.content, memory.category, memory.importance,
-        memory.embedding, model, list(memory.source_message_ids), memory.occurred_at, dict(memory.metadata))
+        memory.user_id,
+        memory.instance_id,
+        memory.session_id,
+        memory.content,
+        memory.category,
+        memory.importance,
+        memory.embedding,
+        model,
+        list(memory.source_message_ids),
+        memory.occurred_at,
+        dict(memory.metadata),
+    )
     return inserted, "inserted"
 
 
-async def write_memories(conn: asyncpg.Connection, memories: Sequence[NewMemory], model: str,
-                         merge_threshold: float) -> WriteResult:
+async def write_memories(
+    conn: asyncpg.Connection, memories: Sequence[NewMemory], model: str, merge_threshold: float
+) -> WriteResult:
     ids: list[uuid.UUID] = []
     outcomes: list[WriteOutcome] = []
     for memory in memories:
@@ -149,12 +173,14 @@ async def write_memories(conn: asyncpg.Connection, memories: Sequence[NewMemory]
 
 
 async def ingested_turn(pool: asyncpg.Pool, turn_id: str, user_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow("SELECT memory_ids FROM memory.ingested_turns WHERE turn_id = $1 AND user_id = $2",
-                               turn_id, user_id)
+    return await pool.fetchrow(
+        "SELECT memory_ids FROM memory.ingested_turns WHERE turn_id = $1 AND user_id = $2", turn_id, user_id
+    )
 
 
-async def ingest_turn(pool: asyncpg.Pool, turn: TurnRecord, memories: Sequence[NewMemory], model: str,
-                      merge_threshold: float) -> WriteResult | None:
+async def ingest_turn(
+    pool: asyncpg.Pool, turn: TurnRecord, memories: Sequence[NewMemory], model: str, merge_threshold: float
+) -> WriteResult | None:
     """Record the turn, bump its session, write its memories — one transaction. None when the turn
     id was already ingested (idempotency)."""
     async with pool.acquire() as conn, conn.transaction():
@@ -164,9 +190,18 @@ async def ingest_turn(pool: asyncpg.Pool, turn: TurnRecord, memories: Sequence[N
                    reply_message_id, user_text, reply_text, occurred_at, extraction, extraction_error)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                ON CONFLICT (turn_id) DO NOTHING RETURNING seq""",
-            turn.turn_id, turn.user_id, turn.instance_id, turn.session_id, turn.user_message_id,
-            turn.reply_message_id, turn.user_text, turn.reply_text, turn.occurred_at, turn.extraction,
-            turn.extraction_error)
+            turn.turn_id,
+            turn.user_id,
+            turn.instance_id,
+            turn.session_id,
+            turn.user_message_id,
+            turn.reply_message_id,
+            turn.user_text,
+            turn.reply_text,
+            turn.occurred_at,
+            turn.extraction,
+            turn.extraction_error,
+        )
         if seq is None:
             return None
         await conn.execute(
@@ -176,10 +211,19 @@ async def ingest_turn(pool: asyncpg.Pool, turn: TurnRecord, memories: Sequence[N
                SET last_activity_at = greatest(sessions.last_activity_at, EXCLUDED.last_activity_at),
                    last_seq = greatest(sessions.last_seq, EXCLUDED.last_seq),
                    message_count = sessions.message_count + EXCLUDED.message_count""",
-            turn.session_id, turn.user_id, turn.instance_id, turn.occurred_at, seq, turn.message_count)
+            turn.session_id,
+            turn.user_id,
+            turn.instance_id,
+            turn.occurred_at,
+            seq,
+            turn.message_count,
+        )
         result = await write_memories(conn, memories, model, merge_threshold)
-        await conn.execute("UPDATE memory.ingested_turns SET memory_ids = $2 WHERE turn_id = $1",
-                           turn.turn_id, list(dict.fromkeys(result.memory_ids)))
+        await conn.execute(
+            "UPDATE memory.ingested_turns SET memory_ids = $2 WHERE turn_id = $1",
+            turn.turn_id,
+            list(dict.fromkeys(result.memory_ids)),
+        )
         return result
 
 
@@ -190,10 +234,18 @@ async def ingest_turn(pool: asyncpg.Pool, turn: TurnRecord, memories: Sequence[N
 _TEXT_QUERY = "replace(plainto_tsquery('memory.exact_words', ${n})::text, ' & ', ' | ')::tsquery"
 
 
-async def search_layer(pool: asyncpg.Pool, *, user_id: uuid.UUID, instance_id: uuid.UUID | None,
-                       vector: np.ndarray, text: str | None, limit: int, vector_search: VectorSearch,
-                       ef_search: int = 100, hide_recent: tuple[uuid.UUID, int] | None = None
-                       ) -> list[asyncpg.Record]:
+async def search_layer(
+    pool: asyncpg.Pool,
+    *,
+    user_id: uuid.UUID,
+    instance_id: uuid.UUID | None,
+    vector: np.ndarray,
+    text: str | None,
+    limit: int,
+    vector_search: VectorSearch,
+    ef_search: int = 100,
+    hide_recent: tuple[uuid.UUID, int] | None = None,
+) -> list[asyncpg.Record]:
     """One layer's candidates: the `limit` nearest live memories by cosine distance, plus (when
     `text` is given) the `limit` best full-text matches. Each row carries its cosine `distance`,
     `vector_hit` (it is among the nearest) and `text_rank` (ts_rank_cd, NULL when not a text hit).
@@ -242,21 +294,29 @@ async def search_layer(pool: asyncpg.Pool, *, user_id: uuid.UUID, instance_id: u
         if vector_search == "exact":
             return await conn.fetch(sql, *params)
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            await conn.execute(
+                f"SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {int(ef_search)}"
+            )
             return await conn.fetch(sql, *params)
 
 
 async def mark_recalled(pool: asyncpg.Pool, user_id: uuid.UUID, memory_ids: Sequence[uuid.UUID]) -> None:
     await pool.execute(
         """UPDATE memory.memories SET recall_count = recall_count + 1, last_recalled_at = now()
-           WHERE user_id = $1 AND id = ANY($2::uuid[])""", user_id, list(memory_ids))
+           WHERE user_id = $1 AND id = ANY($2::uuid[])""",
+        user_id,
+        list(memory_ids),
+    )
 
 
 async def latest_summary(pool: asyncpg.Pool, user_id: uuid.UUID, session_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow(
         """SELECT session_id, content, first_message_index, last_message_index, created_at
            FROM memory.session_summaries WHERE user_id = $1 AND session_id = $2
-           ORDER BY last_message_index DESC LIMIT 1""", user_id, session_id)
+           ORDER BY last_message_index DESC LIMIT 1""",
+        user_id,
+        session_id,
+    )
 
 
 # --------------------------------------------------------------------------- data ownership
@@ -276,8 +336,9 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-async def list_memories(pool: asyncpg.Pool, where: ListFilter, limit: int,
-                        after: tuple[datetime, uuid.UUID] | None) -> list[asyncpg.Record]:
+async def list_memories(
+    pool: asyncpg.Pool, where: ListFilter, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[asyncpg.Record]:
     """Live memories of one user, newest first, keyset-paginated on (created_at, id)."""
     params: list[Any] = [where.user_id]
     conditions = ["user_id = $1", "deleted_at IS NULL"]
@@ -299,14 +360,19 @@ async def list_memories(pool: asyncpg.Pool, where: ListFilter, limit: int,
     if after is not None:
         conditions.append(f"(created_at, id) < ({bind(after[0])}, {bind(after[1])})")
     return await pool.fetch(
-        f"""SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE {' AND '.join(conditions)}
-            ORDER BY created_at DESC, id DESC LIMIT {bind(limit)}""", *params)
+        f"""SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE {" AND ".join(conditions)}
+            ORDER BY created_at DESC, id DESC LIMIT {bind(limit)}""",
+        *params,
+    )
 
 
 async def soft_delete(pool: asyncpg.Pool, user_id: uuid.UUID, memory_id: uuid.UUID) -> bool:
     deleted = await pool.fetchval(
         """UPDATE memory.memories SET deleted_at = now(), updated_at = now()
-           WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL RETURNING id""", memory_id, user_id)
+           WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL RETURNING id""",
+        memory_id,
+        user_id,
+    )
     return deleted is not None
 
 
@@ -314,13 +380,17 @@ async def export_memories(pool: asyncpg.Pool, user_id: uuid.UUID) -> AsyncIterat
     """Every live memory of the user, oldest first, streamed from a server-side cursor."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         async for row in conn.cursor(
-                f"SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE user_id = $1 AND deleted_at IS NULL "
-                "ORDER BY created_at, id", user_id, prefetch=200):
+            f"SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE user_id = $1 AND deleted_at IS NULL "
+            "ORDER BY created_at, id",
+            user_id,
+            prefetch=200,
+        ):
             yield row
 
 
-async def import_memories(pool: asyncpg.Pool, user_id: uuid.UUID, memories: Sequence[NewMemory], model: str,
-                          merge_threshold: float) -> WriteResult:
+async def import_memories(
+    pool: asyncpg.Pool, user_id: uuid.UUID, memories: Sequence[NewMemory], model: str, merge_threshold: float
+) -> WriteResult:
     async with pool.acquire() as conn, conn.transaction():
         await lock_user(conn, user_id)
         return await write_memories(conn, memories, model, merge_threshold)
@@ -336,15 +406,18 @@ async def delete_user_data(pool: asyncpg.Pool, user_id: uuid.UUID, instance_id: 
             for table in ("session_summaries", "distillations", "sessions", "ingested_turns"):
                 await conn.execute(f"DELETE FROM memory.{table} WHERE user_id = $1", user_id)
         else:
-            deleted = await conn.execute("DELETE FROM memory.memories WHERE user_id = $1 AND instance_id = $2",
-                                         user_id, instance_id)
+            deleted = await conn.execute(
+                "DELETE FROM memory.memories WHERE user_id = $1 AND instance_id = $2", user_id, instance_id
+            )
             sessions = "(SELECT session_id FROM memory.sessions WHERE user_id = $1 AND instance_id = $2)"
             for table in ("session_summaries", "distillations"):
-                await conn.execute(f"DELETE FROM memory.{table} WHERE user_id = $1 AND session_id IN {sessions}",
-                                   user_id, instance_id)
+                await conn.execute(
+                    f"DELETE FROM memory.{table} WHERE user_id = $1 AND session_id IN {sessions}", user_id, instance_id
+                )
             for table in ("sessions", "ingested_turns"):
-                await conn.execute(f"DELETE FROM memory.{table} WHERE user_id = $1 AND instance_id = $2",
-                                   user_id, instance_id)
+                await conn.execute(
+                    f"DELETE FROM memory.{table} WHERE user_id = $1 AND instance_id = $2", user_id, instance_id
+                )
         return int(deleted.split()[-1])
 
 
@@ -357,8 +430,9 @@ async def purge_deleted(pool: asyncpg.Pool, before: datetime) -> int:
 # --------------------------------------------------------------------------- dreaming sweeper
 
 
-async def claim_idle_sessions(pool: asyncpg.Pool, *, now: datetime, idle_secs: float, stale_secs: float,
-                              limit: int, token: uuid.UUID) -> list[asyncpg.Record]:
+async def claim_idle_sessions(
+    pool: asyncpg.Pool, *, now: datetime, idle_secs: float, stale_secs: float, limit: int, token: uuid.UUID
+) -> list[asyncpg.Record]:
     """Claim up to `limit` sessions idle since `now - idle_secs` with turns not yet distilled, whose
     claim is free or older than `stale_secs` (a crashed worker) — one statement, SKIP LOCKED."""
     return await pool.fetch(
@@ -371,44 +445,77 @@ async def claim_idle_sessions(pool: asyncpg.Pool, *, now: datetime, idle_secs: f
                  FOR UPDATE SKIP LOCKED) idle
            WHERE s.session_id = idle.session_id
            RETURNING s.session_id, s.user_id, s.instance_id, s.distilled_seq, s.last_seq""",
-        now, idle_secs, stale_secs, limit, token)
+        now,
+        idle_secs,
+        stale_secs,
+        limit,
+        token,
+    )
 
 
-async def turns_after(pool: asyncpg.Pool, session_id: uuid.UUID, after_seq: int, until_seq: int
-                      ) -> list[asyncpg.Record]:
+async def turns_after(
+    pool: asyncpg.Pool, session_id: uuid.UUID, after_seq: int, until_seq: int
+) -> list[asyncpg.Record]:
     return await pool.fetch(
         """SELECT seq, user_message_id, reply_message_id, user_text, reply_text, occurred_at
            FROM memory.ingested_turns WHERE session_id = $1 AND seq > $2 AND seq <= $3
-           ORDER BY occurred_at, seq""", session_id, after_seq, until_seq)
+           ORDER BY occurred_at, seq""",
+        session_id,
+        after_seq,
+        until_seq,
+    )
 
 
-async def commit_distillation(pool: asyncpg.Pool, *, session_id: uuid.UUID, user_id: uuid.UUID,
-                              token: uuid.UUID, from_seq: int, to_seq: int, memories: Sequence[NewMemory],
-                              model: str, merge_threshold: float, worker: str) -> WriteResult | None:
+async def commit_distillation(
+    pool: asyncpg.Pool,
+    *,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    token: uuid.UUID,
+    from_seq: int,
+    to_seq: int,
+    memories: Sequence[NewMemory],
+    model: str,
+    merge_threshold: float,
+    worker: str,
+) -> WriteResult | None:
     """Write the distilled memories, advance the high-water mark and release the claim — only if
     the claim is still ours (else None and nothing is written: another worker took it over)."""
     async with pool.acquire() as conn, conn.transaction():
         await lock_user(conn, user_id)
         holder = await conn.fetchval(
             "SELECT claim_token FROM memory.sessions WHERE session_id = $1 AND distilled_seq = $2 FOR UPDATE",
-            session_id, from_seq)
+            session_id,
+            from_seq,
+        )
         if holder != token:
             return None
         result = await write_memories(conn, memories, model, merge_threshold)
         await conn.execute(
             """UPDATE memory.sessions SET distilled_seq = $2, claimed_at = NULL, claim_token = NULL
-               WHERE session_id = $1""", session_id, to_seq)
+               WHERE session_id = $1""",
+            session_id,
+            to_seq,
+        )
         await conn.execute(
             """INSERT INTO memory.distillations (session_id, user_id, from_seq, to_seq, memory_ids, worker)
                VALUES ($1, $2, $3, $4, $5, $6)""",
-            session_id, user_id, from_seq, to_seq, list(dict.fromkeys(result.memory_ids)), worker)
+            session_id,
+            user_id,
+            from_seq,
+            to_seq,
+            list(dict.fromkeys(result.memory_ids)),
+            worker,
+        )
         return result
 
 
 async def release_claim(pool: asyncpg.Pool, session_id: uuid.UUID, token: uuid.UUID) -> None:
     await pool.execute(
         "UPDATE memory.sessions SET claimed_at = NULL, claim_token = NULL WHERE session_id = $1 AND claim_token = $2",
-        session_id, token)
+        session_id,
+        token,
+    )
 
 
 # --------------------------------------------------------------------------- rolling summaries
@@ -416,14 +523,17 @@ async def release_claim(pool: asyncpg.Pool, session_id: uuid.UUID, token: uuid.U
 
 async def summary_state(pool: asyncpg.Pool, session_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow(
-        "SELECT user_id, message_count, summarized_until FROM memory.sessions WHERE session_id = $1", session_id)
+        "SELECT user_id, message_count, summarized_until FROM memory.sessions WHERE session_id = $1", session_id
+    )
 
 
 async def session_transcript(pool: asyncpg.Pool, session_id: uuid.UUID) -> list[tuple[str, str, str]]:
     """(message_id, role, content) of the session in order, as ingested."""
     rows = await pool.fetch(
         """SELECT user_message_id, reply_message_id, user_text, reply_text FROM memory.ingested_turns
-           WHERE session_id = $1 ORDER BY occurred_at, seq""", session_id)
+           WHERE session_id = $1 ORDER BY occurred_at, seq""",
+        session_id,
+    )
     messages: list[tuple[str, str, str]] = []
     for row in rows:
         messages.append((row["user_message_id"], "user", row["user_text"]))
@@ -432,18 +542,34 @@ async def session_transcript(pool: asyncpg.Pool, session_id: uuid.UUID) -> list[
     return messages
 
 
-async def save_summary(pool: asyncpg.Pool, *, session_id: uuid.UUID, user_id: uuid.UUID, first_index: int,
-                       last_index: int, content: str, method: str) -> bool:
+async def save_summary(
+    pool: asyncpg.Pool,
+    *,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    first_index: int,
+    last_index: int,
+    content: str,
+    method: str,
+) -> bool:
     """Store a summary of messages first..last (inclusive) unless one for that range exists."""
     async with pool.acquire() as conn, conn.transaction():
         saved = await conn.fetchval(
             """INSERT INTO memory.session_summaries (session_id, user_id, first_message_index, last_message_index,
                    content, method) VALUES ($1, $2, $3, $4, $5, $6)
                ON CONFLICT (session_id, last_message_index) DO NOTHING RETURNING session_id""",
-            session_id, user_id, first_index, last_index, content, method)
+            session_id,
+            user_id,
+            first_index,
+            last_index,
+            content,
+            method,
+        )
         await conn.execute(
             "UPDATE memory.sessions SET summarized_until = greatest(summarized_until, $2) WHERE session_id = $1",
-            session_id, last_index + 1)
+            session_id,
+            last_index + 1,
+        )
         return saved is not None
 
 
@@ -470,13 +596,16 @@ async def prepare_reembedding(pool: asyncpg.Pool, dim: int) -> None:
 
 async def memories_to_reembed(conn: asyncpg.Connection | asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, content FROM memory.memories WHERE embedding_next IS NULL ORDER BY id LIMIT $1", limit)
+        "SELECT id, content FROM memory.memories WHERE embedding_next IS NULL ORDER BY id LIMIT $1", limit
+    )
 
 
-async def store_reembedded(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[uuid.UUID],
-                           vectors: np.ndarray) -> None:
-    await conn.executemany("UPDATE memory.memories SET embedding_next = $2 WHERE id = $1",
-                           list(zip(ids, vectors, strict=True)))
+async def store_reembedded(
+    conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[uuid.UUID], vectors: np.ndarray
+) -> None:
+    await conn.executemany(
+        "UPDATE memory.memories SET embedding_next = $2 WHERE id = $1", list(zip(ids, vectors, strict=True))
+    )
 
 
 async def switch_embeddings(conn: asyncpg.Connection, model: str, dim: int) -> None:

@@ -5,6 +5,7 @@ window is summarized — by the `summarization` LLM task when configured (previo
 new messages), else `domain.extractive_summary` — and stored with its message range. Runs on the
 write path (IngestTurn, post-process), never on the reply path; a failed LLM call falls back.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,9 +44,11 @@ class SummarySettings:
 
     @classmethod
     def from_env(cls, env: Env) -> SummarySettings:
-        return cls(summarize_after=env.int("SUMMARIZE_AFTER_MESSAGES", 20, 1, 10_000),
-                   history_window=history_window(env),
-                   llm_timeout=env.float("MEMORY_LLM_TIMEOUT_SECS", 15.0, 0.1, 300.0))
+        return cls(
+            summarize_after=env.int("SUMMARIZE_AFTER_MESSAGES", 20, 1, 10_000),
+            history_window=history_window(env),
+            llm_timeout=env.float("MEMORY_LLM_TIMEOUT_SECS", 15.0, 0.1, 300.0),
+        )
 
 
 def _transcript_text(messages: list[tuple[str, str, str]]) -> str:
@@ -64,9 +67,12 @@ class SessionSummarizer:
         state = await store.summary_state(self.pool, session_id)
         if state is None:
             return False
-        window = domain.summary_window(state["message_count"], summarize_after=self.settings.summarize_after,
-                                       history_window=self.settings.history_window,
-                                       summarized_until=state["summarized_until"])
+        window = domain.summary_window(
+            state["message_count"],
+            summarize_after=self.settings.summarize_after,
+            history_window=self.settings.history_window,
+            summarized_until=state["summarized_until"],
+        )
         if window is None:
             return False
         messages = (await store.session_transcript(self.pool, session_id))[: window.stop]
@@ -74,20 +80,32 @@ class SessionSummarizer:
         content, method = await self._summarize(messages, previous, state["summarized_until"])
         if not content.strip():
             return False
-        return await store.save_summary(self.pool, session_id=session_id, user_id=state["user_id"], first_index=0,
-                                        last_index=len(messages) - 1, content=content, method=method)
+        return await store.save_summary(
+            self.pool,
+            session_id=session_id,
+            user_id=state["user_id"],
+            first_index=0,
+            last_index=len(messages) - 1,
+            content=content,
+            method=method,
+        )
 
-    async def _summarize(self, messages: list[tuple[str, str, str]], previous: asyncpg.Record | None,
-                         summarized_until: int) -> tuple[str, str]:
+    async def _summarize(
+        self, messages: list[tuple[str, str, str]], previous: asyncpg.Record | None, summarized_until: int
+    ) -> tuple[str, str]:
         if self.llm is not None:
-            new_part = messages[summarized_until if previous is not None else 0:]
-            prompt = (f"Previous summary:\n{previous['content'] if previous is not None else '(none)'}\n\n"
-                      f"New messages:\n{_transcript_text(new_part)}")
+            new_part = messages[summarized_until if previous is not None else 0 :]
+            prompt = (
+                f"Previous summary:\n{previous['content'] if previous is not None else '(none)'}\n\n"
+                f"New messages:\n{_transcript_text(new_part)}"
+            )
             try:
                 text, _, _ = await asyncio.wait_for(
-                    self.llm.complete([{"role": "system", "content": SUMMARY_INSTRUCTIONS},
-                                       {"role": "user", "content": prompt}]),
-                    self.settings.llm_timeout)
+                    self.llm.complete(
+                        [{"role": "system", "content": SUMMARY_INSTRUCTIONS}, {"role": "user", "content": prompt}]
+                    ),
+                    self.settings.llm_timeout,
+                )
                 if text.strip():
                     return text.strip()[: SUMMARY_MAX_CHARS * 2], "llm"
                 log.warning("summarization model returned nothing; using the extractive summary")

@@ -7,6 +7,7 @@ than DREAMING_CLAIM_STALE_SECS is free again (its worker crashed). The new turns
 one transaction that first checks the claim is still ours: two workers never both commit the same
 turns. The same loop purges memories soft-deleted more than MEMORY_PURGE_AFTER_DAYS ago.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,12 +39,14 @@ class DreamingSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> DreamingSettings:
-        return cls(tick_secs=env.float("DREAMING_TICK_SECS", 300.0, 0.01, 86_400.0),
-                   idle_secs=env.float("DREAMING_IDLE_SECS", 1800.0, 0.0, 30 * 86_400.0),
-                   claim_stale_secs=env.float("DREAMING_CLAIM_STALE_SECS", 600.0, 1.0, 86_400.0),
-                   disabled=env.bool("DREAMING_DISABLED", False),
-                   batch=env.int("DREAMING_BATCH", 20, 1, 1000),
-                   purge_after_days=env.float("MEMORY_PURGE_AFTER_DAYS", 30.0, 0.0, 3650.0))
+        return cls(
+            tick_secs=env.float("DREAMING_TICK_SECS", 300.0, 0.01, 86_400.0),
+            idle_secs=env.float("DREAMING_IDLE_SECS", 1800.0, 0.0, 30 * 86_400.0),
+            claim_stale_secs=env.float("DREAMING_CLAIM_STALE_SECS", 600.0, 1.0, 86_400.0),
+            disabled=env.bool("DREAMING_DISABLED", False),
+            batch=env.int("DREAMING_BATCH", 20, 1, 1000),
+            purge_after_days=env.float("MEMORY_PURGE_AFTER_DAYS", 30.0, 0.0, 3650.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,15 @@ class DistillResult:
 
 
 class DreamingSweeper:
-    def __init__(self, pool: asyncpg.Pool, embedder: Embedder, settings: DreamingSettings, *,
-                 merge_threshold: float, worker: str | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        embedder: Embedder,
+        settings: DreamingSettings,
+        *,
+        merge_threshold: float,
+        worker: str | None = None,
+    ) -> None:
         self.pool = pool
         self.embedder = embedder
         self.settings = settings
@@ -90,17 +100,26 @@ class DreamingSweeper:
             return TickReport(purged=purged)
         claims = await self.claim(now)
         results = [await self.distill(claim, token) for claim, token in claims]
-        return TickReport(claimed=len(claims), distilled=sum(r.status == "committed" for r in results),
-                          memories=sum(r.memories for r in results),
-                          lost_claims=sum(r.status == "lost" for r in results),
-                          failed=sum(r.status == "failed" for r in results), purged=purged)
+        return TickReport(
+            claimed=len(claims),
+            distilled=sum(r.status == "committed" for r in results),
+            memories=sum(r.memories for r in results),
+            lost_claims=sum(r.status == "lost" for r in results),
+            failed=sum(r.status == "failed" for r in results),
+            purged=purged,
+        )
 
     async def claim(self, now: datetime) -> list[tuple[asyncpg.Record, uuid.UUID]]:
         """Claim idle sessions (committed at once); each claim carries this tick's token."""
         token = uuid.uuid4()
-        rows = await store.claim_idle_sessions(self.pool, now=now, idle_secs=self.settings.idle_secs,
-                                               stale_secs=self.settings.claim_stale_secs,
-                                               limit=self.settings.batch, token=token)
+        rows = await store.claim_idle_sessions(
+            self.pool,
+            now=now,
+            idle_secs=self.settings.idle_secs,
+            stale_secs=self.settings.claim_stale_secs,
+            limit=self.settings.batch,
+            token=token,
+        )
         return [(row, token) for row in rows]
 
     async def distill(self, claim: asyncpg.Record, token: uuid.UUID) -> DistillResult:
@@ -112,9 +131,17 @@ class DreamingSweeper:
             turns = await store.turns_after(self.pool, session_id, from_seq, to_seq)
             memories = await self._memories(claim, turns)
             result = await store.commit_distillation(
-                self.pool, session_id=session_id, user_id=user_id, token=token, from_seq=from_seq, to_seq=to_seq,
-                memories=memories, model=self.embedder.model, merge_threshold=self.merge_threshold,
-                worker=self.worker)
+                self.pool,
+                session_id=session_id,
+                user_id=user_id,
+                token=token,
+                from_seq=from_seq,
+                to_seq=to_seq,
+                memories=memories,
+                model=self.embedder.model,
+                merge_threshold=self.merge_threshold,
+                worker=self.worker,
+            )
         except Exception:
             log.exception("distilling session %s failed; releasing the claim", session_id)
             await store.release_claim(self.pool, session_id, token)
@@ -141,8 +168,14 @@ class DreamingSweeper:
             store.NewMemory(
                 user_id=claim["user_id"],
                 instance_id=claim["instance_id"] if candidate.layer == "relationship" else None,
-                session_id=claim["session_id"], content=candidate.content, category=candidate.category,
-                importance=candidate.importance, embedding=vector, source_message_ids=sources,
-                occurred_at=max(occurred[s] for s in sources), metadata={"source": "dreaming"})
+                session_id=claim["session_id"],
+                content=candidate.content,
+                category=candidate.category,
+                importance=candidate.importance,
+                embedding=vector,
+                source_message_ids=sources,
+                occurred_at=max(occurred[s] for s in sources),
+                metadata={"source": "dreaming"},
+            )
             for (candidate, sources), vector in zip(distilled, vectors, strict=True)
         ]

@@ -11,6 +11,7 @@ ends with a question when the mood is curious.
 
 Pure: no I/O, no clock; every choice is seeded from a hash of the input.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,10 +112,21 @@ class Tone:
 
 
 # Phrases of the affinity attitude lines and the PDE turn styles (a line may be just the word).
-_COLD_MARKERS = (r"\bcold (?:toward|and short)\b|^cold$", r"\bbe cool\b", r"\bterse\b", r"\bdistant\b",
-                 r"\bkeeps? (?:your |their )?distance\b", r"\bnot (?:very )?interested\b|\buninterested\b")
-_WARM_MARKERS = (r"\baffectionate\b", r"\bbe warm\b|^warm$", r"\bfriendly toward\b|^friendly$",
-                 r"\bshares? secrets\b", r"\binside jokes\b")
+_COLD_MARKERS = (
+    r"\bcold (?:toward|and short)\b|^cold$",
+    r"\bbe cool\b",
+    r"\bterse\b",
+    r"\bdistant\b",
+    r"\bkeeps? (?:your |their )?distance\b",
+    r"\bnot (?:very )?interested\b|\buninterested\b",
+)
+_WARM_MARKERS = (
+    r"\baffectionate\b",
+    r"\bbe warm\b|^warm$",
+    r"\bfriendly toward\b|^friendly$",
+    r"\bshares? secrets\b",
+    r"\binside jokes\b",
+)
 
 
 def read_tone(brief: PromptBrief) -> Tone:
@@ -125,8 +137,11 @@ def read_tone(brief: PromptBrief) -> Tone:
     cold = sum(bool(re.search(marker, text, re.MULTILINE)) for marker in _COLD_MARKERS)
     warm = sum(bool(re.search(marker, text, re.MULTILINE)) for marker in _WARM_MARKERS)
     stated = re.search(r"\brelationship(?: label)?:\s*([a-z_]+)", text)
-    label = stated.group(1) if stated and stated.group(1) in _LABELS else next(
-        (name for name in _LABELS if re.search(rf"\b{name.replace('_', '[_ -]')}\b", text)), None)
+    label = (
+        stated.group(1)
+        if stated and stated.group(1) in _LABELS
+        else next((name for name in _LABELS if re.search(rf"\b{name.replace('_', '[_ -]')}\b", text)), None)
+    )
     if label in ("romantic", "friend") and cold == 0:
         warm += 1
     register: Register = "cold" if cold > warm else "warm" if warm > cold else "neutral"
@@ -141,13 +156,47 @@ def read_tone(brief: PromptBrief) -> Tone:
 # --- talking about the user ---------------------------------------------------------------------
 
 _REFLECT = {
-    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
-    "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd",
-    "your": "my", "yours": "mine", "yourself": "myself", "you're": "I'm", "you've": "I've",
-    "you'll": "I'll", "you'd": "I'd",
+    "i": "you",
+    "me": "you",
+    "my": "your",
+    "mine": "yours",
+    "myself": "yourself",
+    "am": "are",
+    "i'm": "you're",
+    "i've": "you've",
+    "i'll": "you'll",
+    "i'd": "you'd",
+    "your": "my",
+    "yours": "mine",
+    "yourself": "myself",
+    "you're": "I'm",
+    "you've": "I've",
+    "you'll": "I'll",
+    "you'd": "I'd",
 }
-_SUBJECT_CONTEXT = {"do", "did", "does", "can", "could", "will", "would", "should", "are", "were",
-                    "have", "has", "and", "but", "if", "when", "because", "so", "that", "as", "than"}
+_SUBJECT_CONTEXT = {
+    "do",
+    "did",
+    "does",
+    "can",
+    "could",
+    "will",
+    "would",
+    "should",
+    "are",
+    "were",
+    "have",
+    "has",
+    "and",
+    "but",
+    "if",
+    "when",
+    "because",
+    "so",
+    "that",
+    "as",
+    "than",
+}
 _WORD_OR_GAP = re.compile(r"[A-Za-z']+|[^A-Za-z']+")
 
 
@@ -173,11 +222,38 @@ def reflect_pronouns(text: str) -> str:
     return "".join(out)
 
 
-_IRREGULAR = {"is": "are", "was": "were", "has": "have", "does": "do", "goes": "go", "doesn't": "don't",
-              "isn't": "aren't", "wasn't": "weren't", "hasn't": "haven't"}
+_IRREGULAR = {
+    "is": "are",
+    "was": "were",
+    "has": "have",
+    "does": "do",
+    "goes": "go",
+    "doesn't": "don't",
+    "isn't": "aren't",
+    "wasn't": "weren't",
+    "hasn't": "haven't",
+}
 _ADVERBS = {"always", "never", "often", "sometimes", "still", "also", "usually", "recently", "once", "just"}
-_SUBJECTLESS_VERBS = {"lives", "works", "likes", "loves", "has", "is", "enjoys", "hates", "plays",
-                      "studies", "wants", "prefers", "owns", "goes", "speaks", "moved", "grew", "was"}
+_SUBJECTLESS_VERBS = {
+    "lives",
+    "works",
+    "likes",
+    "loves",
+    "has",
+    "is",
+    "enjoys",
+    "hates",
+    "plays",
+    "studies",
+    "wants",
+    "prefers",
+    "owns",
+    "goes",
+    "speaks",
+    "moved",
+    "grew",
+    "was",
+}
 _USER_POSSESSIVE = re.compile(r"\b(?:the user|user)'s\b", re.IGNORECASE)
 _USER_SUBJECT = re.compile(r"\b(?:the user|user)\b", re.IGNORECASE)
 _USER_AND_VERB = re.compile(
@@ -186,11 +262,19 @@ _USER_AND_VERB = re.compile(
 _PERSONA_POSSESSIVE = re.compile(r"\bthe persona's\b", re.IGNORECASE)
 _PERSONA = re.compile(r"\bthe persona\b", re.IGNORECASE)
 # Memory kinds written by the memory service's rule-based extraction (memory.md).
-_MEMORY_PREFIXES = ((re.compile(r"^plan made together:\s*", re.IGNORECASE), "we made a plan: "),
-                    (re.compile(r"^open question from (?:the )?user:\s*", re.IGNORECASE), "you asked me "))
+_MEMORY_PREFIXES = (
+    (re.compile(r"^plan made together:\s*", re.IGNORECASE), "we made a plan: "),
+    (re.compile(r"^open question from (?:the )?user:\s*", re.IGNORECASE), "you asked me "),
+)
 # `[user_profile]` lines rendered by insight ("- City: Lisbon"), by lower-cased label.
-_PROFILE_PHRASES = {"city": "you live in {}", "location": "you live in {}", "lives in": "you live in {}",
-                    "hometown": "you're from {}", "interests": "you're into {}", "hobbies": "you're into {}"}
+_PROFILE_PHRASES = {
+    "city": "you live in {}",
+    "location": "you live in {}",
+    "lives in": "you live in {}",
+    "hometown": "you're from {}",
+    "interests": "you're into {}",
+    "hobbies": "you're into {}",
+}
 
 
 def _second_person_verb(word: str) -> str:
@@ -261,7 +345,7 @@ def _strip_metadata(text: str) -> str:
 def _lower_function_word(text: str) -> str:
     first = text.split(" ", 1)[0]
     if first in ("The", "A", "An", "We", "It", "Our", "She", "He", "His", "Her", "There"):
-        return first.lower() + text[len(first):]
+        return first.lower() + text[len(first) :]
     return text
 
 
@@ -375,9 +459,15 @@ def _opening(turn: _Turn) -> str:
         return "I'm listening"
     echo = echo[0].upper() + echo[1:]
     if turn.intent == "question":
-        reaction = "wouldn't you like to know" if tone.teasing else {
-            "cold": "hardly matters", "neutral": "let me think about that", "warm": "I love that you asked",
-        }[register]
+        reaction = (
+            "wouldn't you like to know"
+            if tone.teasing
+            else {
+                "cold": "hardly matters",
+                "neutral": "let me think about that",
+                "warm": "I love that you asked",
+            }[register]
+        )
         return f"{echo}, {reaction}"
     if tone.teasing:
         return f"{echo}, huh"
@@ -440,18 +530,48 @@ def _question(turn: _Turn) -> str:
     }
     if turn.tone.teasing:
         return "Are you going to make me ask twice?"
-    return turn.pick(by_intent.get(turn.intent, (
-        "What happened next?", "How did that feel?", "What made you think of that?",
-        f"What's on your mind {daypart}?",
-    )))
+    return turn.pick(
+        by_intent.get(
+            turn.intent,
+            (
+                "What happened next?",
+                "How did that feel?",
+                "What made you think of that?",
+                f"What's on your mind {daypart}?",
+            ),
+        )
+    )
 
 
 def _lower_first(text: str) -> str:
     return text if text.startswith(("I ", "I'")) else text[:1].lower() + text[1:]
 
 
-_STOPWORDS = {"the", "and", "you", "your", "user", "that", "this", "with", "have", "was", "are", "for",
-              "but", "not", "what", "about", "how", "they", "their", "had", "has", "just", "from"}
+_STOPWORDS = {
+    "the",
+    "and",
+    "you",
+    "your",
+    "user",
+    "that",
+    "this",
+    "with",
+    "have",
+    "was",
+    "are",
+    "for",
+    "but",
+    "not",
+    "what",
+    "about",
+    "how",
+    "they",
+    "their",
+    "had",
+    "has",
+    "just",
+    "from",
+}
 
 
 def _content_words(text: str) -> set[str]:
@@ -469,7 +589,8 @@ def compose_reply(messages: list[dict[str, Any]], model: str) -> str:
     tone = read_tone(brief)
     last_user = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
     memories = tuple(
-        line for line in brief.lines("shared_memories") + brief.lines("user_profile")
+        line
+        for line in brief.lines("shared_memories") + brief.lines("user_profile")
         if not re.match(r"^(training[ _]level|confidence)\b", _strip_bullet(line), re.IGNORECASE)
     )
     rng = random.Random(_seed(messages, model))

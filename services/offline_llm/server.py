@@ -12,6 +12,7 @@ Wire format follows the OpenAI API, so the real `openai.AsyncOpenAI` client pars
 word-by-word content deltas, a chunk with `finish_reason`, a usage chunk when
 `stream_options.include_usage` is true, then `data: [DONE]`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import uvicorn
-
-from services.servicekit.http_runtime import serve_asgi
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -37,6 +36,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from services.offline_llm.responder import OFFLINE_MODEL_ID, asks_for_json, compose_json_reply, compose_reply
+from services.servicekit.http_runtime import serve_asgi
 
 ScriptKind = Literal["reply", "fail", "stall", "cut", "empty", "invalid_json", "json"]
 NOT_JSON_TEXT = "Sure! Here is what you asked for: {action: reply, tone: warm"
@@ -151,9 +151,12 @@ def build_llm_app(mode: Literal["offline", "script"], script: LlmScript | None =
 
     async def list_models(request: Request) -> JSONResponse:
         ids = [OFFLINE_MODEL_ID] + (active_script.scripted_models if active_script else [])
-        return JSONResponse({"object": "list", "data": [
-            {"id": model_id, "object": "model", "created": 0, "owned_by": "rapport"} for model_id in ids
-        ]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "rapport"} for model_id in ids],
+            }
+        )
 
     async def chat_completions(request: Request) -> Response:
         try:
@@ -167,12 +170,14 @@ def build_llm_app(mode: Literal["offline", "script"], script: LlmScript | None =
             return _error_response(400, "'messages' must be a non-empty list of objects.", param="messages")
         model = body["model"]
         if active_script is not None:
-            active_script.record(RecordedRequest(
-                model=model,
-                messages=messages,
-                params={k: v for k, v in body.items() if k not in ("model", "messages")},
-                headers={name.lower(): value for name, value in request.headers.items()},
-            ))
+            active_script.record(
+                RecordedRequest(
+                    model=model,
+                    messages=messages,
+                    params={k: v for k, v in body.items() if k not in ("model", "messages")},
+                    headers={name.lower(): value for name, value in request.headers.items()},
+                )
+            )
         scripted = active_script.take(model) if active_script else None
         if scripted is None:
             return _answer(body, _offline_text(body), OFFLINE_MODEL_ID, ScriptedResponse())
@@ -184,10 +189,12 @@ def build_llm_app(mode: Literal["offline", "script"], script: LlmScript | None =
             return Response(status_code=499)  # the client hung up; nobody reads this
         return _answer(body, _scripted_text(scripted, body), model, scripted, active_script)
 
-    return Starlette(routes=[
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        ]
+    )
 
 
 def _offline_text(body: dict[str, Any]) -> str:
@@ -240,8 +247,7 @@ class _Completion:
     usage: dict[str, int]
 
     def envelope(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
-                "system_fingerprint": None}
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "system_fingerprint": None}
 
     @property
     def content(self) -> str:
@@ -265,22 +271,29 @@ def _completion_for(body: dict[str, Any], text: str, model: str) -> _Completion:
         model=model,
         pieces=pieces,
         finish_reason=finish_reason,
-        usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-               "total_tokens": prompt_tokens + completion_tokens},
+        usage={
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     )
 
 
 def _completion_object(completion: _Completion) -> dict[str, Any]:
     return completion.envelope("chat.completion") | {
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.content,
-                                             "refusal": None},
-                     "logprobs": None, "finish_reason": completion.finish_reason}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": completion.finish_reason,
+            }
+        ],
         "usage": completion.usage,
     }
 
 
-def _chunk(completion: _Completion, delta: dict[str, Any], finish_reason: str | None,
-           with_usage_field: bool) -> bytes:
+def _chunk(completion: _Completion, delta: dict[str, Any], finish_reason: str | None, with_usage_field: bool) -> bytes:
     chunk = completion.envelope("chat.completion.chunk") | {
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
@@ -311,23 +324,26 @@ def _closing_chunks(completion: _Completion, include_usage: bool) -> Iterator[by
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _answer(body: dict[str, Any], text: str, model: str, scripted: ScriptedResponse,
-            script: LlmScript | None = None) -> Response:
+def _answer(
+    body: dict[str, Any], text: str, model: str, scripted: ScriptedResponse, script: LlmScript | None = None
+) -> Response:
     """The completion as JSON or as an SSE stream, shaped by the scripted kind (cut / stall)."""
     completion = _completion_for(body, text, model)
     if not body.get("stream"):
         payload = json.dumps(_completion_object(completion)).encode()
         if scripted.kind == "cut":
             return _AbruptlyClosedResponse(
-                [payload[: len(payload) // 2]], "application/json", {"content-length": str(len(payload))})
+                [payload[: len(payload) // 2]], "application/json", {"content-length": str(len(payload))}
+            )
         return Response(payload, media_type="application/json")
 
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     content = list(_content_chunks(completion, include_usage))
     role_and_words = 1 + scripted.after_chunks
     if scripted.kind == "cut":
-        return _AbruptlyClosedResponse(content[:role_and_words], "text/event-stream", SSE_HEADERS,
-                                       scripted.per_chunk_delay)
+        return _AbruptlyClosedResponse(
+            content[:role_and_words], "text/event-stream", SSE_HEADERS, scripted.per_chunk_delay
+        )
 
     async def stream() -> AsyncIterator[bytes]:
         for index, chunk in enumerate(content + list(_closing_chunks(completion, include_usage))):
@@ -345,8 +361,9 @@ class _AbruptlyClosedResponse(Response):
     closes the connection mid-message, as an upstream that dies mid-generation does. (uvicorn logs
     "ASGI callable returned without completing response." — that is the point.)"""
 
-    def __init__(self, chunks: list[bytes], media_type: str, headers: dict[str, str],
-                 per_chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self, chunks: list[bytes], media_type: str, headers: dict[str, str], per_chunk_delay: float = 0.0
+    ) -> None:
         self.status_code = 200
         self.background = None
         self.raw_headers = [(b"content-type", media_type.encode("latin-1"))] + [
@@ -363,12 +380,19 @@ class _AbruptlyClosedResponse(Response):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 408: "timeout", 429: "rate_limit_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout",
+    429: "rate_limit_error",
+}
 
 
-def _error_response(status: int, message: str | None, param: str | None = None,
-                    retry_after: float | None = None) -> JSONResponse:
+def _error_response(
+    status: int, message: str | None, param: str | None = None, retry_after: float | None = None
+) -> JSONResponse:
     """An OpenAI-style error body `{"error": {message, type, param, code}}` (code as OpenRouter
     sends it: the HTTP status)."""
     error_type = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
@@ -376,8 +400,14 @@ def _error_response(status: int, message: str | None, param: str | None = None,
     if retry_after is not None:
         headers = {"retry-after": str(math.ceil(retry_after)), "retry-after-ms": str(int(retry_after * 1000))}
     return JSONResponse(
-        {"error": {"message": message or f"Scripted upstream error ({status}).", "type": error_type,
-                   "param": param, "code": status}},
+        {
+            "error": {
+                "message": message or f"Scripted upstream error ({status}).",
+                "type": error_type,
+                "param": param,
+                "code": status,
+            }
+        },
         status_code=status,
         headers=headers,
     )

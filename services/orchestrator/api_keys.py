@@ -4,6 +4,7 @@ A key is `rk_` + 32 random url-safe characters (192 bits), shown once. Only its 
 slow password hash buys nothing for a high-entropy secret), with a short prefix for listings. The
 gateway asks `VerifyApiKey` and caches the answer briefly, so a revoke takes effect within that TTL.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,14 +53,20 @@ async def create_api_key(pool: asyncpg.Pool, user_id: uuid.UUID, name: str = "")
     row = await pool.fetchrow(
         """INSERT INTO chat.api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4)
            RETURNING id, user_id, name, prefix, created_at, last_used_at, revoked_at""",
-        user_id, name, key[:len(KEY_PREFIX) + DISPLAY_CHARS], key_hash(key))
+        user_id,
+        name,
+        key[: len(KEY_PREFIX) + DISPLAY_CHARS],
+        key_hash(key),
+    )
     return key, ApiKeyInfo(**dict(row))
 
 
 async def list_api_keys(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[ApiKeyInfo]:
     rows = await pool.fetch(
         """SELECT id, user_id, name, prefix, created_at, last_used_at, revoked_at FROM chat.api_keys
-           WHERE user_id = $1 ORDER BY created_at, id""", user_id)
+           WHERE user_id = $1 ORDER BY created_at, id""",
+        user_id,
+    )
     return [ApiKeyInfo(**dict(row)) for row in rows]
 
 
@@ -67,7 +74,9 @@ async def revoke_api_key(pool: asyncpg.Pool, key_id: uuid.UUID) -> ApiKeyInfo | 
     """Revoke a key (idempotent: the first revocation time is kept); None when there is no such key."""
     row = await pool.fetchrow(
         """UPDATE chat.api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
-           RETURNING id, user_id, name, prefix, created_at, last_used_at, revoked_at""", key_id)
+           RETURNING id, user_id, name, prefix, created_at, last_used_at, revoked_at""",
+        key_id,
+    )
     return ApiKeyInfo(**dict(row)) if row else None
 
 
@@ -77,5 +86,7 @@ async def verify_api_key(pool: asyncpg.Pool, key: str) -> tuple[uuid.UUID, uuid.
         return None
     row = await pool.fetchrow(
         """UPDATE chat.api_keys SET last_used_at = now() WHERE key_hash = $1 AND revoked_at IS NULL
-           RETURNING user_id, id""", key_hash(key))
+           RETURNING user_id, id""",
+        key_hash(key),
+    )
     return (row["user_id"], row["id"]) if row else None

@@ -14,6 +14,7 @@ the first chunk with text; gateway: the first `delta` frame). Engine-added = gat
 p50 and at p99. Turns/s counts whole turns (to `final`) over the measured window. Every user line
 is unique, so no cache (e.g. the query-embedding cache) flatters the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,9 +53,23 @@ SATURATED = 0.7  # share of the CPU-bound turn rate from which a level counts as
 HISTORY_MESSAGES = 20  # what the engine keeps in the prompt; the direct baseline mirrors it
 TURN_TIMEOUT = 120.0
 # Variables that would point the bench at something other than its own local stack.
-FOREIGN_ENV = ("DATABASE_URL", "OPENROUTER_API_KEY", "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "LLM_OFFLINE",
-               "SUPABASE_JWT_SECRET", "SUPABASE_URL", "SUPABASE_JWKS_URL", "JWT_AUDIENCE", "RAPPORT_HOME",
-               "ORCHESTRATOR_ADDR", "AFFINITY_ADDR", "MEMORY_ADDR", "INSIGHT_ADDR")
+FOREIGN_ENV = (
+    "DATABASE_URL",
+    "OPENROUTER_API_KEY",
+    "LLM_BASE_URL",
+    "LLM_API_KEY",
+    "LLM_MODEL",
+    "LLM_OFFLINE",
+    "SUPABASE_JWT_SECRET",
+    "SUPABASE_URL",
+    "SUPABASE_JWKS_URL",
+    "JWT_AUDIENCE",
+    "RAPPORT_HOME",
+    "ORCHESTRATOR_ADDR",
+    "AFFINITY_ADDR",
+    "MEMORY_ADDR",
+    "INSIGHT_ADDR",
+)
 USER_LINES = (
     "I went hiking this weekend and saw a fox near the lake",
     "Work was exhausting today, my manager moved the deadline again",
@@ -87,6 +102,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 # ---- what is measured ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BenchTarget:
@@ -188,6 +204,7 @@ class BenchReport:
 
 # ---- the two paths ---------------------------------------------------------------------------
 
+
 class ChatSession(Protocol):
     async def send(self, text: str) -> TurnOutcome: ...
 
@@ -206,15 +223,23 @@ class DirectSession:
     history: list[dict[str, str]] = field(default_factory=list)
 
     async def send(self, text: str) -> TurnOutcome:
-        messages = [{"role": "system", "content": self.system_prompt}, *self.history[-HISTORY_MESSAGES:],
-                    {"role": "user", "content": text}]
+        messages = [
+            {"role": "system", "content": self.system_prompt},
+            *self.history[-HISTORY_MESSAGES:],
+            {"role": "user", "content": text},
+        ]
         started = time.perf_counter()
         ttft: float | None = None
         reply: list[str] = []
         try:
             stream = await self.llm.chat.completions.create(
-                model=self.model, messages=messages, stream=True,  # type: ignore[arg-type]
-                stream_options={"include_usage": True}, max_tokens=400, temperature=0.85)
+                model=self.model,
+                messages=messages,
+                stream=True,  # type: ignore[arg-type]
+                stream_options={"include_usage": True},
+                max_tokens=400,
+                temperature=0.85,
+            )
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     if ttft is None:
@@ -241,8 +266,9 @@ class GatewaySession:
         ghost = finished = False
         degraded: tuple[str, ...] = ()
         try:
-            async with self.client.stream("POST", f"/comp/chat/{self.session_id}/message/stream", json=body,
-                                          headers=self.headers) as response:
+            async with self.client.stream(
+                "POST", f"/comp/chat/{self.session_id}/message/stream", json=body, headers=self.headers
+            ) as response:
                 if response.status_code != 200:
                     await response.aread()
                     return TurnOutcome(error=f"HTTP {response.status_code}: {response.text[:200]}")
@@ -267,8 +293,9 @@ class GatewaySession:
         return TurnOutcome(ttft_ms=ttft, ghost=ghost, degraded=degraded)
 
 
-async def open_gateway_sessions(client: httpx.AsyncClient, target: BenchTarget, count: int
-                                ) -> tuple[list[GatewaySession], list[str]]:
+async def open_gateway_sessions(
+    client: httpx.AsyncClient, target: BenchTarget, count: int
+) -> tuple[list[GatewaySession], list[str]]:
     """`count` new users, each with a session with the first persona → (sessions, user ids)."""
     users = [uuid.uuid4() for _ in range(count)]
     limit = asyncio.Semaphore(8)
@@ -278,8 +305,9 @@ async def open_gateway_sessions(client: httpx.AsyncClient, target: BenchTarget, 
         async with limit:
             personas = await client.get("/comp/personas", headers=headers)
             personas.raise_for_status()
-            started = await client.post("/comp/chat/start", json={"persona_id": personas.json()[0]["id"]},
-                                        headers=headers)
+            started = await client.post(
+                "/comp/chat/start", json={"persona_id": personas.json()[0]["id"]}, headers=headers
+            )
             started.raise_for_status()
         return GatewaySession(client, started.json()["session_id"], headers)
 
@@ -296,8 +324,10 @@ async def first_persona_prompt(database_url: str) -> str:
     finally:
         await conn.close()
     now = datetime.now(UTC).strftime("%A %Y-%m-%d %H:%M UTC")
-    return (f"{prompt or ''}\n\n[mood]\nYou feel at ease and curious about them.\n\n[now]\n{now}\n\n"
-            "Stay in character. Plain text. Keep to a single beat, leave room for the other person.")
+    return (
+        f"{prompt or ''}\n\n[mood]\nYou feel at ease and curious about them.\n\n[now]\n{now}\n\n"
+        "Stay in character. Plain text. Keep to a single beat, leave room for the other person."
+    )
 
 
 async def drive(sessions: Sequence[ChatSession], warmup: int, turns: int) -> PathFigures:
@@ -334,7 +364,9 @@ async def post_process_lag(database_url: str, user_ids: Sequence[str], timeout: 
                           count(*) FILTER (WHERE status = 'dead') AS dead,
                           percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM done_at - created_at))
                               FILTER (WHERE status = 'done') AS p95
-                   FROM chat.outbox WHERE payload->>'user_id' = ANY($1::text[])""", list(user_ids))
+                   FROM chat.outbox WHERE payload->>'user_id' = ANY($1::text[])""",
+                list(user_ids),
+            )
             if row["pending"] == 0 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
@@ -382,8 +414,9 @@ def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
     return usage
 
 
-async def measure_level(target: BenchTarget, sessions: int, turns: int, warmup: int,
-                        drain_timeout: float = 120.0) -> LevelResult:
+async def measure_level(
+    target: BenchTarget, sessions: int, turns: int, warmup: int, drain_timeout: float = 120.0
+) -> LevelResult:
     """Direct, then gateway, then the post-process of the gateway turns, at `sessions` in flight."""
     timeout = httpx.Timeout(TURN_TIMEOUT, connect=10.0)
     system_prompt = await first_persona_prompt(target.database_url)
@@ -391,8 +424,9 @@ async def measure_level(target: BenchTarget, sessions: int, turns: int, warmup: 
         llm = openai.AsyncOpenAI(base_url=target.llm_base_url, api_key="bench", max_retries=0, http_client=llm_http)
         direct = await drive([DirectSession(llm, target.model, system_prompt) for _ in range(sessions)], warmup, turns)
     cpu_before = cpu_seconds(target.pids) if target.pids else None
-    async with httpx.AsyncClient(base_url=target.gateway_url, limits=_client_limits(sessions),
-                                 timeout=timeout) as client:
+    async with httpx.AsyncClient(
+        base_url=target.gateway_url, limits=_client_limits(sessions), timeout=timeout
+    ) as client:
         chats, users = await open_gateway_sessions(client, target, sessions)
         gateway = await drive(chats, warmup, turns)
     lag = await post_process_lag(target.database_url, users, drain_timeout)
@@ -404,9 +438,14 @@ async def measure_level(target: BenchTarget, sessions: int, turns: int, warmup: 
     return LevelResult(sessions=sessions, direct=direct, gateway=gateway, lag=lag, cpu_ms_per_turn=cpu)
 
 
-async def run_bench(target: BenchTarget, levels: Sequence[int], turns: int, warmup: int,
-                    drain_timeout: float = 120.0, progress: Callable[[str], None] = lambda line: None
-                    ) -> BenchReport:
+async def run_bench(
+    target: BenchTarget,
+    levels: Sequence[int],
+    turns: int,
+    warmup: int,
+    drain_timeout: float = 120.0,
+    progress: Callable[[str], None] = lambda line: None,
+) -> BenchReport:
     started = time.perf_counter()
     busy_before = (machine_busy_seconds(), sum(cpu_seconds(target.pids).values())) if target.pids else None
     report = BenchReport(turns=turns, warmup=warmup, levels=[])
@@ -425,6 +464,7 @@ async def run_bench(target: BenchTarget, levels: Sequence[int], turns: int, warm
 
 # ---- the report ------------------------------------------------------------------------------
 
+
 def _ms(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.1f}"
 
@@ -435,13 +475,27 @@ def _signed_ms(value: float) -> str:
 
 def level_line(level: LevelResult) -> str:
     g, d = level.gateway, level.direct
-    return (f"TTFT p50 direct {_ms(d.p50)} ms, gateway {_ms(g.p50)} ms (added {_signed_ms(level.added_p50)}); "
-            f"p99 direct {_ms(d.p99)}, gateway {_ms(g.p99)} (added {_signed_ms(level.added_p99)}); "
-            f"{g.turns_per_second:.1f} turns/s; errors {g.errors + d.errors}; degraded {sum(g.degraded.values())}")
+    return (
+        f"TTFT p50 direct {_ms(d.p50)} ms, gateway {_ms(g.p50)} ms (added {_signed_ms(level.added_p50)}); "
+        f"p99 direct {_ms(d.p99)}, gateway {_ms(g.p99)} (added {_signed_ms(level.added_p99)}); "
+        f"{g.turns_per_second:.1f} turns/s; errors {g.errors + d.errors}; degraded {sum(g.degraded.values())}"
+    )
 
 
-TABLE_HEADER = ("sessions", "measured turns", "direct p50", "direct p99", "gateway p50", "gateway p99",
-                "added p50", "added p99", "turns/s (gateway)", "turns/s (direct)", "post-process lag p95", "errors")
+TABLE_HEADER = (
+    "sessions",
+    "measured turns",
+    "direct p50",
+    "direct p99",
+    "gateway p50",
+    "gateway p99",
+    "added p50",
+    "added p99",
+    "turns/s (gateway)",
+    "turns/s (direct)",
+    "post-process lag p95",
+    "errors",
+)
 
 
 def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
@@ -451,11 +505,22 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
         lag_text = "–" if lag is None or lag.p95_ms is None else f"{lag.p95_ms:.0f} ms"
         if lag is not None and (lag.pending or lag.dead):
             lag_text += f" ({lag.pending} pending, {lag.dead} dead)"
-        rows.append((str(level.sessions), str(level.gateway.turns), _ms(level.direct.p50), _ms(level.direct.p99),
-                     _ms(level.gateway.p50), _ms(level.gateway.p99), _signed_ms(level.added_p50),
-                     _signed_ms(level.added_p99), f"{level.gateway.turns_per_second:.1f}",
-                     f"{level.direct.turns_per_second:.1f}", lag_text,
-                     str(level.gateway.errors + level.direct.errors)))
+        rows.append(
+            (
+                str(level.sessions),
+                str(level.gateway.turns),
+                _ms(level.direct.p50),
+                _ms(level.direct.p99),
+                _ms(level.gateway.p50),
+                _ms(level.gateway.p99),
+                _signed_ms(level.added_p50),
+                _signed_ms(level.added_p99),
+                f"{level.gateway.turns_per_second:.1f}",
+                f"{level.direct.turns_per_second:.1f}",
+                lag_text,
+                str(level.gateway.errors + level.direct.errors),
+            )
+        )
     return rows
 
 
@@ -468,8 +533,7 @@ def cpu_rows(report: BenchReport) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [("sessions", *names, "total")]
     for level in levels:
         cpu = level.cpu_ms_per_turn or {}
-        rows.append((str(level.sessions), *(f"{cpu.get(name, 0.0):.1f}" for name in names),
-                     f"{sum(cpu.values()):.1f}"))
+        rows.append((str(level.sessions), *(f"{cpu.get(name, 0.0):.1f}" for name in names), f"{sum(cpu.values()):.1f}"))
     return rows
 
 
@@ -481,8 +545,11 @@ def _aligned(rows: Sequence[tuple[str, ...]]) -> str:
 
 
 def _markdown(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    return ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---:" for _ in rows[0]) + "|",
-            *("| " + " | ".join(row) + " |" for row in rows[1:])]
+    return [
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + "|".join("---:" for _ in rows[0]) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows[1:]),
+    ]
 
 
 def render_table(report: BenchReport) -> str:
@@ -505,21 +572,27 @@ def capacity_note(report: BenchReport, cpus: int) -> str:
         return ""
     limit = cpus * 1000 / total
     heaviest = max(cpu, key=lambda name: cpu[name])
-    note = (f"At {count_sessions(busiest.sessions)} a turn costs {total:.0f} ms of CPU across all processes "
-            f"({heaviest}: {cpu[heaviest]:.0f} ms), so {cpus} CPUs serve at most {limit:.1f} turns/s")
+    note = (
+        f"At {count_sessions(busiest.sessions)} a turn costs {total:.0f} ms of CPU across all processes "
+        f"({heaviest}: {cpu[heaviest]:.0f} ms), so {cpus} CPUs serve at most {limit:.1f} turns/s"
+    )
     if (report.foreign_cpu_share or 0) >= 0.05:  # what other processes took was not available to the stack
         limit *= 1 - report.foreign_cpu_share
         note += f" ({limit:.1f} with the CPU time other processes took during this run)"
     note += "."
     goal, single = report.level(GOAL_SESSIONS), report.level(1)
     if goal is not None and goal.gateway.turns_per_second >= SATURATED * limit:
-        note += (f" At {GOAL_SESSIONS} sessions the stack already ran at {goal.gateway.turns_per_second:.1f} "
-                 "turns/s: each session sends its next turn the moment the last one ends and the offline LLM "
-                 "answers at once, so the CPUs are saturated and TTFT there is mostly queueing.")
+        note += (
+            f" At {GOAL_SESSIONS} sessions the stack already ran at {goal.gateway.turns_per_second:.1f} "
+            "turns/s: each session sends its next turn the moment the last one ends and the offline LLM "
+            "answers at once, so the CPUs are saturated and TTFT there is mostly queueing."
+        )
         if single is not None:
-            note += (" The 1-session row is what the engine adds without waiting for a CPU: "
-                     f"{_signed_ms(single.added_p50)} ms at p50 (the previous turn's post-process still runs "
-                     "alongside).")
+            note += (
+                " The 1-session row is what the engine adds without waiting for a CPU: "
+                f"{_signed_ms(single.added_p50)} ms at p50 (the previous turn's post-process still runs "
+                "alongside)."
+            )
     return note
 
 
@@ -530,7 +603,9 @@ def lag_verdict(report: BenchReport) -> str:
         if level.lag is None or level.lag.p95_ms is None:
             continue
         met = level.lag.p95_ms <= GOAL_LAG_P95_MS and not level.lag.pending
-        parts.append(f"{'met' if met else 'missed'} at {count_sessions(level.sessions)} ({level.lag.p95_ms / 1000:.2f} s)")
+        parts.append(
+            f"{'met' if met else 'missed'} at {count_sessions(level.sessions)} ({level.lag.p95_ms / 1000:.2f} s)"
+        )
     return "; ".join(parts) or "not measured"
 
 
@@ -541,9 +616,11 @@ def goal_verdict(report: BenchReport) -> str:
     p50_ok = level.added_p50 <= GOAL_ADDED_P50_MS
     p99_ok = level.added_p99 <= GOAL_ADDED_P99_MS
     verdict = "**met**" if p50_ok and p99_ok else "**not met**"
-    return (f"{verdict}: added p50 {_signed_ms(level.added_p50)} ms (goal ≤ {GOAL_ADDED_P50_MS:.0f}, "
-            f"{'ok' if p50_ok else 'missed'}), added p99 {_signed_ms(level.added_p99)} ms "
-            f"(goal ≤ {GOAL_ADDED_P99_MS:.0f}, {'ok' if p99_ok else 'missed'})")
+    return (
+        f"{verdict}: added p50 {_signed_ms(level.added_p50)} ms (goal ≤ {GOAL_ADDED_P50_MS:.0f}, "
+        f"{'ok' if p50_ok else 'missed'}), added p99 {_signed_ms(level.added_p99)} ms "
+        f"(goal ≤ {GOAL_ADDED_P99_MS:.0f}, {'ok' if p99_ok else 'missed'})"
+    )
 
 
 def machine_description() -> dict[str, str]:
@@ -561,10 +638,15 @@ def machine_description() -> dict[str, str]:
                 break
     except OSError:
         pass
-    return {"nproc": str(_cpu_count()), "cpu": cpu_model, "ram": memory, "os": platform.platform(terse=True),
-            "python": platform.python_version(),
-            "postgres": "embedded PostgreSQL, fsync " + ("off" if os.environ.get("RAPPORT_PG_FSYNC_OFF") else "on"),
-            "load": f"{os.getloadavg()[0]:.1f}"}
+    return {
+        "nproc": str(_cpu_count()),
+        "cpu": cpu_model,
+        "ram": memory,
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "postgres": "embedded PostgreSQL, fsync " + ("off" if os.environ.get("RAPPORT_PG_FSYNC_OFF") else "on"),
+        "load": f"{os.getloadavg()[0]:.1f}",
+    }
 
 
 def _foreign_note(report: BenchReport) -> str:
@@ -580,56 +662,95 @@ def render_section(report: BenchReport, machine: dict[str, str], command: str, w
     for level in report.levels:
         for name, path in (("direct", level.direct), ("gateway", level.gateway)):
             if path.errors:
-                notes.append(f"- {count_sessions(level.sessions)}, {name}: {path.errors} failed turns "
-                             f"(first: {path.first_error})")
+                notes.append(
+                    f"- {count_sessions(level.sessions)}, {name}: {path.errors} failed turns "
+                    f"(first: {path.first_error})"
+                )
         if level.gateway.ghosts:
-            notes.append(f"- {count_sessions(level.sessions)}: {level.gateway.ghosts} ghosted turns (no delta, not in TTFT)")
+            notes.append(
+                f"- {count_sessions(level.sessions)}: {level.gateway.ghosts} ghosted turns (no delta, not in TTFT)"
+            )
         if level.gateway.degraded:
             missing = ", ".join(f"{count} without {name}" for name, count in level.gateway.degraded.most_common())
-            notes.append(f"- {count_sessions(level.sessions)}: degraded turns, answered without a service that did "
-                         f"not reply within the orchestrator's read timeout (`final.degraded`): {missing}")
+            notes.append(
+                f"- {count_sessions(level.sessions)}: degraded turns, answered without a service that did "
+                f"not reply within the orchestrator's read timeout (`final.degraded`): {missing}"
+            )
     lines = [
         SECTION_TITLE,
         "",
         f"Measured by `rapport bench turn` on {when:%Y-%m-%d %H:%M} UTC in {report.seconds:.0f} s.",
         "",
-        (f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['ram']} RAM, {machine['os']}, "
-        f"Python {machine['python']}, {machine['postgres']}. The bench client, Postgres, the offline LLM "
-        "server, the four services and the gateway all share these CPUs; the 1-minute load average before "
-        f"the stack started was {machine['load']}{_foreign_note(report)} (anything else running distorts "
-        "the figures)."),
+        (
+            f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['ram']} RAM, {machine['os']}, "
+            f"Python {machine['python']}, {machine['postgres']}. The bench client, Postgres, the offline LLM "
+            "server, the four services and the gateway all share these CPUs; the 1-minute load average before "
+            f"the stack started was {machine['load']}{_foreign_note(report)} (anything else running distorts "
+            "the figures)."
+        ),
         "",
-        ("Time to first token (TTFT, ms): request sent → first text, through the gateway "
-        "(`POST /comp/chat/{id}/message/stream`, httpx, first `delta` frame) and straight from the same "
-        "offline LLM server (`openai.AsyncOpenAI` stream, persona prompt + history, first content chunk), "
-        "in the same run. *sessions* = conversations in flight; each sends "
-        f"{report.warmup} warm-up turns then {report.turns} measured turns in a row, as a new user. "
-        "Added = gateway − direct. Turns/s = whole turns (to `final`) over the measured window. "
-        "Post-process lag = outbox job created (with the reply) → delivered to affinity, memory and insight."),
+        (
+            "Time to first token (TTFT, ms): request sent → first text, through the gateway "
+            "(`POST /comp/chat/{id}/message/stream`, httpx, first `delta` frame) and straight from the same "
+            "offline LLM server (`openai.AsyncOpenAI` stream, persona prompt + history, first content chunk), "
+            "in the same run. *sessions* = conversations in flight; each sends "
+            f"{report.warmup} warm-up turns then {report.turns} measured turns in a row, as a new user. "
+            "Added = gateway − direct. Turns/s = whole turns (to `final`) over the measured window. "
+            "Post-process lag = outbox job created (with the reply) → delivered to affinity, memory and insight."
+        ),
         "",
         *_markdown([TABLE_HEADER, *table_rows(report)]),
         "",
-        (f"Goal (operations.md, at {GOAL_SESSIONS} sessions on 2 cores: added p50 ≤ {GOAL_ADDED_P50_MS:.0f} ms, "
-        f"p99 ≤ {GOAL_ADDED_P99_MS:.0f} ms): {goal_verdict(report)}."),
+        (
+            f"Goal (operations.md, at {GOAL_SESSIONS} sessions on 2 cores: added p50 ≤ {GOAL_ADDED_P50_MS:.0f} ms, "
+            f"p99 ≤ {GOAL_ADDED_P99_MS:.0f} ms): {goal_verdict(report)}."
+        ),
     ]
-    lines += ["", (f"Post-process lag goal (p95 ≤ {GOAL_LAG_P95_MS / 1000:.0f} s with the local embedder): "
-                  f"{lag_verdict(report)}.")]
+    lines += [
+        "",
+        (
+            f"Post-process lag goal (p95 ≤ {GOAL_LAG_P95_MS / 1000:.0f} s with the local embedder): "
+            f"{lag_verdict(report)}."
+        ),
+    ]
     if throughput is not None:
         behind = ""
         if throughput.lag is not None and (throughput.lag.p95_ms or 0) > GOAL_LAG_P95_MS:
-            behind = (" The replies outran the post-process, which caught up after the measured window, so this "
-                      "rate is not sustained; the CPU figures below give the sustainable one.")
-        lines += ["", (f"Turn throughput at {THROUGHPUT_SESSIONS} sessions with the instant offline LLM: "
-                       f"{throughput.gateway.turns_per_second:.1f} turns/s (one replica of each service).{behind}")]
+            behind = (
+                " The replies outran the post-process, which caught up after the measured window, so this "
+                "rate is not sustained; the CPU figures below give the sustainable one."
+            )
+        lines += [
+            "",
+            (
+                f"Turn throughput at {THROUGHPUT_SESSIONS} sessions with the instant offline LLM: "
+                f"{throughput.gateway.turns_per_second:.1f} turns/s (one replica of each service).{behind}"
+            ),
+        ]
     cpu = cpu_rows(report)
     if cpu:
-        lines += ["", ("CPU time per turn by process (ms; the gateway phase with its warm-up turns and the "
-                      "post-process they cause, divided by the turns sent):"), "", *_markdown(cpu), "",
-                  capacity_note(report, int(machine["nproc"] or 1))]
+        lines += [
+            "",
+            (
+                "CPU time per turn by process (ms; the gateway phase with its warm-up turns and the "
+                "post-process they cause, divided by the turns sent):"
+            ),
+            "",
+            *_markdown(cpu),
+            "",
+            capacity_note(report, int(machine["nproc"] or 1)),
+        ]
     if notes:
         lines += ["", *notes]
-    lines += ["", "Reproduce (from the repository root; starts and stops its own stack in a temporary folder):",
-              "", "```", command, "```", ""]
+    lines += [
+        "",
+        "Reproduce (from the repository root; starts and stops its own stack in a temporary folder):",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -655,6 +776,7 @@ def write_section(path: Path, section: str) -> None:
 
 # ---- the command -----------------------------------------------------------------------------
 
+
 def _levels(text: str) -> list[int]:
     try:
         levels = [int(part) for part in text.split(",") if part.strip()]
@@ -667,14 +789,23 @@ def _levels(text: str) -> list[int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rapport bench turn", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", type=_levels, default=[1, 16, 64],
-                        help="concurrency levels, comma-separated (default 1,16,64)")
+    parser.add_argument(
+        "--sessions", type=_levels, default=[1, 16, 64], help="concurrency levels, comma-separated (default 1,16,64)"
+    )
     parser.add_argument("--turns", type=int, default=10, help="measured turns per session (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured turns per session first (default 2)")
-    parser.add_argument("--drain-timeout", type=float, default=120.0,
-                        help="seconds to wait for the post-process of each level (default 120)")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
-                        help="Markdown file whose 'Turn latency' section is (re)written")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the post-process of each level (default 120)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/benchmarks.md"),
+        help="Markdown file whose 'Turn latency' section is (re)written",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     if args.turns < 1 or args.warmup < 0:
@@ -695,22 +826,39 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     machine = machine_description()  # before the stack adds its own load
     if float(machine["load"]) > 0.5 * int(machine["nproc"] or 1):
-        print(f"warning: the machine is busy (load average {machine['load']} on {machine['nproc']} CPUs); "
-              "the figures will show it", file=sys.stderr, flush=True)
+        print(
+            f"warning: the machine is busy (load average {machine['load']} on {machine['nproc']} CPUs); "
+            "the figures will show it",
+            file=sys.stderr,
+            flush=True,
+        )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the progress
-    command = "rapport bench turn " + " ".join([f"--sessions {','.join(map(str, args.sessions))}",
-                                                f"--turns {args.turns}", f"--warmup {args.warmup}"])
+    command = "rapport bench turn " + " ".join(
+        [f"--sessions {','.join(map(str, args.sessions))}", f"--turns {args.turns}", f"--warmup {args.warmup}"]
+    )
     home = Path(tempfile.mkdtemp(prefix="rapport-bench-"))
-    stack = LocalStack(bench_environment(home), log_dir=home / "logs",
-                       announce=lambda line: print(line, flush=True))
+    stack = LocalStack(bench_environment(home), log_dir=home / "logs", announce=lambda line: print(line, flush=True))
     failed = True
     try:
         print("starting the local stack (separate processes) …", flush=True)
         with stack:
-            target = BenchTarget(gateway_url=stack.gateway_url, llm_base_url=stack.llm_base_url,
-                                 database_url=stack.database_url, mint_token=stack.token, pids=stack.pids)
-            report = asyncio.run(run_bench(target, args.sessions, args.turns, args.warmup, args.drain_timeout,
-                                           progress=lambda line: print(line, flush=True)))
+            target = BenchTarget(
+                gateway_url=stack.gateway_url,
+                llm_base_url=stack.llm_base_url,
+                database_url=stack.database_url,
+                mint_token=stack.token,
+                pids=stack.pids,
+            )
+            report = asyncio.run(
+                run_bench(
+                    target,
+                    args.sessions,
+                    args.turns,
+                    args.warmup,
+                    args.drain_timeout,
+                    progress=lambda line: print(line, flush=True),
+                )
+            )
         failed = False
     except (RuntimeError, OSError, httpx.HTTPError) as error:
         print(f"rapport bench turn: {error} (process logs in {home / 'logs'})", file=sys.stderr)
@@ -728,4 +876,3 @@ def main(argv: list[str]) -> int:
         write_section(args.out, render_section(report, machine, command, datetime.now(UTC)))
         print(f"written to {args.out}")
     return 0
-

@@ -1,4 +1,5 @@
 """Turn frames: the same on gRPC (SendMessageResponse) and, as JSON, on SSE and in the replay log."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,18 +24,35 @@ def delta(message_id: str, content: str) -> dict[str, Any]:
     return {"type": "delta", "message_id": message_id, "content": content}
 
 
-def done(message_id: str, *, truncated: bool = False, usage: dict[str, Any] | None = None, generation_id: str = "",
-         ghost_fallback: bool = False) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "done", "message_id": message_id, "truncated": truncated, "usage": usage or {},
-                             "generation_id": generation_id}
+def done(
+    message_id: str,
+    *,
+    truncated: bool = False,
+    usage: dict[str, Any] | None = None,
+    generation_id: str = "",
+    ghost_fallback: bool = False,
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "done",
+        "message_id": message_id,
+        "truncated": truncated,
+        "usage": usage or {},
+        "generation_id": generation_id,
+    }
     if ghost_fallback:
         frame["ghost_fallback"] = True
     return frame
 
 
 def final(*, prompt_injected: list[str], tier: str, retries: int, degraded: list[str], trace_id: str) -> dict[str, Any]:
-    return {"type": "final", "prompt_injected": prompt_injected, "tier": tier, "retries": retries,
-            "degraded": degraded, "trace_id": trace_id}
+    return {
+        "type": "final",
+        "prompt_injected": prompt_injected,
+        "tier": tier,
+        "retries": retries,
+        "degraded": degraded,
+        "trace_id": trace_id,
+    }
 
 
 def error(code: str, message: str, user_message: str, retryable: bool) -> dict[str, Any]:
@@ -72,11 +90,21 @@ def to_dict(response: pb.SendMessageResponse) -> dict[str, Any]:
         return delta(msg.message_id, msg.content)
     if kind == "done":
         usage = MessageToDict(msg.usage) if msg.HasField("usage") else {}
-        return done(msg.message_id, truncated=msg.truncated, usage=_ints(usage), generation_id=msg.generation_id,
-                    ghost_fallback=msg.ghost_fallback)
+        return done(
+            msg.message_id,
+            truncated=msg.truncated,
+            usage=_ints(usage),
+            generation_id=msg.generation_id,
+            ghost_fallback=msg.ghost_fallback,
+        )
     if kind == "final":
-        return final(prompt_injected=list(msg.prompt_injected), tier=msg.tier, retries=msg.retries,
-                     degraded=list(msg.degraded), trace_id=msg.trace_id)
+        return final(
+            prompt_injected=list(msg.prompt_injected),
+            tier=msg.tier,
+            retries=msg.retries,
+            degraded=list(msg.degraded),
+            trace_id=msg.trace_id,
+        )
     return error(msg.code, msg.message, msg.user_message, msg.retryable)
 
 

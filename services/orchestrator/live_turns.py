@@ -3,6 +3,7 @@ serialization and the per-user concurrency cap.
 
 Generation runs detached from the caller; a listener that goes away only stops listening.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,7 +35,7 @@ class FrameLog:
         index = 0
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: index < len(self.frames) or self.closed)
+                await self._changed.wait_for(lambda seen=index: seen < len(self.frames) or self.closed)
                 pending = self.frames[index:]
                 finished = self.closed
             for frame in pending:
@@ -93,7 +94,7 @@ class LiveTurns:
         """Wait for turns in flight (graceful stop), then cancel what is left."""
         if not self._tasks:
             return
-        done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

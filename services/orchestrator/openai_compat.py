@@ -8,6 +8,7 @@ same `_start_or_attach` as SendMessage (validation, idempotency by client_msg_id
 generation, frames, model chain, post-process outbox). Utility calls are answered by the LLM
 directly and stored nowhere (`answer_utility`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,10 +23,10 @@ from typing import Any
 import asyncpg
 import grpc
 import openai
-from rapport.affinity.v1 import affinity_pb2
-from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 from ulid import ULID
 
+from rapport.affinity.v1 import affinity_pb2
+from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 from services.servicekit.grpc_errors import Aborted, InvalidArgument, NotFound
 from services.servicekit.grpc_runtime import call_timeout
 from services.servicekit.telemetry import current_trace_id
@@ -82,14 +83,18 @@ class ChatCompletions:
         """Validate, resolve the persona and the conversation, reconcile the transcript."""
         messages = [ClientMessage(m.role, m.content) for m in request.messages]
         try:
-            model, chat_id, client_user = validate_completion_request(request.model, messages, request.chat_id,
-                                                                      request.client_user)
+            model, chat_id, client_user = validate_completion_request(
+                request.model, messages, request.chat_id, request.client_user
+            )
         except TranscriptError as error:
             raise InvalidArgument(str(error), field=error.field, user_message=str(error)) from None
         persona = await find_persona(self.pool, model)
         if persona is None:
-            raise NotFound(f"no persona named {model!r}", reason="model_not_found",
-                           user_message=f"The model '{model}' does not exist: use a persona name from /v1/models.")
+            raise NotFound(
+                f"no persona named {model!r}",
+                reason="model_not_found",
+                user_message=f"The model '{model}' does not exist: use a persona name from /v1/models.",
+            )
         transcript = split_transcript(messages)
         conversation = pb.ChatCompletionConversation(persona_id=str(persona["id"]), persona_name=persona["name"])
         reason = utility_reason(transcript, marked=request.utility, named=bool(chat_id or client_user))
@@ -105,14 +110,23 @@ class ChatCompletions:
         conversation.removed_messages = plan.deleted
         conversation.imported_messages = len(plan.imports)
         conversation.is_new_session = is_new
-        return PreparedCompletion(conversation, transcript, session,
-                                  dataclasses.replace(turn_request, client_msg_id=client_msg_id), begin, post_process)
+        return PreparedCompletion(
+            conversation,
+            transcript,
+            session,
+            dataclasses.replace(turn_request, client_msg_id=client_msg_id),
+            begin,
+            post_process,
+        )
 
     def _validated_turn(self, messages: list[ClientMessage], transcript: ClientTranscript) -> TurnRequest:
         """The user message to answer passes SendMessage's own validation before anything is written."""
         try:
-            return validate_turn_request(content=transcript.chat[-1].content, client_msg_id=_PLACEHOLDER_MSG_ID,
-                                         known_tiers=self.engine.model_config.tier_names())
+            return validate_turn_request(
+                content=transcript.chat[-1].content,
+                client_msg_id=_PLACEHOLDER_MSG_ID,
+                known_tiers=self.engine.model_config.tier_names(),
+            )
         except TurnRequestError as error:
             index = max(i for i, m in enumerate(messages) if m.role == "user")
             field = f"messages[{index}].content"
@@ -120,13 +134,15 @@ class ChatCompletions:
 
     # -- the conversation → a session ------------------------------------------------------------
 
-    async def _session_for(self, user_id: uuid.UUID, persona_id: uuid.UUID, key: str,
-                           transcript: ClientTranscript) -> tuple[store.SessionRow, bool]:
+    async def _session_for(
+        self, user_id: uuid.UUID, persona_id: uuid.UUID, key: str, transcript: ClientTranscript
+    ) -> tuple[store.SessionRow, bool]:
         """The session of user × persona this conversation is stored in; a new one (affinity opened) if none."""
         async with self.pool.acquire() as conn, conn.transaction():
             instance_id = await store.ensure_instance(conn, user_id, persona_id)
             session_id = await conn.fetchval(
-                "SELECT id FROM chat.sessions WHERE instance_id = $1 AND client_key = $2", instance_id, key)
+                "SELECT id FROM chat.sessions WHERE instance_id = $1 AND client_key = $2", instance_id, key
+            )
             if session_id is None and key.startswith("fingerprint:"):
                 session_id = await continued_session(conn, instance_id, transcript)
             created = False
@@ -134,16 +150,23 @@ class ChatCompletions:
                 session_id = await conn.fetchval(
                     """INSERT INTO chat.sessions (user_id, instance_id, client_key) VALUES ($1, $2, $3)
                        ON CONFLICT (instance_id, client_key) WHERE client_key IS NOT NULL DO NOTHING RETURNING id""",
-                    user_id, instance_id, key)
+                    user_id,
+                    instance_id,
+                    key,
+                )
                 created = session_id is not None
                 if session_id is None:  # a concurrent first request created it
                     session_id = await conn.fetchval(
-                        "SELECT id FROM chat.sessions WHERE instance_id = $1 AND client_key = $2", instance_id, key)
+                        "SELECT id FROM chat.sessions WHERE instance_id = $1 AND client_key = $2", instance_id, key
+                    )
         if created:
             try:
-                await self.peers.affinity.OpenSession(affinity_pb2.OpenSessionRequest(
-                    user_id=str(user_id), session_id=str(session_id), instance_id=str(instance_id)),
-                    timeout=call_timeout(5.0))
+                await self.peers.affinity.OpenSession(
+                    affinity_pb2.OpenSessionRequest(
+                        user_id=str(user_id), session_id=str(session_id), instance_id=str(instance_id)
+                    ),
+                    timeout=call_timeout(5.0),
+                )
             except grpc.aio.AioRpcError:
                 await store.delete_session(self.pool, session_id)  # never leave a half-opened session
                 raise
@@ -153,8 +176,9 @@ class ChatCompletions:
 
     # -- the transcript → a plan ------------------------------------------------------------------
 
-    async def _reconcile(self, session: store.SessionRow, transcript: ClientTranscript
-                         ) -> tuple[TranscriptPlan, str, BeginTurn | None, bool]:
+    async def _reconcile(
+        self, session: store.SessionRow, transcript: ClientTranscript
+    ) -> tuple[TranscriptPlan, str, BeginTurn | None, bool]:
         """Plan against the stored transcript and apply an edit's removals/imports, under the session lock.
 
         → (plan, client_msg_id of the turn, its begin (None = a new user message), post_process).
@@ -181,20 +205,24 @@ class ChatCompletions:
                     """SELECT t.client_msg_id, t.status,
                               EXISTS (SELECT 1 FROM chat.outbox o WHERE o.turn_id = t.id) AS processed
                        FROM chat.turns t WHERE t.session_id = $1 AND t.user_message_id = $2 ORDER BY t.id""",
-                    session.id, plan.user_message_id)
+                    session.id,
+                    plan.user_message_id,
+                )
                 # Post-process runs once per user message: not again when a reply to it was already processed.
                 post_process = not any(t["processed"] for t in turns)
                 if plan.handling == "resume" and turns and turns[-1]["status"] != "done":
                     client_msg_id = turns[-1]["client_msg_id"]  # follow or retry the turn in progress / failed
                 else:
-                    client_msg_id = derived_client_msg_id(str(session.id), plan.position, plan.user_message,
-                                                          generation=len(turns))
+                    client_msg_id = derived_client_msg_id(
+                        str(session.id), plan.position, plan.user_message, generation=len(turns)
+                    )
                 expected_last = stored[-1].id
                 user_message_id = plan.user_message_id
 
                 async def begin() -> tuple[str, str, bool]:
-                    return await begin_answer_to_stored_message(self.pool, session, user_message_id, client_msg_id,
-                                                                expected_last)
+                    return await begin_answer_to_stored_message(
+                        self.pool, session, user_message_id, client_msg_id, expected_last
+                    )
 
                 result = (plan, client_msg_id, begin, post_process)
         if imported_until is not None:
@@ -203,16 +231,19 @@ class ChatCompletions:
 
     # -- utility calls -------------------------------------------------------------------------------
 
-    def answer_utility(self, user_id: uuid.UUID, request: pb.ChatCompletionRequest,
-                       sampling: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def answer_utility(
+        self, user_id: uuid.UUID, request: pb.ChatCompletionRequest, sampling: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
         """Answer with the LLM, the client's messages as they are; nothing is stored. Counts against the
         user's concurrent turns (over the cap: a `rate_limited` error frame)."""
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
-                    for m in request.messages]
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in request.messages
+        ]
         return self._utility_frames(str(user_id), messages, sampling)
 
-    async def _utility_frames(self, user_key: str, messages: list[dict[str, str]], sampling: dict[str, Any]
-                              ) -> AsyncIterator[dict[str, Any]]:
+    async def _utility_frames(
+        self, user_key: str, messages: list[dict[str, str]], sampling: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
         try:
             self.live.admit(user_key)
         except TooManyTurns as error:
@@ -239,19 +270,21 @@ class ChatCompletions:
                 except (TimeoutError, openai.APIError) as error:
                     status = getattr(error, "status_code", None)
                     code = "rate_limited" if status == 429 else "upstream_unavailable"
-                    failure = frames.error(code, f"{model}: {type(error).__name__}", "I couldn't reply just now.",
-                                           True)
+                    failure = frames.error(code, f"{model}: {type(error).__name__}", "I couldn't reply just now.", True)
                     if not started:
                         continue  # nothing sent yet: the next model answers instead
                     yield failure
                     return
                 if not started:
                     yield frames.meta(message_id, "reply", model)
-                yield frames.done(message_id, usage={k: v for k, v in usage.items()
-                                                     if k not in self.engine.hidden_usage_keys},
-                                  generation_id=generation_id)
-                yield frames.final(prompt_injected=[], tier="", retries=retries, degraded=[],
-                                   trace_id=current_trace_id())
+                yield frames.done(
+                    message_id,
+                    usage={k: v for k, v in usage.items() if k not in self.engine.hidden_usage_keys},
+                    generation_id=generation_id,
+                )
+                yield frames.final(
+                    prompt_injected=[], tier="", retries=retries, degraded=[], trace_id=current_trace_id()
+                )
                 return
             yield failure
         finally:
@@ -260,18 +293,21 @@ class ChatCompletions:
 
 # ---- queries ---------------------------------------------------------------------------------------
 
+
 async def find_persona(pool: asyncpg.Pool, model: str) -> asyncpg.Record | None:
     """The persona a `model` names: its id, or its name (case-insensitive)."""
     try:
         persona_id = uuid.UUID(model)
     except ValueError:
-        return await pool.fetchrow("SELECT id, name FROM chat.personas WHERE lower(name) = lower($1) "
-                                   "ORDER BY name LIMIT 1", model)
+        return await pool.fetchrow(
+            "SELECT id, name FROM chat.personas WHERE lower(name) = lower($1) ORDER BY name LIMIT 1", model
+        )
     return await pool.fetchrow("SELECT id, name FROM chat.personas WHERE id = $1", persona_id)
 
 
-async def continued_session(conn: asyncpg.Connection, instance_id: uuid.UUID,
-                            transcript: ClientTranscript) -> uuid.UUID | None:
+async def continued_session(
+    conn: asyncpg.Connection, instance_id: uuid.UUID, transcript: ClientTranscript
+) -> uuid.UUID | None:
     """A fingerprinted session this transcript continues although its fingerprint changed: a client that
     trims its oldest messages to fit its context no longer sends the first user message. The most recently
     active fingerprinted session of the instance that holds the client's first user message."""
@@ -284,7 +320,9 @@ async def continued_session(conn: asyncpg.Connection, instance_id: uuid.UUID,
                 SELECT 1 FROM chat.messages m WHERE m.session_id = s.id AND m.role = 'user'
                 AND regexp_replace(btrim(m.content), '\s+', ' ', 'g') = $2)
             ORDER BY s.last_active_at DESC LIMIT 1""",
-        instance_id, normalized(first_user))
+        instance_id,
+        normalized(first_user),
+    )
 
 
 async def lock_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
@@ -294,21 +332,30 @@ async def lock_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
 async def stored_transcript(conn: asyncpg.Connection, session_id: uuid.UUID) -> list[StoredMessage]:
     rows = await conn.fetch(
         """SELECT id, role, content, kind FROM chat.messages
-           WHERE session_id = $1 AND role IN ('user', 'assistant') ORDER BY id""", session_id)
+           WHERE session_id = $1 AND role IN ('user', 'assistant') ORDER BY id""",
+        session_id,
+    )
     return [StoredMessage(row["id"], row["role"], row["content"], row["kind"] == "ghost") for row in rows]
 
 
 async def last_chat_message_id(conn: asyncpg.Connection, session_id: uuid.UUID) -> str | None:
     return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT max(id) FROM chat.messages WHERE session_id = $1 AND role IN ('user', 'assistant')", session_id)
+        "SELECT max(id) FROM chat.messages WHERE session_id = $1 AND role IN ('user', 'assistant')", session_id
+    )
 
 
 async def refuse_while_generating(conn: asyncpg.Connection, session_id: uuid.UUID, except_turn: str = "") -> None:
     """Removing messages under a turn that is still generating would orphan its reply: refuse (409)."""
-    if await conn.fetchval("SELECT 1 FROM chat.turns WHERE session_id = $1 AND status = 'running' AND id <> $2 "
-                           "LIMIT 1", session_id, except_turn):
-        raise Aborted("a reply is still being generated in this conversation", reason="conflict",
-                      user_message="A reply is still being written. Try again when it is done.")
+    if await conn.fetchval(
+        "SELECT 1 FROM chat.turns WHERE session_id = $1 AND status = 'running' AND id <> $2 LIMIT 1",
+        session_id,
+        except_turn,
+    ):
+        raise Aborted(
+            "a reply is still being generated in this conversation",
+            reason="conflict",
+            user_message="A reply is still being written. Try again when it is done.",
+        )
 
 
 async def delete_messages(conn: asyncpg.Connection, session_id: uuid.UUID, boundary: str, *, inclusive: bool) -> int:
@@ -317,12 +364,20 @@ async def delete_messages(conn: asyncpg.Connection, session_id: uuid.UUID, bound
     operator = ">=" if inclusive else ">"
     removed = await conn.fetch(
         f"""DELETE FROM chat.messages WHERE session_id = $1 AND id {operator} $2 AND role IN ('user', 'assistant')
-            RETURNING id, role""", session_id, boundary)
+            RETURNING id, role""",
+        session_id,
+        boundary,
+    )
     user_ids = [row["id"] for row in removed if row["role"] == "user"]
     if user_ids:
-        turn_ids = [row["id"] for row in await conn.fetch(
-            "DELETE FROM chat.turns WHERE session_id = $1 AND user_message_id = ANY($2::text[]) RETURNING id",
-            session_id, user_ids)]
+        turn_ids = [
+            row["id"]
+            for row in await conn.fetch(
+                "DELETE FROM chat.turns WHERE session_id = $1 AND user_message_id = ANY($2::text[]) RETURNING id",
+                session_id,
+                user_ids,
+            )
+        ]
         await conn.execute("DELETE FROM chat.outbox WHERE turn_id = ANY($1::text[]) AND status = 'pending'", turn_ids)
     return len(removed)
 
@@ -335,20 +390,25 @@ def _ids_after(after: str | None, count: int) -> list[str]:
     return [str(ULID.from_int(start + index)) for index in range(count)]
 
 
-async def import_messages(conn: asyncpg.Connection, session: store.SessionRow, messages: tuple[ClientMessage, ...],
-                          after: str | None) -> str:
+async def import_messages(
+    conn: asyncpg.Connection, session: store.SessionRow, messages: tuple[ClientMessage, ...], after: str | None
+) -> str:
     """Append the client's messages as they are (no turn, no post-process) → the last id used."""
     ids = _ids_after(after, len(messages))
     await conn.executemany(
         """INSERT INTO chat.messages (id, session_id, user_id, role, content, imported)
            VALUES ($1, $2, $3, $4, $5, true)""",
-        [(message_id, session.id, session.user_id, m.role, m.content) for message_id, m in zip(ids, messages)])
+        [
+            (message_id, session.id, session.user_id, m.role, m.content)
+            for message_id, m in zip(ids, messages, strict=True)
+        ],
+    )
     return ids[-1]
 
 
 async def _after_millisecond_of(message_id: str) -> None:
     """Wait (at most a few ms) until ids minted now sort after `message_id`."""
-    while ULID().milliseconds <= ULID.from_str(message_id).milliseconds:
+    while ULID().milliseconds <= ULID.from_str(message_id).milliseconds:  # noqa: ASYNC110 (a clock, not an event)
         await asyncio.sleep(0.001)
 
 
@@ -360,11 +420,14 @@ async def recount_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> No
                                 AND role IN ('user', 'assistant')),
                user_message_count = (SELECT count(*) FROM chat.messages WHERE session_id = $1 AND role = 'user'),
                last_active_at = now()
-           WHERE id = $1""", session_id)
+           WHERE id = $1""",
+        session_id,
+    )
 
 
-async def begin_answer_to_stored_message(pool: asyncpg.Pool, session: store.SessionRow, user_message_id: str,
-                                         client_msg_id: str, expected_last: str) -> tuple[str, str, bool]:
+async def begin_answer_to_stored_message(
+    pool: asyncpg.Pool, session: store.SessionRow, user_message_id: str, client_msg_id: str, expected_last: str
+) -> tuple[str, str, bool]:
     """The begin of a regenerate (or of a retried answer): a turn for a user message that is already stored.
     In one transaction: the turn row, then everything after the user message removed (the reply being
     replaced). → (turn_id, user_message_id, created); an existing turn with this client_msg_id is returned
@@ -375,14 +438,22 @@ async def begin_answer_to_stored_message(pool: asyncpg.Pool, session: store.Sess
         inserted = await conn.fetchval(
             """INSERT INTO chat.turns (id, session_id, user_id, client_msg_id, user_message_id)
                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id, client_msg_id) DO NOTHING RETURNING id""",
-            turn_id, session.id, session.user_id, client_msg_id, user_message_id)
+            turn_id,
+            session.id,
+            session.user_id,
+            client_msg_id,
+            user_message_id,
+        )
         if inserted is None:
             existing = await store.find_turn(conn, session.id, client_msg_id)
             assert existing is not None
             return existing["id"], existing["user_message_id"], False
         if await last_chat_message_id(conn, session.id) != expected_last:
-            raise Aborted("the conversation changed while this request was prepared", reason="conflict",
-                          user_message="The conversation changed meanwhile. Please send it again.")
+            raise Aborted(
+                "the conversation changed while this request was prepared",
+                reason="conflict",
+                user_message="The conversation changed meanwhile. Please send it again.",
+            )
         await refuse_while_generating(conn, session.id, except_turn=turn_id)
         await delete_messages(conn, session.id, user_message_id, inclusive=False)
         await recount_session(conn, session.id)

@@ -5,6 +5,7 @@ becomes due again), retried with exponential backoff, and parked as `dead` after
 never silently dropped. Receivers deduplicate on the turn id, so the effect is exactly once.
 Each job carries the turn's trace context, so its spans land in the turn's trace.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -93,7 +94,9 @@ class OutboxWorker:
                    next_attempt_at = now() + make_interval(secs => $2)
                FROM due WHERE o.id = due.id
                RETURNING o.id, o.turn_id, o.target, o.payload, o.trace_context, o.attempts""",
-            self.batch_size, LEASE_SECONDS)
+            self.batch_size,
+            LEASE_SECONDS,
+        )
 
     async def deliver_due(self) -> int:
         jobs = await self.claim()
@@ -105,12 +108,13 @@ class OutboxWorker:
         parent = extract(job["trace_context"] or {})
         token = otel_context.attach(parent)
         try:
-            with self.tracer.start_as_current_span(f"post_process {job['target']}",
-                                                   attributes={"rapport.turn_id": job["turn_id"],
-                                                               "rapport.attempt": job["attempts"]}):
+            with self.tracer.start_as_current_span(
+                f"post_process {job['target']}",
+                attributes={"rapport.turn_id": job["turn_id"], "rapport.attempt": job["attempts"]},
+            ):
                 rpc, request_type = self.peers.post_process_call(job["target"])
                 await rpc(payload_to_request(job["payload"], request_type), timeout=DELIVERY_TIMEOUT)
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError, OSError) as error:
+        except (TimeoutError, grpc.aio.AioRpcError, OSError) as error:
             await self._failed(job, _describe(error))
         except Exception as error:  # a bug must not kill the worker: park the job visibly instead
             log.exception("post-process job %s failed unexpectedly", job["id"])
@@ -118,7 +122,9 @@ class OutboxWorker:
         else:
             lag = await self.pool.fetchval(
                 "UPDATE chat.outbox SET status = 'done', done_at = now(), last_error = NULL WHERE id = $1 "
-                "RETURNING extract(epoch FROM done_at - created_at)", job["id"])
+                "RETURNING extract(epoch FROM done_at - created_at)",
+                job["id"],
+            )
             METRICS.lag_seconds.record(float(lag or 0.0), {"target": job["target"]})
         finally:
             otel_context.detach(token)
@@ -127,18 +133,34 @@ class OutboxWorker:
         attempts = job["attempts"]
         if attempts >= self.max_attempts:
             METRICS.dead.add(1, {"target": job["target"]})
-            log.error("post-process job %s (%s, turn %s) is dead after %d attempts: %s", job["id"], job["target"],
-                      job["turn_id"], attempts, reason)
-            await self.pool.execute("UPDATE chat.outbox SET status = 'dead', last_error = $2 WHERE id = $1",
-                                    job["id"], reason)
+            log.error(
+                "post-process job %s (%s, turn %s) is dead after %d attempts: %s",
+                job["id"],
+                job["target"],
+                job["turn_id"],
+                attempts,
+                reason,
+            )
+            await self.pool.execute(
+                "UPDATE chat.outbox SET status = 'dead', last_error = $2 WHERE id = $1", job["id"], reason
+            )
             return
         delay = backoff_seconds(attempts, self.backoff_base)
         METRICS.retries.add(1, {"target": job["target"]})
-        log.warning("post-process job %s (%s) failed (attempt %d), retrying in %.1fs: %s", job["id"], job["target"],
-                    attempts, delay, reason)
+        log.warning(
+            "post-process job %s (%s) failed (attempt %d), retrying in %.1fs: %s",
+            job["id"],
+            job["target"],
+            attempts,
+            delay,
+            reason,
+        )
         await self.pool.execute(
             "UPDATE chat.outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3 WHERE id = $1",
-            job["id"], delay, reason)
+            job["id"],
+            delay,
+            reason,
+        )
 
 
 def _describe(error: BaseException) -> str:
@@ -156,11 +178,15 @@ async def list_jobs(pool: asyncpg.Pool, status: str, limit: int = 50) -> list[as
     """Jobs of one status, newest first (the admin listing of `rapport outbox`)."""
     return await pool.fetch(
         "SELECT id, turn_id, target, attempts, last_error, created_at FROM chat.outbox WHERE status = $1 "
-        "ORDER BY created_at DESC LIMIT $2", status, limit)
+        "ORDER BY created_at DESC LIMIT $2",
+        status,
+        limit,
+    )
 
 
 async def retry_dead_jobs(pool: asyncpg.Pool) -> int:
     """Put dead jobs back in the queue (after the cause is fixed); receivers are idempotent by turn id."""
-    result = await pool.execute("UPDATE chat.outbox SET status = 'pending', attempts = 0, next_attempt_at = now() "
-                                "WHERE status = 'dead'")
+    result = await pool.execute(
+        "UPDATE chat.outbox SET status = 'pending', attempts = 0, next_attempt_at = now() WHERE status = 'dead'"
+    )
     return int(result.split()[-1])

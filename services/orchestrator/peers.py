@@ -1,4 +1,5 @@
 """Channels and stubs to the three domain services, plus the post-process call table."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

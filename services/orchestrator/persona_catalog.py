@@ -1,5 +1,6 @@
 """Loading personas into the catalog: TOML folders (`rapport seed-personas`) and SillyTavern cards
 (`rapport import-card`). Idempotent upsert by name."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,12 +24,23 @@ def persona_spec(row: Any) -> PersonaSpec:
     """The stored persona row back as the domain's PersonaSpec (for prompt assembly)."""
     meta = dict(row["art_metadata"] or {})
     return PersonaSpec(
-        name=row["name"], system_prompt=row["system_prompt"], tip_personality=row["tip_personality"] or None,
-        gender=meta.get("gender"), timezone=meta.get("timezone"), age=meta.get("age"), mbti=meta.get("mbti"),
-        backstory=meta.get("backstory"), speech_style=meta.get("speech_style"),
-        quirks=tuple(meta.get("quirks", ())), topics=tuple(meta.get("topics", ())), appearance=meta.get("appearance"),
-        first_mes=meta.get("first_mes"), mes_example=meta.get("mes_example"),
-        creator_notes=meta.get("creator_notes"), extensions=meta.get("extensions") or {}, card=row["card"],
+        name=row["name"],
+        system_prompt=row["system_prompt"],
+        tip_personality=row["tip_personality"] or None,
+        gender=meta.get("gender"),
+        timezone=meta.get("timezone"),
+        age=meta.get("age"),
+        mbti=meta.get("mbti"),
+        backstory=meta.get("backstory"),
+        speech_style=meta.get("speech_style"),
+        quirks=tuple(meta.get("quirks", ())),
+        topics=tuple(meta.get("topics", ())),
+        appearance=meta.get("appearance"),
+        first_mes=meta.get("first_mes"),
+        mes_example=meta.get("mes_example"),
+        creator_notes=meta.get("creator_notes"),
+        extensions=meta.get("extensions") or {},
+        card=row["card"],
     )
 
 
@@ -43,8 +55,14 @@ async def upsert_specs(pool: asyncpg.Pool, specs: list[PersonaSpec], source: str
     results = []
     for spec in specs:
         _, created = await store.upsert_persona(
-            pool, name=spec.name, system_prompt=spec.system_prompt, tip_personality=spec.tip_personality or "",
-            art_metadata=art_metadata(spec), card=dict(spec.card) if spec.card else None, source=source)
+            pool,
+            name=spec.name,
+            system_prompt=spec.system_prompt,
+            tip_personality=spec.tip_personality or "",
+            art_metadata=art_metadata(spec),
+            card=dict(spec.card) if spec.card else None,
+            source=source,
+        )
         results.append((spec.name, created))
     return results
 

@@ -1,4 +1,5 @@
 """Orchestrator gRPC server: personas, sessions, history and the streamed turn."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,8 @@ from services.servicekit.grpc_errors import (
 from services.servicekit.grpc_runtime import call_timeout
 from services.servicekit.llm import OFFLINE_MODEL_ID, LlmClient, LlmEndpoint, llm_endpoint_from_env
 from services.servicekit.model_config import ModelConfig
-from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 from services.servicekit.service import ServiceContext, ServiceParts
+from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 
 from . import api_keys, frames, store
 from .domain.turn_request import AFFINITY_SCOPES, TurnRequest, TurnRequestError, validate_turn_request
@@ -40,6 +41,7 @@ from .turn import TurnEngine, TurnInput
 
 log = logging.getLogger("rapport.orchestrator")
 
+
 def validate_send(request: pb.SendMessageRequest, config: ModelConfig) -> TurnRequest:
     """Every field checked before anything is persisted (INVALID_ARGUMENT naming the field)."""
     scope: str | list[str] | None = None
@@ -49,13 +51,22 @@ def validate_send(request: pb.SendMessageRequest, config: ModelConfig) -> TurnRe
         scope = list(request.affinity_scope)
     audit = None
     if request.HasField("audit"):
-        audit = {"user": request.audit.user or None, "session_id": request.audit.session_id or None,
-                 "metadata": MessageToDict(request.audit.metadata) if request.audit.HasField("metadata") else None}
+        audit = {
+            "user": request.audit.user or None,
+            "session_id": request.audit.session_id or None,
+            "metadata": MessageToDict(request.audit.metadata) if request.audit.HasField("metadata") else None,
+        }
     try:
         return validate_turn_request(
-            content=request.content, client_msg_id=request.client_msg_id, known_tiers=config.tier_names(),
-            tier=request.tier or None, prompt_traits=list(request.prompt_traits), memory_scope=request.memory_scope,
-            affinity_scope=scope, audit=audit)
+            content=request.content,
+            client_msg_id=request.client_msg_id,
+            known_tiers=config.tier_names(),
+            tier=request.tier or None,
+            prompt_traits=list(request.prompt_traits),
+            memory_scope=request.memory_scope,
+            affinity_scope=scope,
+            audit=audit,
+        )
     except TurnRequestError as error:
         raise InvalidArgument(str(error), field=error.field, user_message=str(error)) from None
 
@@ -64,8 +75,11 @@ def sampling_overrides(request: pb.SendMessageRequest | pb.ChatCompletionRequest
     if not request.HasField("sampling"):
         return {}
     s = request.sampling
-    params: dict[str, Any] = {name: getattr(s, name) for name in ("temperature", "max_tokens", "top_p",
-                              "presence_penalty", "frequency_penalty") if s.HasField(name)}
+    params: dict[str, Any] = {
+        name: getattr(s, name)
+        for name in ("temperature", "max_tokens", "top_p", "presence_penalty", "frequency_penalty")
+        if s.HasField(name)
+    }
     if s.stop:
         params["stop"] = list(s.stop)
     return params
@@ -88,7 +102,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         return session
 
     @maps_errors
-    async def ListPersonas(self, request: pb.ListPersonasRequest, context: grpc.aio.ServicerContext) -> pb.ListPersonasResponse:
+    async def ListPersonas(
+        self, request: pb.ListPersonasRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPersonasResponse:
         rows = await store.list_personas(self.pool)
         return pb.ListPersonasResponse(personas=[persona_message(row) for row in rows])
 
@@ -118,33 +134,54 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     session_id = await store.create_session(conn, user_id, instance_id, request.is_demo)
         if is_new:
             try:
-                await self.peers.affinity.OpenSession(affinity_pb2.OpenSessionRequest(
-                    user_id=str(user_id), session_id=str(session_id), instance_id=str(instance_id),
-                    is_demo=request.is_demo, reset_affinity=request.reset_affinity), timeout=call_timeout(5.0))
+                await self.peers.affinity.OpenSession(
+                    affinity_pb2.OpenSessionRequest(
+                        user_id=str(user_id),
+                        session_id=str(session_id),
+                        instance_id=str(instance_id),
+                        is_demo=request.is_demo,
+                        reset_affinity=request.reset_affinity,
+                    ),
+                    timeout=call_timeout(5.0),
+                )
             except grpc.aio.AioRpcError:
                 await store.delete_session(self.pool, session_id)  # never leave a half-opened session
                 raise
-        return pb.StartChatResponse(session_id=str(session_id), instance_id=str(instance_id),
-                                    persona_name=persona["name"], is_new=is_new, persona_id=str(persona_id))
+        return pb.StartChatResponse(
+            session_id=str(session_id),
+            instance_id=str(instance_id),
+            persona_name=persona["name"],
+            is_new=is_new,
+            persona_id=str(persona_id),
+        )
 
     @maps_errors
-    async def ListSessions(self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext) -> pb.ListSessionsResponse:
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSessionsResponse:
         limit = request.limit or 50
         if not 1 <= limit <= 200:
             raise InvalidArgument("limit must be in 1..200", field="limit")
         rows = await store.list_sessions(self.pool, parse_uuid(request.user_id, "user_id"), limit)
         response = pb.ListSessionsResponse()
         for row in rows:
-            info = response.sessions.add(session_id=str(row["id"]), instance_id=str(row["instance_id"]),
-                                         persona_id=str(row["persona_id"]), persona_name=row["persona_name"],
-                                         message_count=row["message_count"], is_demo=row["is_demo"])
+            info = response.sessions.add(
+                session_id=str(row["id"]),
+                instance_id=str(row["instance_id"]),
+                persona_id=str(row["persona_id"]),
+                persona_name=row["persona_name"],
+                message_count=row["message_count"],
+                is_demo=row["is_demo"],
+            )
             info.started_at.FromDatetime(row["started_at"])
             info.last_active_at.FromDatetime(row["last_active_at"])
             info.usage.update({**row["usage"], "cost": row["cost"]})
         return response
 
     @maps_errors
-    async def GetHistory(self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext) -> pb.GetHistoryResponse:
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetHistoryResponse:
         session = await self._owned_session(request.user_id, request.session_id)
         limit = request.limit or 20
         if not 1 <= limit <= 50:
@@ -152,15 +189,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         rows, total, has_more = await store.history_page(self.pool, session.id, limit, request.before or None)
         response = pb.GetHistoryResponse(total=total, has_more=has_more)
         for row in rows:
-            message = response.messages.add(id=row["id"], role=row["role"], content=row["content"], kind=row["kind"],
-                                            client_msg_id=row["client_msg_id"] or "")
+            message = response.messages.add(
+                id=row["id"],
+                role=row["role"],
+                content=row["content"],
+                kind=row["kind"],
+                client_msg_id=row["client_msg_id"] or "",
+            )
             message.sent_at.FromDatetime(row["sent_at"])
         if has_more and rows:
             response.next_cursor = rows[0]["id"]
         return response
 
-    async def SendMessage(self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
-                          ) -> AsyncIterator[pb.SendMessageResponse]:
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SendMessageResponse]:
         try:
             turn_request = validate_send(request, self.engine.model_config)
             session = await self._owned_session(request.user_id, request.session_id)
@@ -172,9 +215,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         async for frame in log_:
             yield frames.to_proto(frame)
 
-    async def _start_or_attach(self, session: store.SessionRow, turn_request: TurnRequest, sampling: dict[str, Any],
-                               *, begin: BeginTurn | None = None, system_prompt: str | None = None,
-                               post_process: bool = True) -> AsyncIterator[dict[str, Any]]:
+    async def _start_or_attach(
+        self,
+        session: store.SessionRow,
+        turn_request: TurnRequest,
+        sampling: dict[str, Any],
+        *,
+        begin: BeginTurn | None = None,
+        system_prompt: str | None = None,
+        post_process: bool = True,
+    ) -> AsyncIterator[dict[str, Any]]:
         """Idempotency on client_msg_id: replay a finished turn, attach to a live one, or start a new one.
 
         `begin` persists the turn (default: a new user message + its turn); the OpenAI-compatible API
@@ -199,15 +249,27 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         if begin is None and not lock.locked():
             # Nothing else runs on this session: read affinity, memory, insight, persona and history while
             # the user message is being persisted (the reads see the session as it will be after it).
-            prefetch = asyncio.create_task(self.engine.read_context(TurnInput(
-                turn_id="", user_message_id="", session=prefetch_session(session), request=turn_request,
-                sampling=sampling)))
+            prefetch = asyncio.create_task(
+                self.engine.read_context(
+                    TurnInput(
+                        turn_id="",
+                        user_message_id="",
+                        session=prefetch_session(session),
+                        request=turn_request,
+                        sampling=sampling,
+                    )
+                )
+            )
             prefetch.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             if begin is None:
                 turn_id, message_id, created = await store.begin_turn(
-                    self.pool, session_id=session.id, user_id=session.user_id, client_msg_id=client_msg_id,
-                    content=turn_request.content)
+                    self.pool,
+                    session_id=session.id,
+                    user_id=session.user_id,
+                    client_msg_id=client_msg_id,
+                    content=turn_request.content,
+                )
             else:
                 turn_id, message_id, created = await begin()
             if not created:
@@ -222,15 +284,23 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     if live is not None:
                         return live.follow()
                     raise _in_progress(existing["user_message_id"])
-                await self.pool.execute("UPDATE chat.turns SET status = 'running', frames = '[]', error = NULL "
-                                        "WHERE id = $1", turn_id)  # a failed turn is generated again
+                await self.pool.execute(
+                    "UPDATE chat.turns SET status = 'running', frames = '[]', error = NULL WHERE id = $1", turn_id
+                )  # a failed turn is generated again
         except BaseException:
             self.live.release(user_key)
             if prefetch is not None:
                 prefetch.cancel()
             raise
-        turn = TurnInput(turn_id=turn_id, user_message_id=message_id, session=session, request=turn_request,
-                         sampling=sampling, system_prompt=system_prompt, post_process=post_process)
+        turn = TurnInput(
+            turn_id=turn_id,
+            user_message_id=message_id,
+            session=session,
+            request=turn_request,
+            sampling=sampling,
+            system_prompt=system_prompt,
+            post_process=post_process,
+        )
 
         async def work(frame_log: Any) -> None:
             try:
@@ -249,8 +319,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
         return self.live.start(turn_id, work).follow()
 
-    async def ChatCompletion(self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[pb.ChatCompletionResponse]:
+    async def ChatCompletion(
+        self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatCompletionResponse]:
         """The OpenAI-compatible chat (see openai_compat): how the request was handled, then the turn's frames."""
         try:
             user_id = parse_uuid(request.user_id, "user_id")
@@ -259,8 +330,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 log_ = self.completions.answer_utility(user_id, request, sampling_overrides(request))
             else:
                 log_ = await self._start_or_attach(
-                    prepared.session, prepared.turn_request, sampling_overrides(request), begin=prepared.begin,
-                    system_prompt=prepared.transcript.system_prompt or None, post_process=prepared.post_process)
+                    prepared.session,
+                    prepared.turn_request,
+                    sampling_overrides(request),
+                    begin=prepared.begin,
+                    system_prompt=prepared.transcript.system_prompt or None,
+                    post_process=prepared.post_process,
+                )
         except ServiceError as error:
             context.set_trailing_metadata(trailing_details(error))
             await context.abort(error.code, error.message)
@@ -273,8 +349,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             yield pb.ChatCompletionResponse(frame=frames.to_proto(frame))
 
     @maps_errors
-    async def VerifyApiKey(self, request: pb.VerifyApiKeyRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.VerifyApiKeyResponse:
+    async def VerifyApiKey(
+        self, request: pb.VerifyApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyApiKeyResponse:
         found = await api_keys.verify_api_key(self.pool, request.key) if len(request.key) <= 200 else None
         if found is None:
             return pb.VerifyApiKeyResponse(valid=False)
@@ -283,38 +360,53 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     @maps_errors
     async def ApplyGift(self, request: pb.ApplyGiftRequest, context: grpc.aio.ServicerContext) -> pb.ApplyGiftResponse:
         session = await self._owned_session(request.user_id, request.session_id)
-        reply = await self.peers.affinity.ApplyGift(affinity_pb2.ApplyGiftRequest(
-            user_id=str(session.user_id), session_id=str(session.id), deltas=dict(request.deltas),
-            label=request.label, metadata=request.metadata), timeout=call_timeout(5.0))
+        reply = await self.peers.affinity.ApplyGift(
+            affinity_pb2.ApplyGiftRequest(
+                user_id=str(session.user_id),
+                session_id=str(session.id),
+                deltas=dict(request.deltas),
+                label=request.label,
+                metadata=request.metadata,
+            ),
+            timeout=call_timeout(5.0),
+        )
         await store.record_gift_message(self.pool, session, request.label or "gift", dict(reply.applied_deltas))
         return pb.ApplyGiftResponse(applied_deltas=dict(reply.applied_deltas), affinity=reply.state)
 
     @maps_errors
     async def ListGifts(self, request: pb.ListGiftsRequest, context: grpc.aio.ServicerContext) -> pb.ListGiftsResponse:
         session = await self._owned_session(request.user_id, request.session_id)
-        reply = await self.peers.affinity.ListGifts(affinity_pb2.ListGiftsRequest(
-            user_id=str(session.user_id), session_id=str(session.id)), timeout=call_timeout(5.0))
+        reply = await self.peers.affinity.ListGifts(
+            affinity_pb2.ListGiftsRequest(user_id=str(session.user_id), session_id=str(session.id)),
+            timeout=call_timeout(5.0),
+        )
         return pb.ListGiftsResponse(gifts=list(reply.gifts))
 
-
     @maps_errors
-    async def ExplainMessage(self, request: pb.ExplainMessageRequest, context: grpc.aio.ServicerContext
-                             ) -> pb.ExplainMessageResponse:
+    async def ExplainMessage(
+        self, request: pb.ExplainMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainMessageResponse:
         session = await self._owned_session(request.user_id, request.session_id)
         row = await store.turn_for_message(self.pool, session.id, request.message_id)
         if row is None:
             raise NotFound("no turn produced this message in this session")
-        explanation = {"turn_id": row["id"], "status": row["status"], "client_msg_id": row["client_msg_id"],
-                       "user_message_id": row["user_message_id"], "started_at": row["started_at"].isoformat(),
-                       "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
-                       **(row["explain"] or {})}
+        explanation = {
+            "turn_id": row["id"],
+            "status": row["status"],
+            "client_msg_id": row["client_msg_id"],
+            "user_message_id": row["user_message_id"],
+            "started_at": row["started_at"].isoformat(),
+            "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
+            **(row["explain"] or {}),
+        }
         response = pb.ExplainMessageResponse()
         response.explanation.update(explanation)
         return response
 
     @maps_errors
-    async def ExportUserData(self, request: pb.ExportUserDataRequest, context: grpc.aio.ServicerContext
-                             ) -> pb.ExportUserDataResponse:
+    async def ExportUserData(
+        self, request: pb.ExportUserDataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExportUserDataResponse:
         from .user_data import export_user_data
 
         data = await export_user_data(self.pool, self.peers, parse_uuid(request.user_id, "user_id"))
@@ -323,8 +415,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         return response
 
     @maps_errors
-    async def DeleteUserData(self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
-                             ) -> pb.DeleteUserDataResponse:
+    async def DeleteUserData(
+        self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteUserDataResponse:
         from .user_data import delete_user_data
 
         deleted = await delete_user_data(self.pool, self.peers, parse_uuid(request.user_id, "user_id"))
@@ -335,14 +428,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
 def prefetch_session(session: store.SessionRow) -> store.SessionRow:
     """The session as it is once the new user message is stored."""
-    return dataclasses.replace(session, message_count=session.message_count + 1,
-                               user_message_count=session.user_message_count + 1)
+    return dataclasses.replace(
+        session, message_count=session.message_count + 1, user_message_count=session.user_message_count + 1
+    )
 
 
 def _in_progress(message_id: str) -> Aborted:
-    return Aborted("a turn with this client_msg_id is still in progress", reason="duplicate_in_progress",
-                   extra={"message-id": message_id},
-                   user_message="That message is still being answered.")
+    return Aborted(
+        "a turn with this client_msg_id is still in progress",
+        reason="duplicate_in_progress",
+        extra={"message-id": message_id},
+        user_message="That message is still being answered.",
+    )
 
 
 async def _replay(saved: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -352,10 +449,18 @@ async def _replay(saved: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
 
 def persona_message(row: Any) -> pb.Persona:
     meta = row["art_metadata"] or {}
-    return pb.Persona(id=str(row["id"]), name=row["name"], tip_personality=row["tip_personality"] or "",
-                      gender=str(meta.get("gender", "")), age=int(meta.get("age") or 0), mbti=str(meta.get("mbti", "")),
-                      timezone=str(meta.get("timezone", "")), appearance=str(meta.get("appearance", "")),
-                      topics=[str(t) for t in meta.get("topics", [])], source=row["source"])
+    return pb.Persona(
+        id=str(row["id"]),
+        name=row["name"],
+        tip_personality=row["tip_personality"] or "",
+        gender=str(meta.get("gender", "")),
+        age=int(meta.get("age") or 0),
+        mbti=str(meta.get("mbti", "")),
+        timezone=str(meta.get("timezone", "")),
+        appearance=str(meta.get("appearance", "")),
+        topics=[str(t) for t in meta.get("topics", [])],
+        source=row["source"],
+    )
 
 
 async def build(ctx: ServiceContext) -> ServiceParts:
@@ -368,8 +473,9 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         from services.offline_llm.server import build_llm_app, serve_llm
 
         offline_server = await serve_llm(build_llm_app("offline"), host="127.0.0.1", port=0)
-        endpoint = LlmEndpoint(base_url=offline_server.base_url, api_key="offline", offline=True,
-                               default_model=OFFLINE_MODEL_ID)
+        endpoint = LlmEndpoint(
+            base_url=offline_server.base_url, api_key="offline", offline=True, default_model=OFFLINE_MODEL_ID
+        )
     llm = LlmClient(endpoint, timeout=env.float("LLM_TIMEOUT_SECS", 60.0, 0.1, 600.0))
     outbox = OutboxWorker(ctx.pool, peers, max_attempts=env.int("POST_PROCESS_MAX_ATTEMPTS", 10, 1, 100))
     recovered = await store.fail_abandoned_turns(ctx.pool)
@@ -377,10 +483,17 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         log.warning("%d turns were interrupted by a previous stop; marked failed (a retry regenerates them)", recovered)
     hidden = frozenset(k.strip() for k in (env.str("OPENROUTER_USAGE_HIDDEN_KEYS") or "").split(",") if k.strip())
     engine = TurnEngine(
-        pool=ctx.pool, peers=peers, llm=llm, outbox=outbox, model_config=model_config,
-        offline_model=endpoint.default_model if endpoint.offline else None, default_model=endpoint.default_model,
+        pool=ctx.pool,
+        peers=peers,
+        llm=llm,
+        outbox=outbox,
+        model_config=model_config,
+        offline_model=endpoint.default_model if endpoint.offline else None,
+        default_model=endpoint.default_model,
         judge=None if endpoint.offline else llm_for_task(env, "pde_decision", model_config, client=llm),
-        generation_timeout=env.float("CHAT_GEN_TIMEOUT_SECS", 300.0, 0.1, 3600.0), hidden_usage_keys=hidden)
+        generation_timeout=env.float("CHAT_GEN_TIMEOUT_SECS", 300.0, 0.1, 3600.0),
+        hidden_usage_keys=hidden,
+    )
     live = LiveTurns(max_per_user=env.int("MAX_TURNS_PER_USER", 3, 1, 100))
     servicer = OrchestratorServicer(ctx, peers, engine, live)
 

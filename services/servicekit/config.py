@@ -3,6 +3,7 @@
 One loader for every process. A bad value stops the process with a message that names the
 variable and the expected form (STYLE 6: fail fast on configuration).
 """
+
 from __future__ import annotations
 
 import os

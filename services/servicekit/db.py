@@ -4,6 +4,7 @@ Every service owns one schema and keeps its SQL migrations in `services/<name>/m
 `rapport migrate` applies them in order, once each, recorded in `public.rapport_migrations`, under an
 advisory lock so two migrators never race.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,10 +45,16 @@ class PooledConnection(asyncpg.Connection):
         return ""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0
+) -> asyncpg.Pool:
     """An asyncpg pool with JSON codecs and pgvector registered on every connection."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=command_timeout,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=command_timeout,
         connection_class=PooledConnection,
     )
     assert pool is not None
@@ -86,7 +93,9 @@ def load_migrations(service: str, params: Mapping[str, object] | None = None) ->
     return migrations
 
 
-async def apply_migrations(dsn: str, services: list[str], params: Mapping[str, Mapping[str, object]] | None = None) -> list[str]:
+async def apply_migrations(
+    dsn: str, services: list[str], params: Mapping[str, Mapping[str, object]] | None = None
+) -> list[str]:
     """Apply pending migrations of the given services; idempotent. Returns what was applied."""
     applied: list[str] = []
     conn = await asyncpg.connect(dsn)
@@ -106,7 +115,9 @@ async def apply_migrations(dsn: str, services: list[str], params: Mapping[str, M
             for service in services:
                 done = {
                     r["version"]: r["checksum"]
-                    for r in await conn.fetch("SELECT version, checksum FROM public.rapport_migrations WHERE service = $1", service)
+                    for r in await conn.fetch(
+                        "SELECT version, checksum FROM public.rapport_migrations WHERE service = $1", service
+                    )
                 }
                 for migration in load_migrations(service, (params or {}).get(service)):
                     if migration.version in done:
@@ -115,7 +126,10 @@ async def apply_migrations(dsn: str, services: list[str], params: Mapping[str, M
                         await conn.execute(migration.sql)
                         await conn.execute(
                             "INSERT INTO public.rapport_migrations (service, version, name, checksum) VALUES ($1, $2, $3, $4)",
-                            service, migration.version, migration.name, migration.checksum,
+                            service,
+                            migration.version,
+                            migration.name,
+                            migration.checksum,
                         )
                     applied.append(f"{service}/{migration.name}")
                     log.info("applied migration %s/%s", service, migration.name)

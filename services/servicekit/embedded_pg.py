@@ -5,6 +5,7 @@ server runs as the unprivileged `embedded_postgres` user (Postgres refuses to ru
 server is our direct child listening on 127.0.0.1:<free port>, so stopping it is a signal and a wait:
 nothing is left behind.
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,8 +96,14 @@ class EmbeddedPostgres:
         return demote
 
     def _command(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(_bin_dir() / name), *args], check=check, capture_output=True, text=True,
-                              preexec_fn=self._preexec(), env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"})
+        return subprocess.run(
+            [str(_bin_dir() / name), *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            preexec_fn=self._preexec(),
+            env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
+        )
 
     def initdb(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -109,8 +116,17 @@ class EmbeddedPostgres:
             os.chown(self.pgdata, *self._owner)
         self.pgdata.chmod(0o700)
         log.info("initialising PostgreSQL data in %s", self.pgdata)
-        result = self._command("initdb", "-D", str(self.pgdata), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
-                               "--no-instructions", check=False)
+        result = self._command(
+            "initdb",
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--no-instructions",
+            check=False,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
 
@@ -128,10 +144,26 @@ class EmbeddedPostgres:
             os.chown(socket_dir, *self._owner)
         log_file = open(self.home / "postgres.log", "ab")
         self.process = subprocess.Popen(
-            [str(_bin_dir() / "postgres"), "-D", str(self.pgdata), "-h", "127.0.0.1", "-p", str(self.port),
-             "-k", str(socket_dir), "-c", "max_connections=300", "-c", "shared_buffers=256MB",
-             "-c", f"fsync={'off' if os.environ.get('RAPPORT_PG_FSYNC_OFF') else 'on'}"],
-            stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=self._preexec(),
+            [
+                str(_bin_dir() / "postgres"),
+                "-D",
+                str(self.pgdata),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-k",
+                str(socket_dir),
+                "-c",
+                "max_connections=300",
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                f"fsync={'off' if os.environ.get('RAPPORT_PG_FSYNC_OFF') else 'on'}",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=self._preexec(),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -148,10 +180,21 @@ class EmbeddedPostgres:
         self._ensure_database(DATABASE)
 
     def _ensure_database(self, name: str) -> None:
-        psql = [str(_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                "-tAc"]
-        exists = subprocess.run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], capture_output=True,
-                                text=True, check=True)
+        psql = [
+            str(_bin_dir() / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAc",
+        ]
+        exists = subprocess.run(
+            [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], capture_output=True, text=True, check=True
+        )
         if exists.stdout.strip() != "1":
             subprocess.run([*psql, f'CREATE DATABASE "{name}"'], capture_output=True, text=True, check=True)
 
@@ -187,5 +230,3 @@ def _stop_stale_postmaster(pidfile: Path) -> None:
 
 def remove_data(home: Path) -> None:
     shutil.rmtree(home / "pgdata", ignore_errors=True)
-
-

@@ -1,4 +1,5 @@
 """Domain errors → gRPC status, in one place, so every server maps errors the same way."""
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,15 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, user_message: str | None = None, field: str | None = None,
-                 reason: str | None = None, extra: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        user_message: str | None = None,
+        field: str | None = None,
+        reason: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.extra = extra or {}
         self.message = message

@@ -7,6 +7,7 @@
 - `open_channel`: a client channel whose every call carries OTel context and a deadline of
   `min(own timeout, time remaining on the call being served)` (STYLE 8).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +27,9 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_serv
 log = logging.getLogger("rapport.grpc")
 
 # Monotonic deadline of the call currently being served in this task (None = no deadline).
-_serving_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("rapport_serving_deadline", default=None)
+_serving_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "rapport_serving_deadline", default=None
+)
 
 DEFAULT_CALL_TIMEOUT = 10.0
 
@@ -54,7 +57,9 @@ def _remember_deadline(context: grpc.aio.ServicerContext) -> None:
 class _DeadlineServerInterceptor(grpc.aio.ServerInterceptor):
     """Stores the incoming call's deadline in a contextvar that outbound calls read."""
 
-    async def intercept_service(self, continuation: Callable[..., Awaitable[Any]], details: grpc.HandlerCallDetails) -> Any:
+    async def intercept_service(
+        self, continuation: Callable[..., Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
@@ -65,7 +70,9 @@ class _DeadlineServerInterceptor(grpc.aio.ServerInterceptor):
                 _remember_deadline(context)
                 return await inner_uu(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
         if handler.unary_stream:
             inner_us = handler.unary_stream
 
@@ -74,7 +81,9 @@ class _DeadlineServerInterceptor(grpc.aio.ServerInterceptor):
                 async for item in inner_us(request, context):
                     yield item
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_unary:
             inner_su = handler.stream_unary
 
@@ -82,19 +91,23 @@ class _DeadlineServerInterceptor(grpc.aio.ServerInterceptor):
                 _remember_deadline(context)
                 return await inner_su(request_iterator, context)
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
+            )
         return handler
 
 
-class _DeadlineClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                                 grpc.aio.StreamUnaryClientInterceptor):
+class _DeadlineClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamUnaryClientInterceptor
+):
     def __init__(self, default_timeout: float | None) -> None:
         self.default_timeout = default_timeout
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         own = details.timeout if details.timeout is not None else self.default_timeout
-        return grpc.aio.ClientCallDetails(details.method, call_timeout(own), details.metadata, details.credentials,
-                                          details.wait_for_ready)
+        return grpc.aio.ClientCallDetails(
+            details.method, call_timeout(own), details.metadata, details.credentials, details.wait_for_ready
+        )
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
@@ -113,8 +126,11 @@ def open_channel(address: str, *, default_timeout: float | None = DEFAULT_CALL_T
         address,
         interceptors=interceptors,
         # round_robin over every address DNS gives (a headless Service in Kubernetes spreads load over replicas)
-        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                 ("grpc.lb_policy_name", "round_robin")],
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.lb_policy_name", "round_robin"),
+        ],
     )
 
 
@@ -152,11 +168,17 @@ async def start_grpc_server(
 ) -> RunningGrpcServer:
     """Start a grpc.aio server with health, reflection, tracing and deadline propagation; SERVING on return."""
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(filter_=filters.negate(filters.health_check())), _DeadlineServerInterceptor()],
+        interceptors=[
+            aio_server_interceptor(filter_=filters.negate(filters.health_check())),
+            _DeadlineServerInterceptor(),
+        ],
         # Connections are recycled every few minutes so clients rebalance onto new replicas; the grace
         # outlives the longest turn (CHAT_GEN_TIMEOUT_SECS).
-        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.max_connection_age_ms", 300_000),
-                 ("grpc.max_connection_age_grace_ms", 360_000)],
+        options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 360_000),
+        ],
     )
     for add in register:
         add(server)

@@ -1,5 +1,6 @@
 """One way to serve an ASGI app (the gateway, the offline LLM responder): uvicorn on a pre-bound
 socket in the current event loop, so port 0 works and the URL is known before the first request."""
+
 from __future__ import annotations
 
 import asyncio
@@ -49,12 +50,25 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_asgi(app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
-                     timeout_graceful_shutdown: float = 5.0, lifespan: str = "on") -> RunningHttpServer:
+async def serve_asgi(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "warning",
+    timeout_graceful_shutdown: float = 5.0,
+    lifespan: str = "on",
+) -> RunningHttpServer:
     """Start serving `app` in this loop; returns once the server accepts connections."""
     sock = bind_socket(host, port)
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan=lifespan,  # type: ignore[arg-type]
-                            timeout_graceful_shutdown=timeout_graceful_shutdown, ws="none")
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan=lifespan,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
+        ws="none",
+    )
     server = _InLoopServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{host}:{sock.getsockname()[1]}")
     while not server.started:

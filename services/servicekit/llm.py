@@ -4,6 +4,7 @@
 for any other provider (OpenAI, vLLM, llama.cpp server, Ollama). With neither, the caller starts the
 offline responder (served over the same protocol) and points `LLM_BASE_URL` at it.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,13 +46,21 @@ def llm_endpoint_from_env(env: Env | None = None) -> LlmEndpoint | None:
     if base_url:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError("LLM_BASE_URL", "an http(s):// URL of an OpenAI-compatible API", base_url)
-        return LlmEndpoint(base_url=base_url, api_key=env.str("LLM_API_KEY") or env.str("OPENROUTER_API_KEY") or "none",
-                           headers=headers, offline=offline,
-                           default_model=OFFLINE_MODEL_ID if offline else (env.str("LLM_MODEL") or ""))
+        return LlmEndpoint(
+            base_url=base_url,
+            api_key=env.str("LLM_API_KEY") or env.str("OPENROUTER_API_KEY") or "none",
+            headers=headers,
+            offline=offline,
+            default_model=OFFLINE_MODEL_ID if offline else (env.str("LLM_MODEL") or ""),
+        )
     key = env.str("OPENROUTER_API_KEY")
     if key:
-        return LlmEndpoint(base_url=OPENROUTER_BASE_URL, api_key=key, headers=headers,
-                           default_model=env.str("LLM_MODEL") or "openai/gpt-4o-mini")
+        return LlmEndpoint(
+            base_url=OPENROUTER_BASE_URL,
+            api_key=key,
+            headers=headers,
+            default_model=env.str("LLM_MODEL") or "openai/gpt-4o-mini",
+        )
     if env.str("LLM_API_KEY"):
         raise ConfigError("LLM_BASE_URL", "set together with LLM_API_KEY (an OpenAI-compatible base URL)")
     return None
@@ -71,17 +80,26 @@ class StreamChunk:
 class LlmClient:
     def __init__(self, endpoint: LlmEndpoint, *, timeout: float = 60.0, max_retries: int = 0) -> None:
         self.endpoint = endpoint
-        self.client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key,
-                                         default_headers=dict(endpoint.headers), timeout=timeout,
-                                         max_retries=max_retries)
+        self.client = openai.AsyncOpenAI(
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key,
+            default_headers=dict(endpoint.headers),
+            timeout=timeout,
+            max_retries=max_retries,
+        )
         self.tracer = trace.get_tracer("rapport.llm")
 
     async def close(self) -> None:
         await self.client.close()
 
-    async def stream_chat(self, model: str, messages: Sequence[Mapping[str, Any]], *,
-                          params: Mapping[str, Any] | None = None, first_token_timeout: float | None = None,
-                          ) -> AsyncIterator[StreamChunk]:
+    async def stream_chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        params: Mapping[str, Any] | None = None,
+        first_token_timeout: float | None = None,
+    ) -> AsyncIterator[StreamChunk]:
         """Stream a chat completion. Raises openai errors on failure; a stream that ends without a
         finish_reason is reported by the caller as cut."""
         kwargs = {k: v for k, v in (params or {}).items() if v is not None}
@@ -89,8 +107,13 @@ class LlmClient:
         with self.tracer.start_as_current_span("llm.chat", attributes={"gen_ai.request.model": model}) as span:
             started = time.monotonic()
             stream = await self.client.chat.completions.create(
-                model=model, messages=list(messages), stream=True, stream_options={"include_usage": True},
-                extra_body=extra_body, **kwargs)
+                model=model,
+                messages=list(messages),
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=extra_body,
+                **kwargs,
+            )
             first = True
             async for chunk in stream:
                 piece = StreamChunk(generation_id=chunk.id or "", model=chunk.model or model)
@@ -105,8 +128,9 @@ class LlmClient:
                     first = False
                 yield piece
 
-    async def complete(self, model: str, messages: Sequence[Mapping[str, Any]], *,
-                       params: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any], str]:
+    async def complete(
+        self, model: str, messages: Sequence[Mapping[str, Any]], *, params: Mapping[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any], str]:
         """A non-streamed completion: (text, usage, model)."""
         kwargs = {k: v for k, v in (params or {}).items() if v is not None}
         with self.tracer.start_as_current_span("llm.complete", attributes={"gen_ai.request.model": model}):

@@ -3,6 +3,7 @@
 A service module provides `async def build(ctx: ServiceContext) -> ServiceParts`; everything else
 (pool, health, reflection, tracing, signals, grace period) is here, so a fifth service is a page.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -85,8 +86,9 @@ async def start_service(name: str, env: Env | None = None, *, pool_size: int = 1
         module = importlib.import_module(service_module(name))
         ctx = ServiceContext(name=name, env=env, settings=settings, pool=pool)
         parts: ServiceParts = await module.build(ctx)
-        running_grpc = await start_grpc_server(bind_addr=settings.bind_addr, register=parts.register,
-                                               service_names=parts.service_names)
+        running_grpc = await start_grpc_server(
+            bind_addr=settings.bind_addr, register=parts.register, service_names=parts.service_names
+        )
     except BaseException:
         await pool.close()
         raise

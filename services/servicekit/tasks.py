@@ -4,6 +4,7 @@
 provider is reachable (API key or LLM_BASE_URL), else None: the caller then uses its offline,
 rule-based path. A task with no model configured and no API key always uses the offline path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,8 +55,9 @@ class TaskLlm:
     def models(self) -> tuple[str, ...]:
         return self.resolved.models
 
-    async def complete(self, messages: Sequence[Mapping[str, Any]], *, json_mode: bool = False
-                       ) -> tuple[str, dict[str, Any], str]:
+    async def complete(
+        self, messages: Sequence[Mapping[str, Any]], *, json_mode: bool = False
+    ) -> tuple[str, dict[str, Any], str]:
         """Try each model of the chain in turn → (text, usage, model). Raises the last error."""
         params: dict[str, Any] = self.resolved.sampling_params()
         if json_mode and self.resolved.extra.get("structured_output", True):
@@ -71,8 +73,9 @@ class TaskLlm:
         raise last
 
 
-def llm_for_task(env: Env, task: str, config: ModelConfig | None = None, client: LlmClient | None = None
-                 ) -> TaskLlm | None:
+def llm_for_task(
+    env: Env, task: str, config: ModelConfig | None = None, client: LlmClient | None = None
+) -> TaskLlm | None:
     config = config or load_model_config_from_env(env)
     resolved = config.resolve(task)
     if not resolved.models:

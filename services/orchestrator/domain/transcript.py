@@ -19,6 +19,7 @@ Pure: no I/O. An OpenAI-style client (SillyTavern) sends the whole transcript on
 - **Ghosts**: a ghost is delivered as an empty assistant message; stored ghosts and empty assistant
   messages of the client are left out of the comparison (a client may keep or drop them).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -103,6 +104,7 @@ def normalized(text: str) -> str:
 
 # ---- the request --------------------------------------------------------------------------------
 
+
 def _conversation_name(value: str, field: str) -> str:
     value = value.strip()
     if value and (len(value) > MAX_CONVERSATION_NAME_CHARS or not _PRINTABLE.match(value)):
@@ -110,8 +112,9 @@ def _conversation_name(value: str, field: str) -> str:
     return value
 
 
-def validate_completion_request(model: str, messages: Sequence[ClientMessage], chat_id: str,
-                                client_user: str) -> tuple[str, str, str]:
+def validate_completion_request(
+    model: str, messages: Sequence[ClientMessage], chat_id: str, client_user: str
+) -> tuple[str, str, str]:
     """Check the request's fields before anything is read or written → (model, chat_id, client_user)."""
     if not model.strip():
         raise TranscriptError("model", "required: a persona name or id")
@@ -135,10 +138,13 @@ def split_transcript(messages: Sequence[ClientMessage]) -> ClientTranscript:
         if message.content.strip():
             character = message.content.strip()
             break
-    chat = tuple(ClientMessage(m.role, m.content) for m in messages
-                 if m.role in CHAT_ROLES and not (m.role == "assistant" and not m.content.strip()))
+    chat = tuple(
+        ClientMessage(m.role, m.content)
+        for m in messages
+        if m.role in CHAT_ROLES and not (m.role == "assistant" and not m.content.strip())
+    )
     last_chat = max((i for i, m in enumerate(messages) if m.role in CHAT_ROLES), default=-1)
-    trailing = any(m.role in SYSTEM_ROLES and m.content.strip() for m in messages[last_chat + 1:])
+    trailing = any(m.role in SYSTEM_ROLES and m.content.strip() for m in messages[last_chat + 1 :])
     return ClientTranscript("\n\n".join(system), character, chat, trailing and last_chat >= 0)
 
 
@@ -154,8 +160,12 @@ def utility_reason(transcript: ClientTranscript, *, marked: bool, named: bool) -
         # Summaries and impersonation add their instruction after the character's reply; "continue"
         # ends with the reply itself. Either way there is no user message for the character to answer.
         return "instruction_after_reply" if transcript.trailing_system and transcript.chat else "no_user_message"
-    if (not named and not transcript.system_prompt and len(transcript.chat) == 1
-            and len(transcript.chat[0].content.strip()) <= PROBE_MAX_CHARS):
+    if (
+        not named
+        and not transcript.system_prompt
+        and len(transcript.chat) == 1
+        and len(transcript.chat[0].content.strip()) <= PROBE_MAX_CHARS
+    ):
         return "probe"
     return None
 
@@ -180,6 +190,7 @@ def derived_client_msg_id(conversation: str, position: int, content: str, genera
 
 # ---- reconciliation -------------------------------------------------------------------------------
 
+
 def _key(message: ClientMessage | StoredMessage) -> tuple[str, str]:
     return message.role, normalized(message.content)
 
@@ -195,12 +206,17 @@ def _common_prefix(stored: Sequence[tuple[str, str]], offset: int, chat: Sequenc
 def _answered_by_ghost(stored: Sequence[StoredMessage], user_message_id: str) -> bool:
     """The stored message right after this user message is a ghost (the persona chose not to answer)."""
     index = next(i for i, m in enumerate(stored) if m.id == user_message_id)
-    following = stored[index + 1:index + 2]
+    following = stored[index + 1 : index + 2]
     return bool(following) and following[0].ghost
 
 
-def _plan_at(stored: Sequence[StoredMessage], visible: Sequence[StoredMessage], matched: int,
-             chat: Sequence[ClientMessage], offset: int) -> TranscriptPlan:
+def _plan_at(
+    stored: Sequence[StoredMessage],
+    visible: Sequence[StoredMessage],
+    matched: int,
+    chat: Sequence[ClientMessage],
+    offset: int,
+) -> TranscriptPlan:
     """The plan when the client's first chat message is the stored chat message at `offset` and the
     first `matched` client messages equal the stored ones from there."""
     last = len(chat) - 1
@@ -210,12 +226,18 @@ def _plan_at(stored: Sequence[StoredMessage], visible: Sequence[StoredMessage], 
         user_id = visible[position].id
         later = len(visible) - position - 1
         answered = later > 0 or _answered_by_ghost(stored, user_id)
-        return TranscriptPlan("regenerate" if answered else "resume", position, user_message,
-                              user_message_id=user_id, deleted=later)
+        return TranscriptPlan(
+            "regenerate" if answered else "resume", position, user_message, user_message_id=user_id, deleted=later
+        )
     cut = offset + matched
-    return TranscriptPlan("new_turn", position, user_message,
-                          delete_from=visible[cut].id if cut < len(visible) else None,
-                          deleted=len(visible) - cut, imports=tuple(chat[matched:last]))
+    return TranscriptPlan(
+        "new_turn",
+        position,
+        user_message,
+        delete_from=visible[cut].id if cut < len(visible) else None,
+        deleted=len(visible) - cut,
+        imports=tuple(chat[matched:last]),
+    )
 
 
 def plan_reconciliation(stored: Sequence[StoredMessage], chat: Sequence[ClientMessage]) -> TranscriptPlan:
@@ -231,6 +253,8 @@ def plan_reconciliation(stored: Sequence[StoredMessage], chat: Sequence[ClientMe
     stored_keys = [_key(m) for m in visible]
     chat_keys = [_key(m) for m in chat]
     offsets = [0] + [i for i in range(1, len(visible)) if stored_keys[i] == chat_keys[0]]
-    plans = [(_plan_at(stored, visible, _common_prefix(stored_keys, offset, chat_keys), chat, offset), offset)
-             for offset in offsets]
+    plans = [
+        (_plan_at(stored, visible, _common_prefix(stored_keys, offset, chat_keys), chat, offset), offset)
+        for offset in offsets
+    ]
     return min(plans, key=lambda item: (item[0].cost, -item[1]))[0]

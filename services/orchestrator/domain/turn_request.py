@@ -157,14 +157,10 @@ def _validate_affinity_scope(scope: Any) -> str | tuple[str, ...]:
         return scope
     axes = list(scope) if isinstance(scope, Sequence) else None
     if not axes:
-        raise TurnRequestError(
-            "affinity_scope", 'a list must name at least one axis (use "none" for no axes)'
-        )
+        raise TurnRequestError("affinity_scope", 'a list must name at least one axis (use "none" for no axes)')
     for axis in axes:
         if axis not in AFFINITY_AXES:
-            raise TurnRequestError(
-                "affinity_scope", f"unknown axis {axis!r} (axes: {', '.join(AFFINITY_AXES)})"
-            )
+            raise TurnRequestError("affinity_scope", f"unknown axis {axis!r} (axes: {', '.join(AFFINITY_AXES)})")
     return tuple(dict.fromkeys(axes))
 
 
