@@ -391,6 +391,145 @@ class DecideGhostResponse(_message.Message):
 Global___DecideGhostResponse: _TypeAlias = DecideGhostResponse  # noqa: Y015
 
 @_typing.final
+class GhostDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GHOST_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    JUDGE_GHOST_ALLOWED_FIELD_NUMBER: _builtins.int
+    ghost: _builtins.bool
+    score: _builtins.float
+    threshold: _builtins.float
+    rule: _builtins.str
+    reason: _builtins.str
+    judge_ghost_allowed: _builtins.bool
+    """Whether an LLM judge's ghost may stand (ghost rules 1–3 allow one)."""
+    def __init__(
+        self,
+        *,
+        ghost: _builtins.bool = ...,
+        score: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        rule: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        judge_ghost_allowed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ghost", b"ghost", "judge_ghost_allowed", b"judge_ghost_allowed", "reason", b"reason", "rule", b"rule", "score", b"score", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GhostDecision: _TypeAlias = GhostDecision  # noqa: Y015
+
+@_typing.final
+class ReadTurnStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AFFINITY_SCOPE_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    GHOSTING_ENABLED_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    user_message_count: _builtins.int
+    """As in DecideGhostRequest."""
+    ghosting_enabled: _builtins.bool
+    @_builtins.property
+    def affinity_scope(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As in GetStateRequest."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        affinity_scope: _abc.Iterable[_builtins.str] | None = ...,
+        user_message_count: _builtins.int = ...,
+        ghosting_enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_scope", b"affinity_scope", "ghosting_enabled", b"ghosting_enabled", "session_id", b"session_id", "user_id", b"user_id", "user_message_count", b"user_message_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadTurnStateRequest: _TypeAlias = ReadTurnStateRequest  # noqa: Y015
+
+@_typing.final
+class ReadTurnStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BandedAxesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATE_FIELD_NUMBER: _builtins.int
+    MOOD_LINES_FIELD_NUMBER: _builtins.int
+    FEELINGS_LINES_FIELD_NUMBER: _builtins.int
+    LENGTH_GUIDANCE_FIELD_NUMBER: _builtins.int
+    EMOTIONAL_CONTEXT_FIELD_NUMBER: _builtins.int
+    SCOPE_AXES_FIELD_NUMBER: _builtins.int
+    BANDED_AXES_FIELD_NUMBER: _builtins.int
+    GHOST_FIELD_NUMBER: _builtins.int
+    length_guidance: _builtins.str
+    @_builtins.property
+    def state(self) -> Global___AffinityState: ...
+    @_builtins.property
+    def mood_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def feelings_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def emotional_context(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def scope_axes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def banded_axes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Each axis in words for its range: "very low", "low", "medium", "high", "very high"."""
+
+    @_builtins.property
+    def ghost(self) -> Global___GhostDecision: ...
+    def __init__(
+        self,
+        *,
+        state: Global___AffinityState | None = ...,
+        mood_lines: _abc.Iterable[_builtins.str] | None = ...,
+        feelings_lines: _abc.Iterable[_builtins.str] | None = ...,
+        length_guidance: _builtins.str = ...,
+        emotional_context: _abc.Iterable[_builtins.str] | None = ...,
+        scope_axes: _abc.Iterable[_builtins.str] | None = ...,
+        banded_axes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ghost: Global___GhostDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ghost", b"ghost", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["banded_axes", b"banded_axes", "emotional_context", b"emotional_context", "feelings_lines", b"feelings_lines", "ghost", b"ghost", "length_guidance", b"length_guidance", "mood_lines", b"mood_lines", "scope_axes", b"scope_axes", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadTurnStateResponse: _TypeAlias = ReadTurnStateResponse  # noqa: Y015
+
+@_typing.final
 class RecordGhostRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -55,6 +55,11 @@ class AffinityServiceStub:
                 request_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.DecideGhostRequest.SerializeToString,
                 response_deserializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.DecideGhostResponse.FromString,
                 _registered_method=True)
+        self.ReadTurnState = channel.unary_unary(
+                '/rapport.affinity.v1.AffinityService/ReadTurnState',
+                request_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.ReadTurnStateRequest.SerializeToString,
+                response_deserializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.ReadTurnStateResponse.FromString,
+                _registered_method=True)
         self.RecordGhost = channel.unary_unary(
                 '/rapport.affinity.v1.AffinityService/RecordGhost',
                 request_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.RecordGhostRequest.SerializeToString,
@@ -124,6 +129,14 @@ class AffinityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadTurnState(self, request, context):
+        """Everything a turn reads from affinity, in one call: the state with its prompt lines, the vector in
+        bands (what an LLM judge may see) and the ghost decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecordGhost(self, request, context):
         """Records that the persona ghosted a turn.
         """
@@ -132,7 +145,7 @@ class AffinityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordReply(self, request, context):
-        """Records that a reply was served (resets the ghost streak).
+        """Records that a reply was served (resets the ghost streak). ApplyTurn does this too, in the same write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,6 +208,11 @@ def add_AffinityServiceServicer_to_server(servicer, server):
                     servicer.DecideGhost,
                     request_deserializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.DecideGhostRequest.FromString,
                     response_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.DecideGhostResponse.SerializeToString,
+            ),
+            'ReadTurnState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadTurnState,
+                    request_deserializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.ReadTurnStateRequest.FromString,
+                    response_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.ReadTurnStateResponse.SerializeToString,
             ),
             'RecordGhost': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordGhost,
@@ -341,6 +359,33 @@ class AffinityService:
             '/rapport.affinity.v1.AffinityService/DecideGhost',
             rapport_dot_affinity_dot_v1_dot_affinity__pb2.DecideGhostRequest.SerializeToString,
             rapport_dot_affinity_dot_v1_dot_affinity__pb2.DecideGhostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadTurnState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.affinity.v1.AffinityService/ReadTurnState',
+            rapport_dot_affinity_dot_v1_dot_affinity__pb2.ReadTurnStateRequest.SerializeToString,
+            rapport_dot_affinity_dot_v1_dot_affinity__pb2.ReadTurnStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

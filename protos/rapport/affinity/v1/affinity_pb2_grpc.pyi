@@ -41,10 +41,14 @@ class AffinityServiceStub:
     """Applies one turn's rule + evaluator deltas through the EMA; idempotent by turn id."""
     DecideGhost: _grpc.UnaryUnaryMultiCallable[_affinity_pb2.DecideGhostRequest, _affinity_pb2.DecideGhostResponse]
     """The deterministic ghost decision for the next reply."""
+    ReadTurnState: _grpc.UnaryUnaryMultiCallable[_affinity_pb2.ReadTurnStateRequest, _affinity_pb2.ReadTurnStateResponse]
+    """Everything a turn reads from affinity, in one call: the state with its prompt lines, the vector in
+    bands (what an LLM judge may see) and the ghost decision.
+    """
     RecordGhost: _grpc.UnaryUnaryMultiCallable[_affinity_pb2.RecordGhostRequest, _affinity_pb2.RecordGhostResponse]
     """Records that the persona ghosted a turn."""
     RecordReply: _grpc.UnaryUnaryMultiCallable[_affinity_pb2.RecordReplyRequest, _affinity_pb2.RecordReplyResponse]
-    """Records that a reply was served (resets the ghost streak)."""
+    """Records that a reply was served (resets the ghost streak). ApplyTurn does this too, in the same write."""
     ApplyGift: _grpc.UnaryUnaryMultiCallable[_affinity_pb2.ApplyGiftRequest, _affinity_pb2.ApplyGiftResponse]
     """Applies caller-supplied gift deltas through the EMA with the global inertia."""
     ListGifts: _grpc.UnaryUnaryMultiCallable[_affinity_pb2.ListGiftsRequest, _affinity_pb2.ListGiftsResponse]
@@ -69,10 +73,14 @@ class AffinityServiceAsyncStub(AffinityServiceStub):
     """Applies one turn's rule + evaluator deltas through the EMA; idempotent by turn id."""
     DecideGhost: _aio.UnaryUnaryMultiCallable[_affinity_pb2.DecideGhostRequest, _affinity_pb2.DecideGhostResponse]  # type: ignore[assignment]
     """The deterministic ghost decision for the next reply."""
+    ReadTurnState: _aio.UnaryUnaryMultiCallable[_affinity_pb2.ReadTurnStateRequest, _affinity_pb2.ReadTurnStateResponse]  # type: ignore[assignment]
+    """Everything a turn reads from affinity, in one call: the state with its prompt lines, the vector in
+    bands (what an LLM judge may see) and the ghost decision.
+    """
     RecordGhost: _aio.UnaryUnaryMultiCallable[_affinity_pb2.RecordGhostRequest, _affinity_pb2.RecordGhostResponse]  # type: ignore[assignment]
     """Records that the persona ghosted a turn."""
     RecordReply: _aio.UnaryUnaryMultiCallable[_affinity_pb2.RecordReplyRequest, _affinity_pb2.RecordReplyResponse]  # type: ignore[assignment]
-    """Records that a reply was served (resets the ghost streak)."""
+    """Records that a reply was served (resets the ghost streak). ApplyTurn does this too, in the same write."""
     ApplyGift: _aio.UnaryUnaryMultiCallable[_affinity_pb2.ApplyGiftRequest, _affinity_pb2.ApplyGiftResponse]  # type: ignore[assignment]
     """Applies caller-supplied gift deltas through the EMA with the global inertia."""
     ListGifts: _aio.UnaryUnaryMultiCallable[_affinity_pb2.ListGiftsRequest, _affinity_pb2.ListGiftsResponse]  # type: ignore[assignment]
@@ -120,6 +128,16 @@ class AffinityServiceServicer(metaclass=_abc_1.ABCMeta):
         """The deterministic ghost decision for the next reply."""
 
     @_abc_1.abstractmethod
+    def ReadTurnState(
+        self,
+        request: _affinity_pb2.ReadTurnStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_affinity_pb2.ReadTurnStateResponse, _abc.Awaitable[_affinity_pb2.ReadTurnStateResponse]]:
+        """Everything a turn reads from affinity, in one call: the state with its prompt lines, the vector in
+        bands (what an LLM judge may see) and the ghost decision.
+        """
+
+    @_abc_1.abstractmethod
     def RecordGhost(
         self,
         request: _affinity_pb2.RecordGhostRequest,
@@ -133,7 +151,7 @@ class AffinityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _affinity_pb2.RecordReplyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_affinity_pb2.RecordReplyResponse, _abc.Awaitable[_affinity_pb2.RecordReplyResponse]]:
-        """Records that a reply was served (resets the ghost streak)."""
+        """Records that a reply was served (resets the ghost streak). ApplyTurn does this too, in the same write."""
 
     @_abc_1.abstractmethod
     def ApplyGift(

@@ -38,6 +38,57 @@ LAYER_PROFILE: Layer.ValueType  # 1
 LAYER_RELATIONSHIP: Layer.ValueType  # 2
 Global___Layer: _TypeAlias = Layer  # noqa: Y015
 
+class _MemoryScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_SCOPE_UNSPECIFIED: _MemoryScope.ValueType  # 0
+    MEMORY_SCOPE_FULL: _MemoryScope.ValueType  # 1
+    MEMORY_SCOPE_NEUTRAL_AND_RELATIONSHIP: _MemoryScope.ValueType  # 2
+    MEMORY_SCOPE_RELATIONSHIP_ONLY: _MemoryScope.ValueType  # 3
+    MEMORY_SCOPE_NEUTRAL_ONLY: _MemoryScope.ValueType  # 4
+    MEMORY_SCOPE_INSIGHTS_ONLY: _MemoryScope.ValueType  # 5
+    MEMORY_SCOPE_NONE: _MemoryScope.ValueType  # 6
+
+class MemoryScope(_MemoryScope, metaclass=_MemoryScopeEnumTypeWrapper):
+    """The names a request's `memory_scope` may take (RecallRequest.memory_scope carries the lower-case name
+    without the prefix, e.g. "neutral_only"; empty = neutral_and_relationship). What each lets into the
+    prompt is decided by the memory service alone and returned in RecallResponse.
+    """
+
+MEMORY_SCOPE_UNSPECIFIED: MemoryScope.ValueType  # 0
+MEMORY_SCOPE_FULL: MemoryScope.ValueType  # 1
+MEMORY_SCOPE_NEUTRAL_AND_RELATIONSHIP: MemoryScope.ValueType  # 2
+MEMORY_SCOPE_RELATIONSHIP_ONLY: MemoryScope.ValueType  # 3
+MEMORY_SCOPE_NEUTRAL_ONLY: MemoryScope.ValueType  # 4
+MEMORY_SCOPE_INSIGHTS_ONLY: MemoryScope.ValueType  # 5
+MEMORY_SCOPE_NONE: MemoryScope.ValueType  # 6
+Global___MemoryScope: _TypeAlias = MemoryScope  # noqa: Y015
+
+class _InsightsMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InsightsModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InsightsMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INSIGHTS_MODE_UNSPECIFIED: _InsightsMode.ValueType  # 0
+    INSIGHTS_MODE_OFF: _InsightsMode.ValueType  # 1
+    INSIGHTS_MODE_NEUTRAL: _InsightsMode.ValueType  # 2
+    """The profile without its intimate fields."""
+    INSIGHTS_MODE_FULL: _InsightsMode.ValueType  # 3
+
+class InsightsMode(_InsightsMode, metaclass=_InsightsModeEnumTypeWrapper):
+    """How much of the insight profile a memory scope lets into the prompt."""
+
+INSIGHTS_MODE_UNSPECIFIED: InsightsMode.ValueType  # 0
+INSIGHTS_MODE_OFF: InsightsMode.ValueType  # 1
+INSIGHTS_MODE_NEUTRAL: InsightsMode.ValueType  # 2
+"""The profile without its intimate fields."""
+INSIGHTS_MODE_FULL: InsightsMode.ValueType  # 3
+Global___InsightsMode: _TypeAlias = InsightsMode  # noqa: Y015
+
 @_typing.final
 class Memory(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -195,6 +246,7 @@ class RecallRequest(_message.Message):
     MEMORY_SCOPE_FIELD_NUMBER: _builtins.int
     PROFILE_TOP_FIELD_NUMBER: _builtins.int
     RELATIONSHIP_TOP_FIELD_NUMBER: _builtins.int
+    HISTORY_WINDOW_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     instance_id: _builtins.str
     session_id: _builtins.str
@@ -203,6 +255,10 @@ class RecallRequest(_message.Message):
     """full, neutral_and_relationship (default), relationship_only, neutral_only, insights_only, none."""
     profile_top: _builtins.int
     relationship_top: _builtins.int
+    history_window: _builtins.int
+    """The messages of this session the prompt carries verbatim: moments from them are not recalled
+    (0 = the service's MEMORY_HISTORY_WINDOW).
+    """
     def __init__(
         self,
         *,
@@ -213,10 +269,11 @@ class RecallRequest(_message.Message):
         memory_scope: _builtins.str = ...,
         profile_top: _builtins.int = ...,
         relationship_top: _builtins.int = ...,
+        history_window: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "memory_scope", b"memory_scope", "profile_top", b"profile_top", "query", b"query", "relationship_top", b"relationship_top", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history_window", b"history_window", "instance_id", b"instance_id", "memory_scope", b"memory_scope", "profile_top", b"profile_top", "query", b"query", "relationship_top", b"relationship_top", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -231,8 +288,11 @@ class RecallResponse(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     EMBED_MS_FIELD_NUMBER: _builtins.int
     SEARCH_MS_FIELD_NUMBER: _builtins.int
+    INSIGHTS_FIELD_NUMBER: _builtins.int
     embed_ms: _builtins.float
     search_ms: _builtins.float
+    insights: Global___InsightsMode.ValueType
+    """What of the insight profile the request's memory_scope lets into the prompt."""
     @_builtins.property
     def profile(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecalledMemory]: ...
     @_builtins.property
@@ -247,10 +307,11 @@ class RecallResponse(_message.Message):
         summary: Global___SessionSummary | None = ...,
         embed_ms: _builtins.float = ...,
         search_ms: _builtins.float = ...,
+        insights: Global___InsightsMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embed_ms", b"embed_ms", "profile", b"profile", "relationship", b"relationship", "search_ms", b"search_ms", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embed_ms", b"embed_ms", "insights", b"insights", "profile", b"profile", "relationship", b"relationship", "search_ms", b"search_ms", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
