@@ -30,7 +30,7 @@ from rapport.insight.v1 import insight_pb2, insight_pb2_grpc
 from rapport.memory.v1 import memory_pb2, memory_pb2_grpc
 from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as orch_grpc
-from services.orchestrator.frames import to_dict as frame_to_dict
+from services.contracts.frames import to_json as frame_to_dict
 from services.servicekit.config import Env, peer_address
 from services.servicekit.grpc_runtime import open_channel, peer_serving
 

@@ -32,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
-from services.orchestrator.api_keys import looks_like_api_key
-from services.orchestrator.frames import to_dict as frame_to_dict
+from services.contracts.api_keys import looks_like_api_key
+from services.contracts.frames import to_json as frame_to_dict
 from services.servicekit.config import Env
 
 from . import errors

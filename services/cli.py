@@ -107,8 +107,8 @@ async def outbox_report(dsn: str, retry_dead: bool) -> list[str]:
         counts = await outbox_counts(pool)
         lines = ["  ".join(f"{status}: {counts.get(status, 0)}" for status in ("pending", "done", "dead"))]
         lines += [
-            f"dead #{row['id']} {row['target']} turn {row['turn_id']} after {row['attempts']} attempts "
-            f"({row['created_at']:%Y-%m-%d %H:%M}): {row['last_error']}"
+            f"dead #{row.id} {row.target} turn {row.turn_id} after {row.attempts} attempts "
+            f"({row.created_at:%Y-%m-%d %H:%M}): {row.last_error}"
             for row in await list_jobs(pool, "dead")
         ]
         return lines

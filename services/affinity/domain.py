@@ -23,6 +23,9 @@ AXIS_RANGES: dict[str, tuple[float, float]] = {
     "tension": (0.0, 1.0),
 }
 
+# Words for where a value sits in its axis range, in fifths (what an LLM judge sees instead of numbers).
+BANDS: tuple[tuple[float, str], ...] = ((0.2, "very low"), (0.4, "low"), (0.6, "medium"), (0.8, "high"))
+
 BOND_AXES: frozenset[str] = frozenset({"warmth", "intimacy", "tension"})
 CHEMISTRY_AXES: frozenset[str] = frozenset({"trust", "intrigue", "patience"})
 ALL_AXES: frozenset[str] = frozenset(AXES)
@@ -427,6 +430,17 @@ def judge_ghost_allowed(
 def record_ghost(book: GhostBookkeeping, now: datetime) -> GhostBookkeeping:
     """A ghost: streak +1, total +1, last_ghost_at = now."""
     return GhostBookkeeping(book.ghost_streak + 1, book.total_ghosts + 1, now)
+
+
+def band(value: float, lo: float = 0.0, hi: float = 1.0) -> str:
+    """A word for where `value` sits in [lo, hi]: fifths, from "very low" to "very high"."""
+    position = (min(max(value, lo), hi) - lo) / (hi - lo)
+    return next((name for upper, name in BANDS if position < upper), "very high")
+
+
+def banded_axes(vector_values: Mapping[str, float]) -> dict[str, str]:
+    """The vector as bands, per axis range."""
+    return {axis: band(value, *AXIS_RANGES[axis]) for axis, value in vector_values.items() if axis in AXIS_RANGES}
 
 
 def reset_streak(book: GhostBookkeeping) -> GhostBookkeeping:

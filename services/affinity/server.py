@@ -28,6 +28,7 @@ from services.affinity.domain import (
     AffinityVector,
     GhostPolicy,
     apply_delta,
+    banded_axes,
     bond,
     chemistry,
     combine_deltas,
@@ -56,9 +57,9 @@ from services.servicekit.grpc_errors import (
     NotFound,
     ServiceError,
     Unavailable,
+    abort_with,
     maps_errors,
     parse_uuid,
-    trailing_details,
 )
 from services.servicekit.service import ServiceContext, ServiceParts
 from services.servicekit.tasks import TaskLlm, llm_for_task
@@ -225,11 +226,6 @@ def _timestamp(request: Any, name: str) -> datetime | None:
     return getattr(request, name).ToDatetime(tzinfo=UTC) if request.HasField(name) else None
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
-    context.set_trailing_metadata(trailing_details(error))
-    await context.abort(error.code, error.message)
-
-
 # --- the servicer --------------------------------------------------------------------------------
 
 
@@ -272,14 +268,46 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         user_id, session_id = _owner_and_session(request)
         scope = _scope(list(request.affinity_scope))
         state = await store.read_owned(self.pool, session_id, user_id)
+        return pb.GetStateResponse(**await self._prompt_state(state, scope))
+
+    async def _prompt_state(self, state: store.SessionAffinity, scope: frozenset[str]) -> dict[str, Any]:
+        """The state with what of it may reach the prompt under `scope` (GetState and ReadTurnState)."""
         vector = state.current()
-        return pb.GetStateResponse(
-            state=state_message(state),
-            mood_lines=prompt_lines(vector, scope),
-            feelings_lines=feelings_lines(vector, scope),
-            length_guidance=length_guidance(vector, scope),
-            emotional_context=await store.recent_reasons(self.pool, session_id, EMOTIONAL_CONTEXT_EVENTS),
-            scope_axes=[axis for axis in AXES if axis in scope],
+        return {
+            "state": state_message(state),
+            "mood_lines": prompt_lines(vector, scope),
+            "feelings_lines": feelings_lines(vector, scope),
+            "length_guidance": length_guidance(vector, scope),
+            "emotional_context": await store.recent_reasons(self.pool, state.session_id, EMOTIONAL_CONTEXT_EVENTS),
+            "scope_axes": [axis for axis in AXES if axis in scope],
+        }
+
+    def _ghost_decision(
+        self, state: store.SessionAffinity, user_message_count: int, ghosting_enabled: bool
+    ) -> pb.GhostDecision:
+        if user_message_count < 0:
+            raise InvalidArgument("user_message_count must be ≥ 0", field="user_message_count")
+        policy = self.settings.ghost_policy(ghosting_enabled)
+        decision = decide_ghost(state.current(), state.book, user_message_count, state.read_at, policy)
+        return pb.GhostDecision(
+            ghost=decision.ghost,
+            score=decision.score,
+            threshold=decision.threshold,
+            rule=decision.rule,
+            reason=decision.reason,
+            judge_ghost_allowed=judge_ghost_allowed(state.book, user_message_count, state.read_at, policy),
+        )
+
+    @maps_errors
+    async def ReadTurnState(
+        self, request: pb.ReadTurnStateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReadTurnStateResponse:
+        user_id, session_id = _owner_and_session(request)
+        scope = _scope(list(request.affinity_scope))
+        state = await store.read_owned(self.pool, session_id, user_id)
+        ghost = self._ghost_decision(state, request.user_message_count, request.ghosting_enabled)
+        return pb.ReadTurnStateResponse(
+            **await self._prompt_state(state, scope), banded_axes=banded_axes(state.current().as_dict()), ghost=ghost
         )
 
     @maps_errors
@@ -287,9 +315,11 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         user_id, session_id = _owner_and_session(request)
         turn_id = _turn_id(request.turn_id)
         state = await store.read_owned(self.pool, session_id, user_id)
+        message_at = _timestamp(request, "user_message_at") or state.read_at
+        # The persona answered this turn: its ghost streak ends (idempotent; also on a retry of the turn).
+        await self._end_ghost_streak(session_id, user_id, answered_message_at=message_at)
         if await store.has_event(self.pool, session_id, "message", turn_id):  # skip the evaluator on a retry
             return pb.ApplyTurnResponse(state=state_message(state), applied=False, reason="turn already applied")
-        message_at = _timestamp(request, "user_message_at") or state.read_at
         rules = rule_deltas(request.user_text, _timestamp(request, "previous_user_message_at"), message_at)
         evaluation = await self._evaluate(
             request.persona_name or "the persona", state.current(), request.user_text, request.reply_text
@@ -327,16 +357,15 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         if request.user_message_count < 0:
             raise InvalidArgument("user_message_count must be ≥ 0", field="user_message_count")
         state = await store.read_owned(self.pool, session_id, user_id)
-        policy = self.settings.ghost_policy(request.ghosting_enabled)
-        decision = decide_ghost(state.current(), state.book, request.user_message_count, state.read_at, policy)
+        ghost = self._ghost_decision(state, request.user_message_count, request.ghosting_enabled)
         return pb.DecideGhostResponse(
-            ghost=decision.ghost,
-            score=decision.score,
-            threshold=decision.threshold,
-            rule=decision.rule,
-            reason=decision.reason,
+            ghost=ghost.ghost,
+            score=ghost.score,
+            threshold=ghost.threshold,
+            rule=ghost.rule,
+            reason=ghost.reason,
             state=state_message(state),
-            judge_ghost_allowed=judge_ghost_allowed(state.book, request.user_message_count, state.read_at, policy),
+            judge_ghost_allowed=ghost.judge_ghost_allowed,
         )
 
     @maps_errors
@@ -360,14 +389,25 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         self, request: pb.RecordReplyRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordReplyResponse:
         user_id, session_id = _owner_and_session(request)
+        outcome = await self._end_ghost_streak(session_id, user_id, answered_message_at=None)
+        return pb.RecordReplyResponse(state=state_message(outcome.state))
+
+    async def _end_ghost_streak(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, *, answered_message_at: datetime | None
+    ) -> store.WriteOutcome:
+        """A reply was served: the ghost streak ends (a write of kind `reply`) — unless there is none, or the
+        persona ghosted a message later than the one answered (a late delivery must not end a newer streak)."""
 
         def reply(locked: store.SessionAffinity) -> store.Change | None:
-            if locked.book.ghost_streak == 0:
+            book = locked.book
+            if book.ghost_streak == 0:
                 return None  # nothing to reset: no write
-            return store.Change(locked.current(), reset_streak(locked.book), kind="reply")
+            later_ghost = answered_message_at is not None and book.last_ghost_at is not None
+            if later_ghost and book.last_ghost_at > answered_message_at:  # type: ignore[operator]
+                return None
+            return store.Change(locked.current(), reset_streak(book), kind="reply")
 
-        outcome = await store.write_locked(self.pool, session_id, user_id, reply)
-        return pb.RecordReplyResponse(state=state_message(outcome.state))
+        return await store.write_locked(self.pool, session_id, user_id, reply)
 
     @maps_errors
     async def ApplyGift(self, request: pb.ApplyGiftRequest, context: grpc.aio.ServicerContext) -> pb.ApplyGiftResponse:
@@ -418,11 +458,11 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
             user_id, session_id = _owner_and_session(request)
             await store.read_owned(self.pool, session_id, user_id)
         except ServiceError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
             return
         with self.changes.subscribe(session_id) as queue:
             if not await self.changes.wait_listening(WATCH_READY_SECONDS):
-                await _abort(context, Unavailable("affinity change feed is not connected yet"))
+                await abort_with(context, Unavailable("affinity change feed is not connected yet"))
                 return
             current = await store.read_owned(self.pool, session_id, user_id)  # after subscribing: no gap
             seen = current.version

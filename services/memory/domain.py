@@ -570,7 +570,7 @@ _SCOPES: dict[str, MemoryScope] = {
         MemoryScope("full", True, True, True, "full"),
         MemoryScope("neutral_and_relationship", True, True, True, "neutral"),
         MemoryScope("relationship_only", False, True, False, None),
-        MemoryScope("neutral_only", True, False, True, "neutral"),
+        MemoryScope("neutral_only", False, False, True, "neutral"),
         MemoryScope("insights_only", False, False, True, "full"),
         MemoryScope("none", False, False, False, None),
     )

@@ -10,13 +10,12 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import functools
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -36,11 +35,9 @@ from services.memory.sweeper import DreamingSettings, DreamingSweeper
 from services.servicekit.config import Env
 from services.servicekit.grpc_errors import (
     InvalidArgument,
-    ServiceError,
     Unavailable,
     maps_errors,
     parse_uuid,
-    trailing_details,
 )
 from services.servicekit.service import ServiceContext, ServiceParts
 from services.servicekit.tasks import TaskLlm, llm_for_task
@@ -312,22 +309,10 @@ def _recalled_message(memory: domain.ScoredMemory, sources: list[str]) -> pb.Rec
 # --------------------------------------------------------------------------- streaming error mapping
 
 
-def maps_stream_errors(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    """`maps_errors` for server-streaming methods (async generators)."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            async for item in method(self, request, context):
-                yield item
-        except ServiceError as error:
-            context.set_trailing_metadata(trailing_details(error))
-            await context.abort(error.code, error.message)
-
-    return wrapper
-
-
 # --------------------------------------------------------------------------- the servicer
+
+
+_INSIGHTS_MODES = {None: pb.INSIGHTS_MODE_OFF, "neutral": pb.INSIGHTS_MODE_NEUTRAL, "full": pb.INSIGHTS_MODE_FULL}
 
 
 class MemoryServicer(pb_grpc.MemoryServiceServicer):
@@ -472,7 +457,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             raise InvalidArgument(str(error), field="memory_scope") from None
         profile_top = _top(request.profile_top, 4, "profile_top")
         relationship_top = _top(request.relationship_top, 3, "relationship_top")
-        response = pb.RecallResponse()
+        response = pb.RecallResponse(insights=_INSIGHTS_MODES[scope.insights_mode if scope.include_insights else None])
 
         async def recall() -> None:
             if not (scope.include_profile or scope.include_relationship):
@@ -553,7 +538,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         )
         return pb.DeleteMemoryResponse(deleted=deleted)
 
-    @maps_stream_errors
+    @maps_errors
     async def ExportMemories(
         self, request: pb.ExportMemoriesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExportMemoriesResponse]:

@@ -364,7 +364,7 @@ async def post_process_lag(database_url: str, user_ids: Sequence[str], timeout: 
                           count(*) FILTER (WHERE status = 'dead') AS dead,
                           percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM done_at - created_at))
                               FILTER (WHERE status = 'done') AS p95
-                   FROM chat.outbox WHERE payload->>'user_id' = ANY($1::text[])""",
+                   FROM chat.outbox WHERE user_id::text = ANY($1::text[])""",
                 list(user_ids),
             )
             if row["pending"] == 0 or time.monotonic() > deadline:

@@ -12,16 +12,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.contracts.frames import Frame
+
 
 @dataclass
 class FrameLog:
     """Frames of one turn, appended by the generator, replayed from the start to each listener."""
 
-    frames: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
     closed: bool = False
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    async def publish(self, frame: dict[str, Any]) -> None:
+    async def publish(self, frame: Frame) -> None:
         async with self._changed:
             self.frames.append(frame)
             self._changed.notify_all()
@@ -31,7 +33,7 @@ class FrameLog:
             self.closed = True
             self._changed.notify_all()
 
-    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self) -> AsyncIterator[Frame]:
         index = 0
         while True:
             async with self._changed:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,16 +21,16 @@ from typing import Any
 
 import asyncpg
 import grpc
-import openai
 from ulid import ULID
 
 from rapport.affinity.v1 import affinity_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2 as pb
+from services.contracts import frames
+from services.contracts.frames import Frame
 from services.servicekit.grpc_errors import Aborted, InvalidArgument, NotFound
-from services.servicekit.grpc_runtime import call_timeout
+from services.servicekit.model_chain import Attempt, ChainFailed, run_model_chain
 from services.servicekit.telemetry import current_trace_id
 
-from . import frames, store
 from .domain.transcript import (
     ClientMessage,
     ClientTranscript,
@@ -47,8 +46,10 @@ from .domain.transcript import (
     validate_completion_request,
 )
 from .domain.turn_request import TurnRequest, TurnRequestError, validate_turn_request
-from .live_turns import LiveTurns, TooManyTurns
+from .live_turns import FrameLog, LiveTurns, TooManyTurns
 from .peers import Peers
+from .store import catalog, new_message_id, sessions, turns
+from .store.rows import SessionRow
 from .turn import TurnEngine
 
 log = logging.getLogger("rapport.openai_compat")
@@ -64,7 +65,7 @@ class PreparedCompletion:
 
     conversation: pb.ChatCompletionConversation
     transcript: ClientTranscript
-    session: store.SessionRow | None = None
+    session: SessionRow | None = None
     turn_request: TurnRequest | None = None
     begin: BeginTurn | None = None  # None: the ordinary begin (a new user message)
     post_process: bool = True
@@ -88,7 +89,7 @@ class ChatCompletions:
             )
         except TranscriptError as error:
             raise InvalidArgument(str(error), field=error.field, user_message=str(error)) from None
-        persona = await find_persona(self.pool, model)
+        persona = await catalog.find_persona(self.pool, model)
         if persona is None:
             raise NotFound(
                 f"no persona named {model!r}",
@@ -96,14 +97,14 @@ class ChatCompletions:
                 user_message=f"The model '{model}' does not exist: use a persona name from /v1/models.",
             )
         transcript = split_transcript(messages)
-        conversation = pb.ChatCompletionConversation(persona_id=str(persona["id"]), persona_name=persona["name"])
+        conversation = pb.ChatCompletionConversation(persona_id=str(persona.id), persona_name=persona.name)
         reason = utility_reason(transcript, marked=request.utility, named=bool(chat_id or client_user))
         if reason is not None:
             conversation.handling, conversation.utility_reason = "utility", reason
             return PreparedCompletion(conversation, transcript)
         turn_request = self._validated_turn(messages, transcript)
         key = conversation_key(chat_id, client_user, transcript)
-        session, is_new = await self._session_for(user_id, persona["id"], key, transcript)
+        session, is_new = await self._session_for(user_id, persona.id, key, transcript)
         plan, client_msg_id, begin, post_process = await self._reconcile(session, transcript)
         conversation.session_id = str(session.id)
         conversation.handling = plan.handling
@@ -136,48 +137,38 @@ class ChatCompletions:
 
     async def _session_for(
         self, user_id: uuid.UUID, persona_id: uuid.UUID, key: str, transcript: ClientTranscript
-    ) -> tuple[store.SessionRow, bool]:
+    ) -> tuple[SessionRow, bool]:
         """The session of user × persona this conversation is stored in; a new one (affinity opened) if none."""
         async with self.pool.acquire() as conn, conn.transaction():
-            instance_id = await store.ensure_instance(conn, user_id, persona_id)
-            session_id = await conn.fetchval(
-                "SELECT id FROM chat.sessions WHERE instance_id = $1 AND client_key = $2", instance_id, key
-            )
+            instance_id = await catalog.ensure_instance(conn, user_id, persona_id)
+            session_id = await sessions.session_by_client_key(conn, instance_id, key)
             if session_id is None and key.startswith("fingerprint:"):
                 session_id = await continued_session(conn, instance_id, transcript)
             created = False
             if session_id is None:
-                session_id = await conn.fetchval(
-                    """INSERT INTO chat.sessions (user_id, instance_id, client_key) VALUES ($1, $2, $3)
-                       ON CONFLICT (instance_id, client_key) WHERE client_key IS NOT NULL DO NOTHING RETURNING id""",
-                    user_id,
-                    instance_id,
-                    key,
-                )
+                session_id = await sessions.create_client_session(conn, user_id, instance_id, key)
                 created = session_id is not None
                 if session_id is None:  # a concurrent first request created it
-                    session_id = await conn.fetchval(
-                        "SELECT id FROM chat.sessions WHERE instance_id = $1 AND client_key = $2", instance_id, key
-                    )
+                    session_id = await sessions.session_by_client_key(conn, instance_id, key)
+        assert session_id is not None
         if created:
             try:
-                await self.peers.affinity.OpenSession(
+                await self.peers.open_session(
                     affinity_pb2.OpenSessionRequest(
                         user_id=str(user_id), session_id=str(session_id), instance_id=str(instance_id)
-                    ),
-                    timeout=call_timeout(5.0),
+                    )
                 )
             except grpc.aio.AioRpcError:
-                await store.delete_session(self.pool, session_id)  # never leave a half-opened session
+                await sessions.delete_session(self.pool, session_id)  # never leave a half-opened session
                 raise
-        session = await store.get_session(self.pool, session_id)
+        session = await sessions.get_session(self.pool, session_id)
         assert session is not None
         return session, created
 
     # -- the transcript → a plan ------------------------------------------------------------------
 
     async def _reconcile(
-        self, session: store.SessionRow, transcript: ClientTranscript
+        self, session: SessionRow, transcript: ClientTranscript
     ) -> tuple[TranscriptPlan, str, BeginTurn | None, bool]:
         """Plan against the stored transcript and apply an edit's removals/imports, under the session lock.
 
@@ -185,36 +176,35 @@ class ChatCompletions:
         """
         imported_until: str | None = None
         async with self.pool.acquire() as conn, conn.transaction():
-            await lock_session(conn, session.id)
-            stored = await stored_transcript(conn, session.id)
+            await sessions.lock_session(conn, session.id)
+            stored = [
+                StoredMessage(m.id, m.role, m.content, m.kind == "ghost")
+                for m in await sessions.stored_transcript(conn, session.id)
+            ]
             plan = plan_reconciliation(stored, transcript.chat)
             if plan.handling == "new_turn":
                 if plan.delete_from is not None or plan.imports:
                     await refuse_while_generating(conn, session.id)
                     if plan.delete_from is not None:
-                        await delete_messages(conn, session.id, plan.delete_from, inclusive=True)
+                        await sessions.delete_messages_from(conn, session.id, plan.delete_from, inclusive=True)
                     if plan.imports:
-                        remaining = await last_chat_message_id(conn, session.id)
-                        imported_until = await import_messages(conn, session, plan.imports, after=remaining)
-                    await recount_session(conn, session.id)
+                        remaining = await sessions.last_chat_message_id(conn, session.id)
+                        imported_until = await sessions.import_messages(
+                            conn, session, [(m.role, m.content) for m in plan.imports], after=remaining
+                        )
+                    await sessions.recount_session(conn, session.id)
                 client_msg_id = derived_client_msg_id(str(session.id), plan.position, plan.user_message)
                 result: tuple[TranscriptPlan, str, BeginTurn | None, bool] = (plan, client_msg_id, None, True)
             else:
                 assert plan.user_message_id is not None
-                turns = await conn.fetch(
-                    """SELECT t.client_msg_id, t.status,
-                              EXISTS (SELECT 1 FROM chat.outbox o WHERE o.turn_id = t.id) AS processed
-                       FROM chat.turns t WHERE t.session_id = $1 AND t.user_message_id = $2 ORDER BY t.id""",
-                    session.id,
-                    plan.user_message_id,
-                )
+                attempts = await turns.turns_answering(conn, session.id, plan.user_message_id)
                 # Post-process runs once per user message: not again when a reply to it was already processed.
-                post_process = not any(t["processed"] for t in turns)
-                if plan.handling == "resume" and turns and turns[-1]["status"] != "done":
-                    client_msg_id = turns[-1]["client_msg_id"]  # follow or retry the turn in progress / failed
+                post_process = not any(t.post_processed for t in attempts)
+                if plan.handling == "resume" and attempts and attempts[-1].status != "done":
+                    client_msg_id = attempts[-1].client_msg_id  # follow or retry the turn in progress / failed
                 else:
                     client_msg_id = derived_client_msg_id(
-                        str(session.id), plan.position, plan.user_message, generation=len(turns)
+                        str(session.id), plan.position, plan.user_message, generation=len(attempts)
                     )
                 expected_last = stored[-1].id
                 user_message_id = plan.user_message_id
@@ -233,7 +223,7 @@ class ChatCompletions:
 
     def answer_utility(
         self, user_id: uuid.UUID, request: pb.ChatCompletionRequest, sampling: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[Frame]:
         """Answer with the LLM, the client's messages as they are; nothing is stored. Counts against the
         user's concurrent turns (over the cap: a `rate_limited` error frame)."""
         messages = [
@@ -243,66 +233,66 @@ class ChatCompletions:
 
     async def _utility_frames(
         self, user_key: str, messages: list[dict[str, str]], sampling: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[Frame]:
         try:
             self.live.admit(user_key)
         except TooManyTurns as error:
             yield frames.error("rate_limited", str(error), "Too many replies at once. Wait a moment.", True)
             return
+        frame_log = FrameLog()
+
+        async def generate() -> None:
+            try:
+                await self._answer_utility(messages, sampling, frame_log.publish)
+            finally:
+                self.live.release(user_key)
+                await frame_log.close()
+
+        task = asyncio.create_task(generate())
         try:
-            resolved = self.engine.chat_task(None)
-            params = {**resolved.sampling_params(), **{k: v for k, v in sampling.items() if v is not None}}
-            failure = frames.error("upstream_unavailable", "no model answered", "I couldn't reply just now.", True)
-            for retries, model in enumerate(self.engine.model_chain(resolved)):
-                message_id = store.new_message_id()
-                usage: dict[str, Any] = {}
-                generation_id, started = "", False
-                try:
-                    async for chunk in self.engine.llm.stream_chat(model, messages, params=params):
-                        generation_id = chunk.generation_id or generation_id
-                        if chunk.content:
-                            if not started:
-                                yield frames.meta(message_id, "reply", model)
-                                started = True
-                            yield frames.delta(message_id, chunk.content)
-                        if chunk.usage:
-                            usage = chunk.usage
-                except (TimeoutError, openai.APIError) as error:
-                    status = getattr(error, "status_code", None)
-                    code = "rate_limited" if status == 429 else "upstream_unavailable"
-                    failure = frames.error(code, f"{model}: {type(error).__name__}", "I couldn't reply just now.", True)
-                    if not started:
-                        continue  # nothing sent yet: the next model answers instead
-                    yield failure
-                    return
-                if not started:
-                    yield frames.meta(message_id, "reply", model)
-                yield frames.done(
-                    message_id,
-                    usage={k: v for k, v in usage.items() if k not in self.engine.hidden_usage_keys},
-                    generation_id=generation_id,
-                )
-                yield frames.final(
-                    prompt_injected=[], tier="", retries=retries, degraded=[], trace_id=current_trace_id()
-                )
-                return
-            yield failure
+            async for frame in frame_log.follow():
+                yield frame
         finally:
-            self.live.release(user_key)
+            task.cancel()  # the client went away: nothing is stored, so nothing is left to finish
+
+    async def _answer_utility(
+        self, messages: list[dict[str, str]], sampling: dict[str, Any], emit: Callable[[Frame], Awaitable[None]]
+    ) -> None:
+        resolved = self.engine.chat_task(None)
+        params = {**resolved.sampling_params(), **{k: v for k, v in sampling.items() if v is not None}}
+        started = False  # once text reached the client, another model cannot take over
+
+        async def attempt(this: Attempt) -> None:
+            nonlocal started
+            message_id = new_message_id()
+            usage: dict[str, Any] = {}
+            generation_id = ""
+            async for chunk in self.engine.llm.stream_chat(this.model, messages, params=params):
+                generation_id = chunk.generation_id or generation_id
+                if chunk.content:
+                    if not started:
+                        await emit(frames.meta(message_id, "reply", this.model))
+                        started = True
+                    await emit(frames.delta(message_id, chunk.content))
+                if chunk.usage:
+                    usage = chunk.usage
+            if not started:
+                await emit(frames.meta(message_id, "reply", this.model))
+                started = True
+            await emit(frames.done(message_id, usage=self.engine.visible_usage(usage), generation_id=generation_id))
+            await emit(
+                frames.final(prompt_injected=[], tier="", retries=this.index, degraded=[], trace_id=current_trace_id())
+            )
+
+        try:
+            await run_model_chain(
+                self.engine.model_chain(resolved), attempt, try_next=lambda failure: not started, task="utility"
+            )
+        except ChainFailed as failed:
+            await emit(frames.error(failed.failure.code, failed.failure.message, "I couldn't reply just now.", True))
 
 
-# ---- queries ---------------------------------------------------------------------------------------
-
-
-async def find_persona(pool: asyncpg.Pool, model: str) -> asyncpg.Record | None:
-    """The persona a `model` names: its id, or its name (case-insensitive)."""
-    try:
-        persona_id = uuid.UUID(model)
-    except ValueError:
-        return await pool.fetchrow(
-            "SELECT id, name FROM chat.personas WHERE lower(name) = lower($1) ORDER BY name LIMIT 1", model
-        )
-    return await pool.fetchrow("SELECT id, name FROM chat.personas WHERE id = $1", persona_id)
+# ---- the conversation's transcript (queries in store.sessions / store.turns) --------------------------
 
 
 async def continued_session(
@@ -314,96 +304,17 @@ async def continued_session(
     first_user = next((m.content for m in transcript.chat if m.role == "user"), "")
     if len(transcript.chat) < CONTINUATION_MIN_MESSAGES or not first_user:
         return None
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        r"""SELECT s.id FROM chat.sessions s
-            WHERE s.instance_id = $1 AND s.client_key LIKE 'fingerprint:%' AND EXISTS (
-                SELECT 1 FROM chat.messages m WHERE m.session_id = s.id AND m.role = 'user'
-                AND regexp_replace(btrim(m.content), '\s+', ' ', 'g') = $2)
-            ORDER BY s.last_active_at DESC LIMIT 1""",
-        instance_id,
-        normalized(first_user),
-    )
-
-
-async def lock_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
-    await conn.execute("SELECT 1 FROM chat.sessions WHERE id = $1 FOR UPDATE", session_id)
-
-
-async def stored_transcript(conn: asyncpg.Connection, session_id: uuid.UUID) -> list[StoredMessage]:
-    rows = await conn.fetch(
-        """SELECT id, role, content, kind FROM chat.messages
-           WHERE session_id = $1 AND role IN ('user', 'assistant') ORDER BY id""",
-        session_id,
-    )
-    return [StoredMessage(row["id"], row["role"], row["content"], row["kind"] == "ghost") for row in rows]
-
-
-async def last_chat_message_id(conn: asyncpg.Connection, session_id: uuid.UUID) -> str | None:
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT max(id) FROM chat.messages WHERE session_id = $1 AND role IN ('user', 'assistant')", session_id
-    )
+    return await sessions.fingerprinted_session_holding(conn, instance_id, normalized(first_user))
 
 
 async def refuse_while_generating(conn: asyncpg.Connection, session_id: uuid.UUID, except_turn: str = "") -> None:
     """Removing messages under a turn that is still generating would orphan its reply: refuse (409)."""
-    if await conn.fetchval(
-        "SELECT 1 FROM chat.turns WHERE session_id = $1 AND status = 'running' AND id <> $2 LIMIT 1",
-        session_id,
-        except_turn,
-    ):
+    if await turns.other_turn_running(conn, session_id, except_turn):
         raise Aborted(
             "a reply is still being generated in this conversation",
             reason="conflict",
             user_message="A reply is still being written. Try again when it is done.",
         )
-
-
-async def delete_messages(conn: asyncpg.Connection, session_id: uuid.UUID, boundary: str, *, inclusive: bool) -> int:
-    """Remove the session's user/assistant messages from `boundary` on (or after it), the turns of the
-    removed user messages and their post-process jobs not yet delivered."""
-    operator = ">=" if inclusive else ">"
-    removed = await conn.fetch(
-        f"""DELETE FROM chat.messages WHERE session_id = $1 AND id {operator} $2 AND role IN ('user', 'assistant')
-            RETURNING id, role""",
-        session_id,
-        boundary,
-    )
-    user_ids = [row["id"] for row in removed if row["role"] == "user"]
-    if user_ids:
-        turn_ids = [
-            row["id"]
-            for row in await conn.fetch(
-                "DELETE FROM chat.turns WHERE session_id = $1 AND user_message_id = ANY($2::text[]) RETURNING id",
-                session_id,
-                user_ids,
-            )
-        ]
-        await conn.execute("DELETE FROM chat.outbox WHERE turn_id = ANY($1::text[]) AND status = 'pending'", turn_ids)
-    return len(removed)
-
-
-def _ids_after(after: str | None, count: int) -> list[str]:
-    """`count` increasing message ids, all after `after`, all before any id minted from now on."""
-    start = int(ULID.from_timestamp(time.time() - 0.002))
-    if after is not None:
-        start = max(start, int(ULID.from_str(after)) + 1)
-    return [str(ULID.from_int(start + index)) for index in range(count)]
-
-
-async def import_messages(
-    conn: asyncpg.Connection, session: store.SessionRow, messages: tuple[ClientMessage, ...], after: str | None
-) -> str:
-    """Append the client's messages as they are (no turn, no post-process) → the last id used."""
-    ids = _ids_after(after, len(messages))
-    await conn.executemany(
-        """INSERT INTO chat.messages (id, session_id, user_id, role, content, imported)
-           VALUES ($1, $2, $3, $4, $5, true)""",
-        [
-            (message_id, session.id, session.user_id, m.role, m.content)
-            for message_id, m in zip(ids, messages, strict=True)
-        ],
-    )
-    return ids[-1]
 
 
 async def _after_millisecond_of(message_id: str) -> None:
@@ -412,49 +323,34 @@ async def _after_millisecond_of(message_id: str) -> None:
         await asyncio.sleep(0.001)
 
 
-async def recount_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
-    """The session's message counters after messages were removed or imported."""
-    await conn.execute(
-        """UPDATE chat.sessions SET
-               message_count = (SELECT count(*) FROM chat.messages WHERE session_id = $1 AND kind = 'chat'
-                                AND role IN ('user', 'assistant')),
-               user_message_count = (SELECT count(*) FROM chat.messages WHERE session_id = $1 AND role = 'user'),
-               last_active_at = now()
-           WHERE id = $1""",
-        session_id,
-    )
-
-
 async def begin_answer_to_stored_message(
-    pool: asyncpg.Pool, session: store.SessionRow, user_message_id: str, client_msg_id: str, expected_last: str
+    pool: asyncpg.Pool, session: SessionRow, user_message_id: str, client_msg_id: str, expected_last: str
 ) -> tuple[str, str, bool]:
     """The begin of a regenerate (or of a retried answer): a turn for a user message that is already stored.
     In one transaction: the turn row, then everything after the user message removed (the reply being
     replaced). → (turn_id, user_message_id, created); an existing turn with this client_msg_id is returned
     as is (idempotent)."""
-    turn_id = store.new_message_id()
+    turn_id = new_message_id()
     async with pool.acquire() as conn, conn.transaction():
-        await lock_session(conn, session.id)
-        inserted = await conn.fetchval(
-            """INSERT INTO chat.turns (id, session_id, user_id, client_msg_id, user_message_id)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id, client_msg_id) DO NOTHING RETURNING id""",
-            turn_id,
-            session.id,
-            session.user_id,
-            client_msg_id,
-            user_message_id,
-        )
-        if inserted is None:
-            existing = await store.find_turn(conn, session.id, client_msg_id)
+        await sessions.lock_session(conn, session.id)
+        if not await turns.insert_turn(
+            conn,
+            turn_id=turn_id,
+            session_id=session.id,
+            user_id=session.user_id,
+            client_msg_id=client_msg_id,
+            user_message_id=user_message_id,
+        ):
+            existing = await turns.find_turn(conn, session.id, client_msg_id)
             assert existing is not None
-            return existing["id"], existing["user_message_id"], False
-        if await last_chat_message_id(conn, session.id) != expected_last:
+            return existing.id, existing.user_message_id, False
+        if await sessions.last_chat_message_id(conn, session.id) != expected_last:
             raise Aborted(
                 "the conversation changed while this request was prepared",
                 reason="conflict",
                 user_message="The conversation changed meanwhile. Please send it again.",
             )
         await refuse_while_generating(conn, session.id, except_turn=turn_id)
-        await delete_messages(conn, session.id, user_message_id, inclusive=False)
-        await recount_session(conn, session.id)
+        await sessions.delete_messages_from(conn, session.id, user_message_id, inclusive=False)
+        await sessions.recount_session(conn, session.id)
     return turn_id, user_message_id, True

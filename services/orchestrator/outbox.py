@@ -14,24 +14,27 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
+from google.protobuf.json_format import ParseDict
+from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import extract, inject
 
-from .peers import Peers, payload_to_request
+from services.servicekit.telemetry import meter
+
+from .peers import Peers
+from .store import outbox as outbox_store
 
 log = logging.getLogger("rapport.outbox")
 
-LEASE_SECONDS = 120
-DELIVERY_TIMEOUT = 60.0  # LLM-backed extraction may take a while; the lease outlives it
+LEASE_SECONDS = 120  # outlives the POST_PROCESS call timeout (peers.py)
 
 
 class OutboxMetrics:
     """Post-process queue depth (by status), retries, dead jobs and lag (reply → delivered)."""
 
     def __init__(self) -> None:
-        from services.servicekit.telemetry import meter
-
         m = meter("rapport.outbox")
         self.retries = m.create_counter("rapport.post_process.retries")
         self.dead = m.create_counter("rapport.post_process.dead")
@@ -39,9 +42,7 @@ class OutboxMetrics:
         self.depth: dict[str, int] = {}
         m.create_observable_gauge("rapport.post_process.queue_depth", callbacks=[self._observe_depth])
 
-    def _observe_depth(self, options):  # type: ignore[no-untyped-def]
-        from opentelemetry.metrics import Observation
-
+    def _observe_depth(self, options: CallbackOptions) -> list[Observation]:
         return [Observation(count, {"status": status}) for status, count in self.depth.items()]
 
 
@@ -75,7 +76,7 @@ class OutboxWorker:
 
     async def run(self) -> None:
         while True:
-            METRICS.depth = await outbox_counts(self.pool)
+            METRICS.depth = await outbox_store.counts(self.pool)
             delivered = await self.deliver_due()
             if delivered:
                 continue
@@ -85,82 +86,64 @@ class OutboxWorker:
             except TimeoutError:
                 pass
 
-    async def claim(self) -> list[asyncpg.Record]:
-        return await self.pool.fetch(
-            """WITH due AS (
-                   SELECT id FROM chat.outbox WHERE status = 'pending' AND next_attempt_at <= now()
-                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-               UPDATE chat.outbox o SET attempts = o.attempts + 1,
-                   next_attempt_at = now() + make_interval(secs => $2)
-               FROM due WHERE o.id = due.id
-               RETURNING o.id, o.turn_id, o.target, o.payload, o.trace_context, o.attempts""",
-            self.batch_size,
-            LEASE_SECONDS,
-        )
-
     async def deliver_due(self) -> int:
-        jobs = await self.claim()
+        jobs = await outbox_store.claim(self.pool, self.batch_size, LEASE_SECONDS)
         if jobs:
             await asyncio.gather(*(self.deliver(job) for job in jobs))
         return len(jobs)
 
-    async def deliver(self, job: asyncpg.Record) -> None:
-        parent = extract(job["trace_context"] or {})
+    async def deliver(self, job: outbox_store.ClaimedJob) -> None:
+        parent = extract(job.trace_context or {})
         token = otel_context.attach(parent)
         try:
             with self.tracer.start_as_current_span(
-                f"post_process {job['target']}",
-                attributes={"rapport.turn_id": job["turn_id"], "rapport.attempt": job["attempts"]},
+                f"post_process {job.target}",
+                attributes={"rapport.turn_id": job.turn_id, "rapport.attempt": job.attempts},
             ):
-                rpc, request_type = self.peers.post_process_call(job["target"])
-                await rpc(payload_to_request(job["payload"], request_type), timeout=DELIVERY_TIMEOUT)
+                deliver, request_type = self.peers.post_process_call(job.target)
+                await deliver(job_request(job, request_type))
         except (TimeoutError, grpc.aio.AioRpcError, OSError) as error:
             await self._failed(job, _describe(error))
         except Exception as error:  # a bug must not kill the worker: park the job visibly instead
-            log.exception("post-process job %s failed unexpectedly", job["id"])
+            log.exception("post-process job %s failed unexpectedly", job.id)
             await self._failed(job, f"{type(error).__name__}: {error}")
         else:
-            lag = await self.pool.fetchval(
-                "UPDATE chat.outbox SET status = 'done', done_at = now(), last_error = NULL WHERE id = $1 "
-                "RETURNING extract(epoch FROM done_at - created_at)",
-                job["id"],
-            )
-            METRICS.lag_seconds.record(float(lag or 0.0), {"target": job["target"]})
+            lag = await outbox_store.mark_done(self.pool, job.id)
+            METRICS.lag_seconds.record(lag, {"target": job.target})
         finally:
             otel_context.detach(token)
 
-    async def _failed(self, job: asyncpg.Record, reason: str) -> None:
-        attempts = job["attempts"]
-        if attempts >= self.max_attempts:
-            METRICS.dead.add(1, {"target": job["target"]})
+    async def _failed(self, job: outbox_store.ClaimedJob, reason: str) -> None:
+        if job.attempts >= self.max_attempts:
+            METRICS.dead.add(1, {"target": job.target})
             log.error(
                 "post-process job %s (%s, turn %s) is dead after %d attempts: %s",
-                job["id"],
-                job["target"],
-                job["turn_id"],
-                attempts,
+                job.id,
+                job.target,
+                job.turn_id,
+                job.attempts,
                 reason,
             )
-            await self.pool.execute(
-                "UPDATE chat.outbox SET status = 'dead', last_error = $2 WHERE id = $1", job["id"], reason
-            )
+            await outbox_store.park_dead(self.pool, job.id, reason)
             return
-        delay = backoff_seconds(attempts, self.backoff_base)
-        METRICS.retries.add(1, {"target": job["target"]})
+        delay = backoff_seconds(job.attempts, self.backoff_base)
+        METRICS.retries.add(1, {"target": job.target})
         log.warning(
             "post-process job %s (%s) failed (attempt %d), retrying in %.1fs: %s",
-            job["id"],
-            job["target"],
-            attempts,
+            job.id,
+            job.target,
+            job.attempts,
             delay,
             reason,
         )
-        await self.pool.execute(
-            "UPDATE chat.outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3 WHERE id = $1",
-            job["id"],
-            delay,
-            reason,
-        )
+        await outbox_store.retry_later(self.pool, job.id, delay, reason)
+
+
+def job_request(job: outbox_store.ClaimedJob, request_type: type[Message]) -> Message:
+    """The job's request: serialized since migration 003, as JSON before."""
+    if job.request is not None:
+        return request_type.FromString(job.request)
+    return ParseDict(job.payload or {}, request_type(), ignore_unknown_fields=True)
 
 
 def _describe(error: BaseException) -> str:
@@ -170,23 +153,14 @@ def _describe(error: BaseException) -> str:
 
 
 async def outbox_counts(pool: asyncpg.Pool) -> dict[str, int]:
-    rows = await pool.fetch("SELECT status, count(*) AS n FROM chat.outbox GROUP BY status")
-    return {row["status"]: int(row["n"]) for row in rows}
+    return await outbox_store.counts(pool)
 
 
-async def list_jobs(pool: asyncpg.Pool, status: str, limit: int = 50) -> list[asyncpg.Record]:
+async def list_jobs(pool: asyncpg.Pool, status: str, limit: int = 50) -> list[outbox_store.JobListing]:
     """Jobs of one status, newest first (the admin listing of `rapport outbox`)."""
-    return await pool.fetch(
-        "SELECT id, turn_id, target, attempts, last_error, created_at FROM chat.outbox WHERE status = $1 "
-        "ORDER BY created_at DESC LIMIT $2",
-        status,
-        limit,
-    )
+    return await outbox_store.list_jobs(pool, status, limit)
 
 
 async def retry_dead_jobs(pool: asyncpg.Pool) -> int:
     """Put dead jobs back in the queue (after the cause is fixed); receivers are idempotent by turn id."""
-    result = await pool.execute(
-        "UPDATE chat.outbox SET status = 'pending', attempts = 0, next_attempt_at = now() WHERE status = 'dead'"
-    )
-    return int(result.split()[-1])
+    return await outbox_store.retry_dead(pool)

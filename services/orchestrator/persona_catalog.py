@@ -8,25 +8,26 @@ from typing import Any
 
 import asyncpg
 
-from . import store
 from .domain.cards import parse_character_card
 from .domain.personas import PersonaSpec, parse_persona_toml
+from .store import catalog
+from .store.rows import PersonaRow
 
 EXAMPLE_PERSONAS_DIR = Path(__file__).resolve().parent / "personas"
 
 
 def art_metadata(spec: PersonaSpec) -> dict[str, Any]:
-    """What is stored in `chat.personas.art_metadata` (the raw card has its own column)."""
+    """What is stored as the persona's art metadata (the raw card has its own column)."""
     return {key: value for key, value in spec.art_metadata().items() if key != "card"}
 
 
-def persona_spec(row: Any) -> PersonaSpec:
+def persona_spec(row: PersonaRow) -> PersonaSpec:
     """The stored persona row back as the domain's PersonaSpec (for prompt assembly)."""
-    meta = dict(row["art_metadata"] or {})
+    meta = dict(row.art_metadata or {})
     return PersonaSpec(
-        name=row["name"],
-        system_prompt=row["system_prompt"],
-        tip_personality=row["tip_personality"] or None,
+        name=row.name,
+        system_prompt=row.system_prompt,
+        tip_personality=row.tip_personality or None,
         gender=meta.get("gender"),
         timezone=meta.get("timezone"),
         age=meta.get("age"),
@@ -40,7 +41,7 @@ def persona_spec(row: Any) -> PersonaSpec:
         mes_example=meta.get("mes_example"),
         creator_notes=meta.get("creator_notes"),
         extensions=meta.get("extensions") or {},
-        card=row["card"],
+        card=row.card,
     )
 
 
@@ -54,7 +55,7 @@ def load_persona_dir(folder: Path) -> list[PersonaSpec]:
 async def upsert_specs(pool: asyncpg.Pool, specs: list[PersonaSpec], source: str) -> list[tuple[str, bool]]:
     results = []
     for spec in specs:
-        _, created = await store.upsert_persona(
+        _, created = await catalog.upsert_persona(
             pool,
             name=spec.name,
             system_prompt=spec.system_prompt,

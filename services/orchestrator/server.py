@@ -14,30 +14,34 @@ from google.protobuf.json_format import MessageToDict
 from rapport.affinity.v1 import affinity_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as pb_grpc
+from services.contracts import frames
+from services.contracts.frames import Frame
+from services.offline_llm.server import build_llm_app, serve_llm
 from services.servicekit.grpc_errors import (
     Aborted,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
-    ServiceError,
     maps_errors,
     parse_uuid,
-    trailing_details,
 )
-from services.servicekit.grpc_runtime import call_timeout
 from services.servicekit.llm import OFFLINE_MODEL_ID, LlmClient, LlmEndpoint, llm_endpoint_from_env
 from services.servicekit.model_config import ModelConfig
 from services.servicekit.service import ServiceContext, ServiceParts
 from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 
-from . import api_keys, frames, store
+from . import api_keys
+from .domain.admission import admit
 from .domain.turn_request import AFFINITY_SCOPES, TurnRequest, TurnRequestError, validate_turn_request
-from .live_turns import LiveTurns, TooManyTurns
+from .live_turns import FrameLog, LiveTurns, TooManyTurns
 from .openai_compat import BeginTurn, ChatCompletions
 from .outbox import OutboxWorker
 from .peers import Peers
+from .store import catalog, sessions, turns
+from .store.rows import PersonaRow, SessionRow, TurnRow
 from .turn import TurnEngine, TurnInput
+from .user_data import delete_user_data, export_user_data
 
 log = logging.getLogger("rapport.orchestrator")
 
@@ -93,8 +97,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self.live = live
         self.completions = ChatCompletions(ctx.pool, peers, engine, live)
 
-    async def _owned_session(self, user_id: str, session_id: str) -> store.SessionRow:
-        session = await store.get_session(self.pool, parse_uuid(session_id, "session_id"))
+    async def _owned_session(self, user_id: str, session_id: str) -> SessionRow:
+        session = await sessions.get_session(self.pool, parse_uuid(session_id, "session_id"))
         if session is None:
             raise NotFound("unknown session", user_message="This conversation does not exist.")
         if session.user_id != parse_uuid(user_id, "user_id"):
@@ -105,52 +109,52 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def ListPersonas(
         self, request: pb.ListPersonasRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPersonasResponse:
-        rows = await store.list_personas(self.pool)
-        return pb.ListPersonasResponse(personas=[persona_message(row) for row in rows])
+        return pb.ListPersonasResponse(
+            personas=[persona_message(row) for row in await catalog.list_personas(self.pool)]
+        )
 
     @maps_errors
     async def StartChat(self, request: pb.StartChatRequest, context: grpc.aio.ServicerContext) -> pb.StartChatResponse:
         user_id = parse_uuid(request.user_id, "user_id")
         async with self.pool.acquire() as conn:
             if request.instance_id:
-                instance = await store.instance_owner(self.pool, parse_uuid(request.instance_id, "instance_id"))
+                instance = await catalog.get_instance(conn, parse_uuid(request.instance_id, "instance_id"))
                 if instance is None:
                     raise NotFound("unknown persona instance")
-                if instance["user_id"] != user_id:
+                if instance.user_id != user_id:
                     raise PermissionDenied("persona instance belongs to another user")
-                persona_id = instance["persona_id"]
+                persona_id = instance.persona_id
             elif request.persona_id:
                 persona_id = parse_uuid(request.persona_id, "persona_id")
             else:
                 raise InvalidArgument("persona_id or instance_id is required", field="persona_id")
-            persona = await store.get_persona(conn, persona_id)
+            persona = await catalog.get_persona(conn, persona_id)
             if persona is None:
                 raise NotFound("unknown persona", user_message="That persona does not exist.")
             async with conn.transaction():
-                instance_id = await store.ensure_instance(conn, user_id, persona_id)
-                session_id = None if request.force_new else await store.latest_session(conn, instance_id)
+                instance_id = await catalog.ensure_instance(conn, user_id, persona_id)
+                session_id = None if request.force_new else await sessions.latest_session(conn, instance_id)
                 is_new = session_id is None
                 if session_id is None:
-                    session_id = await store.create_session(conn, user_id, instance_id, request.is_demo)
+                    session_id = await sessions.create_session(conn, user_id, instance_id, request.is_demo)
         if is_new:
             try:
-                await self.peers.affinity.OpenSession(
+                await self.peers.open_session(
                     affinity_pb2.OpenSessionRequest(
                         user_id=str(user_id),
                         session_id=str(session_id),
                         instance_id=str(instance_id),
                         is_demo=request.is_demo,
                         reset_affinity=request.reset_affinity,
-                    ),
-                    timeout=call_timeout(5.0),
+                    )
                 )
             except grpc.aio.AioRpcError:
-                await store.delete_session(self.pool, session_id)  # never leave a half-opened session
+                await sessions.delete_session(self.pool, session_id)  # never leave a half-opened session
                 raise
         return pb.StartChatResponse(
             session_id=str(session_id),
             instance_id=str(instance_id),
-            persona_name=persona["name"],
+            persona_name=persona.name,
             is_new=is_new,
             persona_id=str(persona_id),
         )
@@ -162,20 +166,19 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         limit = request.limit or 50
         if not 1 <= limit <= 200:
             raise InvalidArgument("limit must be in 1..200", field="limit")
-        rows = await store.list_sessions(self.pool, parse_uuid(request.user_id, "user_id"), limit)
         response = pb.ListSessionsResponse()
-        for row in rows:
+        for row in await sessions.list_sessions(self.pool, parse_uuid(request.user_id, "user_id"), limit):
             info = response.sessions.add(
-                session_id=str(row["id"]),
-                instance_id=str(row["instance_id"]),
-                persona_id=str(row["persona_id"]),
-                persona_name=row["persona_name"],
-                message_count=row["message_count"],
-                is_demo=row["is_demo"],
+                session_id=str(row.id),
+                instance_id=str(row.instance_id),
+                persona_id=str(row.persona_id),
+                persona_name=row.persona_name,
+                message_count=row.message_count,
+                is_demo=row.is_demo,
             )
-            info.started_at.FromDatetime(row["started_at"])
-            info.last_active_at.FromDatetime(row["last_active_at"])
-            info.usage.update({**row["usage"], "cost": row["cost"]})
+            info.started_at.FromDatetime(row.started_at)
+            info.last_active_at.FromDatetime(row.last_active_at)
+            info.usage.update({**row.usage, "cost": row.cost})
         return response
 
     @maps_errors
@@ -186,59 +189,48 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         limit = request.limit or 20
         if not 1 <= limit <= 50:
             raise InvalidArgument("limit must be in 1..50", field="limit")
-        rows, total, has_more = await store.history_page(self.pool, session.id, limit, request.before or None)
+        rows, total, has_more = await sessions.history_page(self.pool, session.id, limit, request.before or None)
         response = pb.GetHistoryResponse(total=total, has_more=has_more)
         for row in rows:
             message = response.messages.add(
-                id=row["id"],
-                role=row["role"],
-                content=row["content"],
-                kind=row["kind"],
-                client_msg_id=row["client_msg_id"] or "",
+                id=row.id, role=row.role, content=row.content, kind=row.kind, client_msg_id=row.client_msg_id or ""
             )
-            message.sent_at.FromDatetime(row["sent_at"])
+            message.sent_at.FromDatetime(row.sent_at)
         if has_more and rows:
-            response.next_cursor = rows[0]["id"]
+            response.next_cursor = rows[0].id
         return response
 
+    @maps_errors
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SendMessageResponse]:
-        try:
-            turn_request = validate_send(request, self.engine.model_config)
-            session = await self._owned_session(request.user_id, request.session_id)
-            log_ = await self._start_or_attach(session, turn_request, sampling_overrides(request))
-        except ServiceError as error:
-            context.set_trailing_metadata(trailing_details(error))
-            await context.abort(error.code, error.message)
-            return
-        async for frame in log_:
-            yield frames.to_proto(frame)
+        turn_request = validate_send(request, self.engine.model_config)
+        session = await self._owned_session(request.user_id, request.session_id)
+        frame_stream = await self._start_or_attach(session, turn_request, sampling_overrides(request))
+        async for frame in frame_stream:
+            yield frame
 
     async def _start_or_attach(
         self,
-        session: store.SessionRow,
+        session: SessionRow,
         turn_request: TurnRequest,
         sampling: dict[str, Any],
         *,
         begin: BeginTurn | None = None,
         system_prompt: str | None = None,
         post_process: bool = True,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Idempotency on client_msg_id: replay a finished turn, attach to a live one, or start a new one.
+    ) -> AsyncIterator[Frame]:
+        """Idempotency on client_msg_id (domain/admission.py): replay a finished turn, attach to a live one,
+        refuse one in progress elsewhere, or start (or restart a failed) one.
 
         `begin` persists the turn (default: a new user message + its turn); the OpenAI-compatible API
         passes its own to answer a user message that is already stored (a regenerate).
         """
-        client_msg_id = turn_request.client_msg_id
-        existing = await store.find_turn(self.pool, session.id, client_msg_id)
-        if existing is not None and existing["status"] == "done":
-            return _replay(existing["frames"])
-        if existing is not None and existing["status"] == "running":
-            live = self.live.get(existing["id"])
-            if live is not None:
-                return live.follow()
-            raise _in_progress(existing["user_message_id"])
+        existing = await turns.find_turn(self.pool, session.id, turn_request.client_msg_id)
+        if existing is not None:
+            admitted = self._admitted(existing)
+            if admitted is not None:
+                return admitted
         user_key = str(session.user_id)
         try:
             self.live.admit(user_key)
@@ -263,30 +255,25 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             prefetch.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             if begin is None:
-                turn_id, message_id, created = await store.begin_turn(
+                turn_id, message_id, created = await turns.begin_turn(
                     self.pool,
                     session_id=session.id,
                     user_id=session.user_id,
-                    client_msg_id=client_msg_id,
+                    client_msg_id=turn_request.client_msg_id,
                     content=turn_request.content,
                 )
             else:
                 turn_id, message_id, created = await begin()
-            if not created:
-                existing = await store.find_turn(self.pool, session.id, client_msg_id)
+            if not created:  # a concurrent request stored it first
+                existing = await turns.find_turn(self.pool, session.id, turn_request.client_msg_id)
                 assert existing is not None
-                if existing["status"] == "done":
+                admitted = self._admitted(existing)
+                if admitted is not None:
                     self.live.release(user_key)
-                    return _replay(existing["frames"])
-                live = self.live.get(turn_id)
-                if existing["status"] == "running":
-                    self.live.release(user_key)
-                    if live is not None:
-                        return live.follow()
-                    raise _in_progress(existing["user_message_id"])
-                await self.pool.execute(
-                    "UPDATE chat.turns SET status = 'running', frames = '[]', error = NULL WHERE id = $1", turn_id
-                )  # a failed turn is generated again
+                    if prefetch is not None:
+                        prefetch.cancel()
+                    return admitted
+                await turns.restart_turn(self.pool, turn_id)
         except BaseException:
             self.live.release(user_key)
             if prefetch is not None:
@@ -302,7 +289,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             post_process=post_process,
         )
 
-        async def work(frame_log: Any) -> None:
+        async def work(frame_log: FrameLog) -> None:
             try:
                 uncontended = not lock.locked()
                 async with lock:
@@ -311,7 +298,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     else:
                         if prefetch is not None:
                             prefetch.cancel()
-                        fresh = await store.get_session(self.pool, session.id)
+                        fresh = await sessions.get_session(self.pool, session.id)
                         run = dataclasses.replace(turn, session=fresh or session)
                     await self.engine.run(frame_log, run)
             finally:
@@ -319,40 +306,46 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
         return self.live.start(turn_id, work).follow()
 
+    def _admitted(self, existing: TurnRow) -> AsyncIterator[Frame] | None:
+        """The frames for a request whose turn is already stored, or None when it must be (re)generated."""
+        live = self.live.get(existing.id)
+        admission = admit(existing.status, live is not None)
+        if admission == "replay":
+            return _replay(existing.frames)
+        if admission == "attach":
+            assert live is not None
+            return live.follow()
+        if admission == "in_progress":
+            raise _in_progress(existing.user_message_id)
+        return None
+
+    @maps_errors
     async def ChatCompletion(
         self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatCompletionResponse]:
         """The OpenAI-compatible chat (see openai_compat): how the request was handled, then the turn's frames."""
-        try:
-            user_id = parse_uuid(request.user_id, "user_id")
-            prepared = await self.completions.prepare(request, user_id)
-            if prepared.session is None or prepared.turn_request is None:
-                log_ = self.completions.answer_utility(user_id, request, sampling_overrides(request))
-            else:
-                log_ = await self._start_or_attach(
-                    prepared.session,
-                    prepared.turn_request,
-                    sampling_overrides(request),
-                    begin=prepared.begin,
-                    system_prompt=prepared.transcript.system_prompt or None,
-                    post_process=prepared.post_process,
-                )
-        except ServiceError as error:
-            context.set_trailing_metadata(trailing_details(error))
-            await context.abort(error.code, error.message)
-            return
-        except grpc.aio.AioRpcError as error:  # a peer failed while opening the session
-            await context.abort(error.code(), error.details() or "peer call failed")
-            return
+        user_id = parse_uuid(request.user_id, "user_id")
+        prepared = await self.completions.prepare(request, user_id)
+        if prepared.session is None or prepared.turn_request is None:
+            frame_stream = self.completions.answer_utility(user_id, request, sampling_overrides(request))
+        else:
+            frame_stream = await self._start_or_attach(
+                prepared.session,
+                prepared.turn_request,
+                sampling_overrides(request),
+                begin=prepared.begin,
+                system_prompt=prepared.transcript.system_prompt or None,
+                post_process=prepared.post_process,
+            )
         yield pb.ChatCompletionResponse(conversation=prepared.conversation)
-        async for frame in log_:
-            yield pb.ChatCompletionResponse(frame=frames.to_proto(frame))
+        async for frame in frame_stream:
+            yield pb.ChatCompletionResponse(frame=frame)
 
     @maps_errors
     async def VerifyApiKey(
         self, request: pb.VerifyApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyApiKeyResponse:
-        found = await api_keys.verify_api_key(self.pool, request.key) if len(request.key) <= 200 else None
+        found = await api_keys.verify_api_key(self.pool, request.key)
         if found is None:
             return pb.VerifyApiKeyResponse(valid=False)
         return pb.VerifyApiKeyResponse(valid=True, user_id=str(found[0]), key_id=str(found[1]))
@@ -360,25 +353,23 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     @maps_errors
     async def ApplyGift(self, request: pb.ApplyGiftRequest, context: grpc.aio.ServicerContext) -> pb.ApplyGiftResponse:
         session = await self._owned_session(request.user_id, request.session_id)
-        reply = await self.peers.affinity.ApplyGift(
+        reply = await self.peers.apply_gift(
             affinity_pb2.ApplyGiftRequest(
                 user_id=str(session.user_id),
                 session_id=str(session.id),
                 deltas=dict(request.deltas),
                 label=request.label,
                 metadata=request.metadata,
-            ),
-            timeout=call_timeout(5.0),
+            )
         )
-        await store.record_gift_message(self.pool, session, request.label or "gift", dict(reply.applied_deltas))
+        await sessions.record_gift_message(self.pool, session, request.label or "gift", dict(reply.applied_deltas))
         return pb.ApplyGiftResponse(applied_deltas=dict(reply.applied_deltas), affinity=reply.state)
 
     @maps_errors
     async def ListGifts(self, request: pb.ListGiftsRequest, context: grpc.aio.ServicerContext) -> pb.ListGiftsResponse:
         session = await self._owned_session(request.user_id, request.session_id)
-        reply = await self.peers.affinity.ListGifts(
-            affinity_pb2.ListGiftsRequest(user_id=str(session.user_id), session_id=str(session.id)),
-            timeout=call_timeout(5.0),
+        reply = await self.peers.list_gifts(
+            affinity_pb2.ListGiftsRequest(user_id=str(session.user_id), session_id=str(session.id))
         )
         return pb.ListGiftsResponse(gifts=list(reply.gifts))
 
@@ -387,17 +378,17 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self, request: pb.ExplainMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainMessageResponse:
         session = await self._owned_session(request.user_id, request.session_id)
-        row = await store.turn_for_message(self.pool, session.id, request.message_id)
+        row = await turns.turn_for_message(self.pool, session.id, request.message_id)
         if row is None:
             raise NotFound("no turn produced this message in this session")
         explanation = {
-            "turn_id": row["id"],
-            "status": row["status"],
-            "client_msg_id": row["client_msg_id"],
-            "user_message_id": row["user_message_id"],
-            "started_at": row["started_at"].isoformat(),
-            "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
-            **(row["explain"] or {}),
+            "turn_id": row.id,
+            "status": row.status,
+            "client_msg_id": row.client_msg_id,
+            "user_message_id": row.user_message_id,
+            "started_at": row.started_at.isoformat(),
+            "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+            **(row.explain or {}),
         }
         response = pb.ExplainMessageResponse()
         response.explanation.update(explanation)
@@ -407,8 +398,6 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def ExportUserData(
         self, request: pb.ExportUserDataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExportUserDataResponse:
-        from .user_data import export_user_data
-
         data = await export_user_data(self.pool, self.peers, parse_uuid(request.user_id, "user_id"))
         response = pb.ExportUserDataResponse()
         response.data.update(data)
@@ -418,15 +407,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def DeleteUserData(
         self, request: pb.DeleteUserDataRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserDataResponse:
-        from .user_data import delete_user_data
-
         deleted = await delete_user_data(self.pool, self.peers, parse_uuid(request.user_id, "user_id"))
         response = pb.DeleteUserDataResponse()
         response.deleted.update(deleted)
         return response
 
 
-def prefetch_session(session: store.SessionRow) -> store.SessionRow:
+def prefetch_session(session: SessionRow) -> SessionRow:
     """The session as it is once the new user message is stored."""
     return dataclasses.replace(
         session, message_count=session.message_count + 1, user_message_count=session.user_message_count + 1
@@ -442,24 +429,24 @@ def _in_progress(message_id: str) -> Aborted:
     )
 
 
-async def _replay(saved: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def _replay(saved: list[dict[str, Any]]) -> AsyncIterator[Frame]:
     for frame in saved:
-        yield frame
+        yield frames.from_json(frame)
 
 
-def persona_message(row: Any) -> pb.Persona:
-    meta = row["art_metadata"] or {}
+def persona_message(row: PersonaRow) -> pb.Persona:
+    meta = row.art_metadata or {}
     return pb.Persona(
-        id=str(row["id"]),
-        name=row["name"],
-        tip_personality=row["tip_personality"] or "",
+        id=str(row.id),
+        name=row.name,
+        tip_personality=row.tip_personality or "",
         gender=str(meta.get("gender", "")),
         age=int(meta.get("age") or 0),
         mbti=str(meta.get("mbti", "")),
         timezone=str(meta.get("timezone", "")),
         appearance=str(meta.get("appearance", "")),
         topics=[str(t) for t in meta.get("topics", [])],
-        source=row["source"],
+        source=row.source,
     )
 
 
@@ -470,15 +457,13 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     endpoint = llm_endpoint_from_env(env)
     offline_server = None
     if endpoint is None:
-        from services.offline_llm.server import build_llm_app, serve_llm
-
         offline_server = await serve_llm(build_llm_app("offline"), host="127.0.0.1", port=0)
         endpoint = LlmEndpoint(
             base_url=offline_server.base_url, api_key="offline", offline=True, default_model=OFFLINE_MODEL_ID
         )
     llm = LlmClient(endpoint, timeout=env.float("LLM_TIMEOUT_SECS", 60.0, 0.1, 600.0))
     outbox = OutboxWorker(ctx.pool, peers, max_attempts=env.int("POST_PROCESS_MAX_ATTEMPTS", 10, 1, 100))
-    recovered = await store.fail_abandoned_turns(ctx.pool)
+    recovered = await turns.fail_abandoned_turns(ctx.pool)
     if recovered:
         log.warning("%d turns were interrupted by a previous stop; marked failed (a retry regenerates them)", recovered)
     hidden = frozenset(k.strip() for k in (env.str("OPENROUTER_USAGE_HIDDEN_KEYS") or "").split(",") if k.strip())

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -88,26 +89,50 @@ def parse_uuid(value: str, field: str) -> uuid.UUID:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    """End the call with the status an error maps to (raises, as `context.abort` does):
+    ServiceError → its status and details; a peer's failure → its status and details passed on; text
+    PostgreSQL cannot store or a ValueError → INVALID_ARGUMENT."""
+    if isinstance(error, ServiceError):
+        context.set_trailing_metadata(trailing_details(error))
+        await context.abort(error.code, error.message)
+    if isinstance(error, grpc.aio.AioRpcError):
+        details = tuple((k, v) for k, v in (error.trailing_metadata() or ()) if k.startswith("rapport-"))
+        if details:
+            context.set_trailing_metadata(details)
+        await context.abort(error.code(), error.details() or "peer call failed")
+    if isinstance(error, asyncpg.exceptions.DataError):
+        context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid value: {error}")
+    if isinstance(error, ValueError):
+        context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    raise error
+
+
+_MAPPED = (ServiceError, grpc.aio.AioRpcError, asyncpg.exceptions.DataError, ValueError)
+
+
 def maps_errors(method: F) -> F:
-    """Decorator for unary servicer methods: ServiceError → its status; anything else → INTERNAL (logged)."""
+    """Decorator for servicer methods, unary or server-streaming (async generators): errors are mapped
+    by `abort_with`; anything else propagates (grpc answers UNKNOWN and logs it)."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except _MAPPED as error:
+                await abort_with(context, error)
+
+        return stream_wrapper  # type: ignore[return-value]
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except ServiceError as error:
-            context.set_trailing_metadata(trailing_details(error))
-            await context.abort(error.code, error.message)
-        except grpc.aio.AioRpcError as error:  # a peer failed: pass its status and details on
-            details = tuple((k, v) for k, v in (error.trailing_metadata() or ()) if k.startswith("rapport-"))
-            if details:
-                context.set_trailing_metadata(details)
-            await context.abort(error.code(), error.details() or "peer call failed")
-        except asyncpg.exceptions.DataError as error:  # e.g. text PostgreSQL cannot store
-            context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid value: {error}")
-        except ValueError as error:
-            context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except _MAPPED as error:
+            await abort_with(context, error)
 
     return wrapper  # type: ignore[return-value]

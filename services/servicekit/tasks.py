@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import openai
-
 from services.servicekit.model_config import (
     DEFAULT_MODEL_CONFIG_TOML,
     ModelConfig,
@@ -25,6 +23,7 @@ from services.servicekit.model_config import (
 
 from .config import ConfigError, Env
 from .llm import LlmClient, llm_endpoint_from_env
+from .model_chain import Attempt, ChainFailed, run_model_chain
 
 log = logging.getLogger("rapport.tasks")
 
@@ -58,19 +57,18 @@ class TaskLlm:
     async def complete(
         self, messages: Sequence[Mapping[str, Any]], *, json_mode: bool = False
     ) -> tuple[str, dict[str, Any], str]:
-        """Try each model of the chain in turn → (text, usage, model). Raises the last error."""
+        """Try each model of the chain in turn → (text, usage, model). Raises the last model's error."""
         params: dict[str, Any] = self.resolved.sampling_params()
         if json_mode and self.resolved.extra.get("structured_output", True):
             params["response_format"] = {"type": "json_object"}
-        last: Exception | None = None
-        for model in self.models:
-            try:
-                return await self.client.complete(model, messages, params=params)
-            except openai.APIError as error:
-                log.warning("task %s: model %s failed: %s", self.resolved.task, model, error)
-                last = error
-        assert last is not None
-        raise last
+
+        async def attempt(current: Attempt) -> tuple[str, dict[str, Any], str]:
+            return await self.client.complete(current.model, messages, params=params)
+
+        try:
+            return await run_model_chain(self.models, attempt, task=self.resolved.task)
+        except ChainFailed as failed:
+            raise failed.cause from None
 
 
 def llm_for_task(

@@ -107,7 +107,9 @@ async def test_memory_scope_gates_the_layers_and_an_unknown_scope_is_invalid(mem
     relationship_only = await memory.recall(user, instance, query, memory_scope="relationship_only")
     assert list(relationship_only.profile) == [] and len(relationship_only.relationship) == 1
     neutral_only = await memory.recall(user, instance, query, memory_scope="neutral_only")
-    assert len(neutral_only.profile) == 1 and list(neutral_only.relationship) == []
+    # neutral_only lets only the neutral profile through, no memories (issue 9: memory's copy of the rule was wrong)
+    assert list(neutral_only.profile) == [] and list(neutral_only.relationship) == []
+    assert neutral_only.insights == pb.INSIGHTS_MODE_NEUTRAL
     for scope in ("none", "insights_only"):
         nothing = await memory.recall(user, instance, query, memory_scope=scope)
         assert list(nothing.profile) == list(nothing.relationship) == [] and nothing.embed_ms == 0

@@ -50,7 +50,8 @@ async def test_one_turn_is_one_trace_rooted_at_the_gateway(stack: Stack, spans: 
     send = server_span("/rapport.orchestrator.v1.OrchestratorService/SendMessage")
     assert by_id[send.parent.span_id].kind.name == "CLIENT"  # the gateway's gRPC client span
     assert root.name in ancestors(send)
-    for rpc in ("/rapport.affinity.v1.AffinityService/GetState", "/rapport.affinity.v1.AffinityService/DecideGhost",
+    # One affinity read per turn (state, bands and ghost decision together) since issue 16 asked for it.
+    for rpc in ("/rapport.affinity.v1.AffinityService/ReadTurnState",
                 "/rapport.memory.v1.MemoryService/Recall", "/rapport.insight.v1.InsightService/GetProfile"):
         span = server_span(rpc)
         chain = ancestors(span)

@@ -11,7 +11,7 @@ import grpc
 from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as pb_grpc
 from services.offline_llm.server import LlmScript, ScriptedResponse, build_llm_app, serve_llm
-from services.orchestrator.frames import to_dict
+from services.contracts.frames import to_json as to_dict  # the frames are a shared contract
 from services.servicekit.config import Env
 from services.servicekit.service import start_service
 from tests.stack import Stack, new_client_msg_id, reply_text, start_stack

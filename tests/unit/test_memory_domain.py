@@ -316,7 +316,8 @@ def test_group_by_layer_and_category_orders_best_first() -> None:
         ("full", MemoryScope("full", True, True, True, "full")),
         ("neutral_and_relationship", MemoryScope("neutral_and_relationship", True, True, True, "neutral")),
         ("relationship_only", MemoryScope("relationship_only", False, True, False, None)),
-        ("neutral_only", MemoryScope("neutral_only", True, False, True, "neutral")),
+        # neutral_only: neutral insights and no memories at all (this copy had profile memories on; issue 9 fixed it)
+        ("neutral_only", MemoryScope("neutral_only", False, False, True, "neutral")),
         ("insights_only", MemoryScope("insights_only", False, False, True, "full")),
         ("none", MemoryScope("none", False, False, False, None)),
         (None, MemoryScope("neutral_and_relationship", True, True, True, "neutral")),

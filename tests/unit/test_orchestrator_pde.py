@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.affinity.domain import band
+from services.affinity.domain import banded_axes as banded_state  # the bands moved to affinity, their owner
 from services.orchestrator.domain.pde import (
     STYLE_LINES,
     JudgeVerdict,
     apply_veto,
-    band,
-    banded_state,
     build_judge_messages,
     decide_by_rules,
     parse_judge_output,

@@ -1,7 +1,8 @@
 """Persona Decision Engine (orchestrator.md "Persona Decision Engine").
 
 Rules by default: the deterministic ghost decision (affinity.md) first, else a reply whose style
-comes from the vector. The opt-in LLM judge sees only banded state, never raw numbers; its output
+comes from the vector. The opt-in LLM judge sees only banded state (the bands come from affinity,
+which owns the axis ranges), never raw numbers; its output
 is strict JSON, and the rules veto it: a judge ghost stands only where ghost rules 1–3 allow a
 ghost and ghosting is enabled. Any judge failure falls back to the rules (the caller's job, using
 the `status` from `parse_judge_output`).
@@ -20,16 +21,6 @@ Style = Literal["warm", "neutral", "cold", "push_pull"]
 JudgeStatus = Literal["ok", "empty", "parse_error"]
 
 JUDGE_HISTORY_MESSAGES = 8
-# Axis ranges (affinity.md): warmth is −1…1, the rest 0…1.
-AXIS_RANGES: Mapping[str, tuple[float, float]] = {
-    "warmth": (-1.0, 1.0),
-    "trust": (0.0, 1.0),
-    "intimacy": (0.0, 1.0),
-    "intrigue": (0.0, 1.0),
-    "patience": (0.0, 1.0),
-    "tension": (0.0, 1.0),
-}
-BANDS: tuple[tuple[float, str], ...] = ((0.2, "very low"), (0.4, "low"), (0.6, "medium"), (0.8, "high"))
 STYLE_LINES: Mapping[str, tuple[str, ...]] = {
     "warm": ("Be warm and openly glad to hear from them; let affection show in small details.",),
     "neutral": ("Keep an even, friendly but measured tone; don't over-invest or go cold.",),
@@ -71,26 +62,20 @@ def reply_style(vector_values: Mapping[str, float]) -> Style:
     return "neutral"
 
 
-def decide_by_rules(ghost_decision_ghost: bool, vector_values: Mapping[str, float]) -> Decision:
-    """The rules path: ghost if the deterministic ghost decision says so, else reply in the vector's style."""
+def decide_by_rules(ghost_decision_ghost: bool, vector_values: Mapping[str, float] | None) -> Decision:
+    """The rules path: ghost if the deterministic ghost decision says so, else reply in the vector's style
+    (neutral when no relationship state is known this turn)."""
     if ghost_decision_ghost:
         return Decision("ghost", "cold", (), "rules: the ghost decision chose to ghost")
+    if vector_values is None:
+        return Decision(
+            "reply", "neutral", STYLE_LINES["neutral"], "rules: reply, style neutral (no relationship state)"
+        )
     style = reply_style(vector_values)
     reason = (
         f"rules: reply, style {style} (warmth {vector_values['warmth']:.2f}, tension {vector_values['tension']:.2f})"
     )
     return Decision("reply", style, STYLE_LINES[style], reason)
-
-
-def band(value: float, lo: float = 0.0, hi: float = 1.0) -> str:
-    """A word for where `value` sits in [lo, hi]: fifths, from "very low" to "very high"."""
-    position = (min(max(value, lo), hi) - lo) / (hi - lo)
-    return next((name for upper, name in BANDS if position < upper), "very high")
-
-
-def banded_state(vector_values: Mapping[str, float]) -> dict[str, str]:
-    """The vector as bands, per axis range (what the judge sees instead of numbers)."""
-    return {axis: band(value, *AXIS_RANGES[axis]) for axis, value in vector_values.items() if axis in AXIS_RANGES}
 
 
 JUDGE_OUTPUT_CONTRACT = (

@@ -149,7 +149,7 @@ def split_transcript(messages: Sequence[ClientMessage]) -> ClientTranscript:
 
 
 def utility_reason(transcript: ClientTranscript, *, marked: bool, named: bool) -> str | None:
-    """Why this request is the client's own utility call (not chat), or None for chat.
+    """Why this request is the client's own utility call (not part of the chat), or None for a chat turn.
 
     `marked`: the X-Rapport-Utility header; `named`: the client named the conversation (X-Chat-Id or
     `user`), which rules out the connection-test guess.

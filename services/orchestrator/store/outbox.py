@@ -1,0 +1,134 @@
+"""The post-process outbox: jobs written with the turn's end, claimed with `FOR UPDATE SKIP LOCKED` under a
+lease, retried with backoff, parked as dead. A job's request is the peer's protobuf request, serialized."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import Message
+
+from .rows import Conn, row_to
+
+
+@dataclass(frozen=True)
+class OutboxJob:
+    """A job to write: the peer (`affinity`, `memory`, `insight`) and the request it is sent."""
+
+    target: str
+    request: Message
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    turn_id: str
+    target: str
+    request: bytes | None  # the serialized request
+    payload: dict[str, Any] | None  # the request as JSON, for jobs written before requests were serialized
+    trace_context: dict[str, str]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class JobListing:
+    id: int
+    turn_id: str
+    target: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+
+
+async def insert_jobs(
+    conn: Conn,
+    *,
+    turn_id: str,
+    user_id: uuid.UUID,
+    session_id: uuid.UUID,
+    jobs: Sequence[OutboxJob],
+    trace_context: dict[str, str],
+) -> None:
+    """Idempotent by (turn, target)."""
+    if not jobs:
+        return
+    await conn.executemany(
+        """INSERT INTO chat.outbox (turn_id, target, request, user_id, session_id, trace_context)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (turn_id, target) DO NOTHING""",
+        [(turn_id, job.target, job.request.SerializeToString(), user_id, session_id, trace_context) for job in jobs],
+    )
+
+
+async def claim(conn: Conn, batch_size: int, lease_seconds: float) -> list[ClaimedJob]:
+    """Due jobs, each leased for `lease_seconds` (a crashed worker's job becomes due again) and counted as an attempt."""
+    rows = await conn.fetch(
+        """WITH due AS (
+               SELECT id FROM chat.outbox WHERE status = 'pending' AND next_attempt_at <= now()
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           UPDATE chat.outbox o SET attempts = o.attempts + 1,
+               next_attempt_at = now() + make_interval(secs => $2)
+           FROM due WHERE o.id = due.id
+           RETURNING o.id, o.turn_id, o.target, o.request, o.payload, o.trace_context, o.attempts""",
+        batch_size,
+        lease_seconds,
+    )
+    return [row_to(ClaimedJob, row) for row in rows]
+
+
+async def mark_done(conn: Conn, job_id: int) -> float:
+    """→ the job's lag: seconds from its creation (the reply) to delivery."""
+    lag = await conn.fetchval(
+        "UPDATE chat.outbox SET status = 'done', done_at = now(), last_error = NULL WHERE id = $1 "
+        "RETURNING extract(epoch FROM done_at - created_at)",
+        job_id,
+    )
+    return float(lag or 0.0)
+
+
+async def retry_later(conn: Conn, job_id: int, delay_seconds: float, reason: str) -> None:
+    await conn.execute(
+        "UPDATE chat.outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3 WHERE id = $1",
+        job_id,
+        delay_seconds,
+        reason,
+    )
+
+
+async def park_dead(conn: Conn, job_id: int, reason: str) -> None:
+    await conn.execute("UPDATE chat.outbox SET status = 'dead', last_error = $2 WHERE id = $1", job_id, reason)
+
+
+async def counts(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM chat.outbox GROUP BY status")
+    return {row["status"]: int(row["n"]) for row in rows}
+
+
+async def list_jobs(conn: Conn, status: str, limit: int = 50) -> list[JobListing]:
+    """Jobs of one status, newest first (the admin listing of `rapport outbox`)."""
+    rows = await conn.fetch(
+        "SELECT id, turn_id, target, attempts, last_error, created_at FROM chat.outbox WHERE status = $1 "
+        "ORDER BY created_at DESC LIMIT $2",
+        status,
+        limit,
+    )
+    return [row_to(JobListing, row) for row in rows]
+
+
+async def retry_dead(conn: Conn) -> int:
+    """Put dead jobs back in the queue (after the cause is fixed); receivers are idempotent by turn id."""
+    result = await conn.execute(
+        "UPDATE chat.outbox SET status = 'pending', attempts = 0, next_attempt_at = now() WHERE status = 'dead'"
+    )
+    return int(result.split()[-1])
+
+
+async def delete_pending_for_user(conn: Conn, user_id: uuid.UUID) -> None:
+    """Pending jobs of a user (they would recreate what "delete my data" erases)."""
+    await conn.execute(
+        "DELETE FROM chat.outbox WHERE status = 'pending' AND (user_id = $1 OR payload->>'user_id' = $2)",
+        user_id,
+        str(user_id),
+    )
