@@ -7,12 +7,21 @@ Spec: /work/shared/spec/affinity.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-AXES: tuple[str, ...] = ("warmth", "trust", "intimacy", "intrigue", "patience", "tension")
+# The scope vocabulary is the turn request's contract; the affinity service's callers know these names here.
+from services.contracts.scopes import (  # noqa: F401
+    AFFINITY_AXES,
+    BOND_AXES,
+    CHEMISTRY_AXES,
+    AffinityScopeError,
+    parse_affinity_scope,
+)
+
+AXES: tuple[str, ...] = AFFINITY_AXES
 
 AXIS_RANGES: dict[str, tuple[float, float]] = {
     "warmth": (-1.0, 1.0),
@@ -26,8 +35,6 @@ AXIS_RANGES: dict[str, tuple[float, float]] = {
 # Words for where a value sits in its axis range, in fifths (what an LLM judge sees instead of numbers).
 BANDS: tuple[tuple[float, str], ...] = ((0.2, "very low"), (0.4, "low"), (0.6, "medium"), (0.8, "high"))
 
-BOND_AXES: frozenset[str] = frozenset({"warmth", "intimacy", "tension"})
-CHEMISTRY_AXES: frozenset[str] = frozenset({"trust", "intrigue", "patience"})
 ALL_AXES: frozenset[str] = frozenset(AXES)
 
 
@@ -186,56 +193,7 @@ def relationship_label(v: AffinityVector) -> str:
     return "stranger"
 
 
-# --- affinity_scope ----------------------------------------------------------------------------
-
-
-class AffinityScopeError(ValueError):
-    """An `affinity_scope` value that is neither a named scope nor an axis name."""
-
-
-NAMED_SCOPES: dict[str, frozenset[str]] = {
-    "bond": BOND_AXES,
-    "chemistry": CHEMISTRY_AXES,
-    "bond_and_chemistry": ALL_AXES,
-    "full": ALL_AXES,
-    "none": frozenset(),
-}
-DEFAULT_SCOPE: frozenset[str] = BOND_AXES
-
-
-def parse_affinity_scope(value: str | Sequence[str] | None) -> frozenset[str]:
-    """Axes whose state may reach the prompt.
-
-    None, "" or an empty list → the default `bond` axes. Otherwise a named scope (`bond`,
-    `chemistry`, `bond_and_chemistry` ≡ `full`, `none`) or axis names, given as a list or a
-    comma-separated string; several names give their union. `none` must stand alone.
-    Names are case-insensitive. Anything else raises `AffinityScopeError`.
-    """
-    if value is None:
-        return DEFAULT_SCOPE
-    raw_items = value.split(",") if isinstance(value, str) else list(value)
-    allowed = f"allowed: {', '.join(NAMED_SCOPES)} or axis names {', '.join(AXES)}"
-    names: list[str] = []
-    for item in raw_items:
-        if not isinstance(item, str):
-            raise AffinityScopeError(f"affinity_scope entry {item!r} is not a string; {allowed}")
-        name = item.strip().lower()
-        if name:
-            names.append(name)
-    if not names:
-        return DEFAULT_SCOPE
-    if "none" in names and len(names) > 1:
-        raise AffinityScopeError(f"affinity_scope 'none' cannot be combined with {names!r}")
-    scope: set[str] = set()
-    for name in names:
-        if name in NAMED_SCOPES:
-            scope |= NAMED_SCOPES[name]
-        elif name in ALL_AXES:
-            scope.add(name)
-        else:
-            raise AffinityScopeError(f"unknown affinity_scope value {name!r}; {allowed}")
-    return frozenset(scope)
-
+# --- affinity_scope: the vocabulary is the request contract's (services/contracts/scopes.py) -------------
 
 # --- prompt lines ------------------------------------------------------------------------------
 

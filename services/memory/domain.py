@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeVar
 
+from services.contracts.scopes import (
+    MEMORY_SCOPES,
+    ScopeError,
+    memory_scope_name,
+)
+
 CATEGORIES: tuple[str, ...] = ("fact", "preference", "event", "emotion", "relation", "moment", "thread")
 Category = Literal["fact", "preference", "event", "emotion", "relation", "moment", "thread"]
 LAYERS: tuple[str, ...] = ("profile", "relationship")
@@ -538,18 +544,8 @@ def group_by_layer_and_category(items: Iterable[ScoredMemory]) -> dict[str, dict
 
 # --------------------------------------------------------------------------- memory scope
 
-MEMORY_SCOPES: tuple[str, ...] = (
-    "full",
-    "neutral_and_relationship",
-    "relationship_only",
-    "neutral_only",
-    "insights_only",
-    "none",
-)
-DEFAULT_MEMORY_SCOPE = "neutral_and_relationship"
 
-
-class MemoryScopeError(ValueError):
+class MemoryScopeError(ScopeError):
     """An unknown `memory_scope` value."""
 
 
@@ -564,6 +560,7 @@ class MemoryScope:
     insights_mode: Literal["full", "neutral"] | None
 
 
+# What each scope of the request contract lets reach the prompt: memory is the only interpreter.
 _SCOPES: dict[str, MemoryScope] = {
     scope.name: scope
     for scope in (
@@ -575,14 +572,16 @@ _SCOPES: dict[str, MemoryScope] = {
         MemoryScope("none", False, False, False, None),
     )
 }
+assert set(_SCOPES) == set(MEMORY_SCOPES), "every scope of the request contract has a meaning here"
 
 
 def parse_memory_scope(value: str | None) -> MemoryScope:
-    """Parse a request's memory_scope; missing/blank → neutral_and_relationship (spec default)."""
-    name = (value or "").strip().casefold() or DEFAULT_MEMORY_SCOPE
-    if name not in _SCOPES:
-        raise MemoryScopeError(f"unknown memory_scope {value!r}; allowed: {', '.join(MEMORY_SCOPES)}")
-    return _SCOPES[name]
+    """Parse a request's memory_scope (the names are the request contract's); missing/blank →
+    neutral_and_relationship (spec default)."""
+    try:
+        return _SCOPES[memory_scope_name(value)]
+    except ScopeError as error:
+        raise MemoryScopeError(str(error)) from None
 
 
 # --------------------------------------------------------------------------- summaries

@@ -16,6 +16,7 @@ from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as pb_grpc
 from services.contracts import frames
 from services.contracts.frames import Frame
+from services.contracts.scopes import NAMED_AFFINITY_SCOPES
 from services.offline_llm.server import build_llm_app, serve_llm
 from services.servicekit.grpc_errors import (
     Aborted,
@@ -33,7 +34,7 @@ from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 
 from . import api_keys
 from .domain.admission import admit
-from .domain.turn_request import AFFINITY_SCOPES, TurnRequest, TurnRequestError, validate_turn_request
+from .domain.turn_request import TurnRequest, TurnRequestError, validate_turn_request
 from .live_turns import FrameLog, LiveTurns, TooManyTurns
 from .openai_compat import BeginTurn, ChatCompletions
 from .outbox import OutboxWorker
@@ -49,7 +50,7 @@ log = logging.getLogger("rapport.orchestrator")
 def validate_send(request: pb.SendMessageRequest, config: ModelConfig) -> TurnRequest:
     """Every field checked before anything is persisted (INVALID_ARGUMENT naming the field)."""
     scope: str | list[str] | None = None
-    if len(request.affinity_scope) == 1 and request.affinity_scope[0] in AFFINITY_SCOPES:
+    if len(request.affinity_scope) == 1 and request.affinity_scope[0] in NAMED_AFFINITY_SCOPES:
         scope = request.affinity_scope[0]
     elif request.affinity_scope:
         scope = list(request.affinity_scope)

@@ -5,8 +5,6 @@ from types import SimpleNamespace
 import pytest
 
 from services.orchestrator.domain.turn_request import (
-    MEMORY_GATES,
-    MemoryGates,
     PromptTrait,
     TurnRequestError,
     kept_traits,
@@ -122,19 +120,8 @@ def test_affinity_scope_axes(scope, axes):
     assert request(affinity_scope=scope).affinity_axes == axes
 
 
-@pytest.mark.parametrize(
-    ("scope", "gates"),
-    [
-        ("full", MemoryGates("full", True, True)),
-        ("neutral_and_relationship", MemoryGates("neutral", True, True)),
-        ("relationship_only", MemoryGates("off", False, True)),
-        ("neutral_only", MemoryGates("neutral", False, False)),
-        ("insights_only", MemoryGates("full", False, False)),
-        ("none", MemoryGates("off", False, False)),
-    ],
-)
-def test_memory_scope_gates(scope, gates):
-    assert MEMORY_GATES[request(memory_scope=scope).memory_scope] == gates
+# What each memory_scope lets into the prompt is memory's rule alone (issue 9): tested with the memory
+# domain (tests/unit/test_memory_domain.py::test_parse_memory_scope), no longer copied here.
 
 
 def test_kept_traits_filters_by_allow_list():

@@ -9,7 +9,17 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+
+from services.contracts.scopes import (
+    AFFINITY_AXES,
+    DEFAULT_AFFINITY_SCOPE,
+    MEMORY_SCOPES,
+    NAMED_AFFINITY_SCOPES,
+    ScopeError,
+    memory_scope_name,
+    parse_affinity_scope,
+)
 
 MAX_CONTENT_CHARS = 4096
 CLIENT_MSG_ID_CHARS = (26, 36)  # a ULID is 26 characters, a UUID 36
@@ -18,20 +28,6 @@ MAX_TRAIT_TEXT_CHARS = 2000
 TRAIT_TAG_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 CLIENT_MSG_ID_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no whitespace
 
-MEMORY_SCOPES = frozenset(
-    {"full", "neutral_and_relationship", "relationship_only", "neutral_only", "insights_only", "none"}
-)
-DEFAULT_MEMORY_SCOPE = "neutral_and_relationship"
-
-AFFINITY_AXES: tuple[str, ...] = ("warmth", "trust", "intimacy", "intrigue", "patience", "tension")
-AFFINITY_SCOPES: Mapping[str, tuple[str, ...]] = {
-    "bond": ("warmth", "intimacy", "tension"),
-    "chemistry": ("trust", "intrigue", "patience"),
-    "bond_and_chemistry": AFFINITY_AXES,
-    "full": AFFINITY_AXES,
-    "none": (),
-}
-DEFAULT_AFFINITY_SCOPE = "bond"
 AUDIT_KEYS = frozenset({"user", "session_id", "metadata"})
 
 
@@ -67,27 +63,9 @@ class TurnRequest:
     def affinity_axes(self) -> tuple[str, ...]:
         """Axes whose values may reach the prompt (all six are always stored and updated)."""
         if isinstance(self.affinity_scope, str):
-            return AFFINITY_SCOPES[self.affinity_scope]
+            axes = parse_affinity_scope(self.affinity_scope)
+            return tuple(axis for axis in AFFINITY_AXES if axis in axes)
         return self.affinity_scope
-
-
-@dataclass(frozen=True)
-class MemoryGates:
-    """What `memory_scope` lets into the prompt (memory.md "Recall")."""
-
-    insights: Literal["off", "neutral", "full"]  # neutral drops the intimate profile fields
-    profile_memories: bool
-    relationship_memories: bool
-
-
-MEMORY_GATES: Mapping[str, MemoryGates] = {
-    "full": MemoryGates("full", True, True),
-    "neutral_and_relationship": MemoryGates("neutral", True, True),
-    "relationship_only": MemoryGates("off", False, True),
-    "neutral_only": MemoryGates("neutral", False, False),
-    "insights_only": MemoryGates("full", False, False),
-    "none": MemoryGates("off", False, False),
-}
 
 
 def _validate_content(content: Any) -> str:
@@ -139,20 +117,22 @@ def _validate_traits(traits: Iterable[Any] | None) -> tuple[PromptTrait, ...]:
 
 
 def _validate_memory_scope(scope: Any) -> str:
-    if scope is None or scope == "":
-        return DEFAULT_MEMORY_SCOPE
-    if scope not in MEMORY_SCOPES:
-        raise TurnRequestError("memory_scope", f"expected one of {', '.join(sorted(MEMORY_SCOPES))}")
-    return scope
+    if scope is not None and not isinstance(scope, str):
+        raise TurnRequestError("memory_scope", f"expected one of {', '.join(MEMORY_SCOPES)}")
+    try:
+        return memory_scope_name(scope)
+    except ScopeError:
+        raise TurnRequestError("memory_scope", f"expected one of {', '.join(MEMORY_SCOPES)}") from None
 
 
 def _validate_affinity_scope(scope: Any) -> str | tuple[str, ...]:
+    """A named scope, or a non-empty list of axis names (deduplicated, in order); the names are the contract's."""
     if scope is None or scope == "":
         return DEFAULT_AFFINITY_SCOPE
     if isinstance(scope, str):
-        if scope not in AFFINITY_SCOPES:
+        if scope not in NAMED_AFFINITY_SCOPES:
             raise TurnRequestError(
-                "affinity_scope", f"expected one of {', '.join(AFFINITY_SCOPES)} or a list of axis names"
+                "affinity_scope", f"expected one of {', '.join(NAMED_AFFINITY_SCOPES)} or a list of axis names"
             )
         return scope
     axes = list(scope) if isinstance(scope, Sequence) else None
