@@ -1130,3 +1130,106 @@ class DeleteUserDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteUserDataResponse: _TypeAlias = DeleteUserDataResponse  # noqa: Y015
+
+@_typing.final
+class AffinityEventRef(_message.Message):
+    """One affinity event of a session: the events of a turn (its message or ghost event), or one event by id
+    (a gift).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AffinityEventRef: _TypeAlias = AffinityEventRef  # noqa: Y015
+
+@_typing.final
+class ProjectBranchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    EXCLUDED_TURN_IDS_FIELD_NUMBER: _builtins.int
+    ERASE_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    dry_run: _builtins.bool
+    """Compute and return the state without writing anything."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AffinityEventRef]:
+        """The branch's events, oldest first."""
+
+    @_builtins.property
+    def excluded_turn_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Turns of the session that are not on the branch."""
+
+    @_builtins.property
+    def erase(self) -> _containers.RepeatedCompositeFieldContainer[Global___AffinityEventRef]:
+        """Events to delete for good (they must not be in `events`)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___AffinityEventRef] | None = ...,
+        excluded_turn_ids: _abc.Iterable[_builtins.str] | None = ...,
+        erase: _abc.Iterable[Global___AffinityEventRef] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "erase", b"erase", "events", b"events", "excluded_turn_ids", b"excluded_turn_ids", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectBranchRequest: _TypeAlias = ProjectBranchRequest  # noqa: Y015
+
+@_typing.final
+class ProjectBranchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEFORE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.int
+    """Events replayed, and events erased (0 on a dry run)."""
+    erased: _builtins.int
+    @_builtins.property
+    def before(self) -> Global___AffinityState:
+        """The session's state before, and the branch's state (written unless dry_run)."""
+
+    @_builtins.property
+    def state(self) -> Global___AffinityState: ...
+    def __init__(
+        self,
+        *,
+        before: Global___AffinityState | None = ...,
+        state: Global___AffinityState | None = ...,
+        replayed: _builtins.int = ...,
+        erased: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "erased", b"erased", "replayed", b"replayed", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectBranchResponse: _TypeAlias = ProjectBranchResponse  # noqa: Y015

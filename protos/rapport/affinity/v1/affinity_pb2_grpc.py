@@ -95,6 +95,11 @@ class AffinityServiceStub:
                 request_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.DeleteUserDataRequest.SerializeToString,
                 response_deserializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.DeleteUserDataResponse.FromString,
                 _registered_method=True)
+        self.ProjectBranch = channel.unary_unary(
+                '/rapport.affinity.v1.AffinityService/ProjectBranch',
+                request_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.ProjectBranchRequest.SerializeToString,
+                response_deserializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.ProjectBranchResponse.FromString,
+                _registered_method=True)
 
 
 class AffinityServiceServicer:
@@ -186,6 +191,17 @@ class AffinityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProjectBranch(self, request, context):
+        """The state of one branch of the conversation: replays the session's starting vector over the given
+        events, in order, with the same EMA, decay and ghost rules, and (unless dry_run) makes it the session's
+        state. Events of the session not listed stay stored for other branches; turns listed in
+        excluded_turn_ids are never applied while excluded (a late ApplyTurn of one only records its event);
+        erased events are deleted for good (a surgical delete).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AffinityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +264,11 @@ def add_AffinityServiceServicer_to_server(servicer, server):
                     servicer.DeleteUserData,
                     request_deserializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.DeleteUserDataRequest.FromString,
                     response_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.DeleteUserDataResponse.SerializeToString,
+            ),
+            'ProjectBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProjectBranch,
+                    request_deserializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.ProjectBranchRequest.FromString,
+                    response_serializer=rapport_dot_affinity_dot_v1_dot_affinity__pb2.ProjectBranchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +596,33 @@ class AffinityService:
             '/rapport.affinity.v1.AffinityService/DeleteUserData',
             rapport_dot_affinity_dot_v1_dot_affinity__pb2.DeleteUserDataRequest.SerializeToString,
             rapport_dot_affinity_dot_v1_dot_affinity__pb2.DeleteUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProjectBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.affinity.v1.AffinityService/ProjectBranch',
+            rapport_dot_affinity_dot_v1_dot_affinity__pb2.ProjectBranchRequest.SerializeToString,
+            rapport_dot_affinity_dot_v1_dot_affinity__pb2.ProjectBranchResponse.FromString,
             options,
             channel_credentials,
             insecure,

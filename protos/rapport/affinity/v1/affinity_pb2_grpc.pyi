@@ -59,6 +59,13 @@ class AffinityServiceStub:
     """Streams every change of one session's state."""
     DeleteUserData: _grpc.UnaryUnaryMultiCallable[_affinity_pb2.DeleteUserDataRequest, _affinity_pb2.DeleteUserDataResponse]
     """Hard-deletes everything about a user (optionally one persona instance)."""
+    ProjectBranch: _grpc.UnaryUnaryMultiCallable[_affinity_pb2.ProjectBranchRequest, _affinity_pb2.ProjectBranchResponse]
+    """The state of one branch of the conversation: replays the session's starting vector over the given
+    events, in order, with the same EMA, decay and ghost rules, and (unless dry_run) makes it the session's
+    state. Events of the session not listed stay stored for other branches; turns listed in
+    excluded_turn_ids are never applied while excluded (a late ApplyTurn of one only records its event);
+    erased events are deleted for good (a surgical delete).
+    """
 
 @_typing.type_check_only
 class AffinityServiceAsyncStub(AffinityServiceStub):
@@ -91,6 +98,13 @@ class AffinityServiceAsyncStub(AffinityServiceStub):
     """Streams every change of one session's state."""
     DeleteUserData: _aio.UnaryUnaryMultiCallable[_affinity_pb2.DeleteUserDataRequest, _affinity_pb2.DeleteUserDataResponse]  # type: ignore[assignment]
     """Hard-deletes everything about a user (optionally one persona instance)."""
+    ProjectBranch: _aio.UnaryUnaryMultiCallable[_affinity_pb2.ProjectBranchRequest, _affinity_pb2.ProjectBranchResponse]  # type: ignore[assignment]
+    """The state of one branch of the conversation: replays the session's starting vector over the given
+    events, in order, with the same EMA, decay and ghost rules, and (unless dry_run) makes it the session's
+    state. Events of the session not listed stay stored for other branches; turns listed in
+    excluded_turn_ids are never applied while excluded (a late ApplyTurn of one only records its event);
+    erased events are deleted for good (a surgical delete).
+    """
 
 class AffinityServiceServicer(metaclass=_abc_1.ABCMeta):
     """The relationship vector of a chat session, its events, gifts and the ghost decision."""
@@ -192,5 +206,18 @@ class AffinityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_affinity_pb2.DeleteUserDataResponse, _abc.Awaitable[_affinity_pb2.DeleteUserDataResponse]]:
         """Hard-deletes everything about a user (optionally one persona instance)."""
+
+    @_abc_1.abstractmethod
+    def ProjectBranch(
+        self,
+        request: _affinity_pb2.ProjectBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_affinity_pb2.ProjectBranchResponse, _abc.Awaitable[_affinity_pb2.ProjectBranchResponse]]:
+        """The state of one branch of the conversation: replays the session's starting vector over the given
+        events, in order, with the same EMA, decay and ghost rules, and (unless dry_run) makes it the session's
+        state. Events of the session not listed stay stored for other branches; turns listed in
+        excluded_turn_ids are never applied while excluded (a late ApplyTurn of one only records its event);
+        erased events are deleted for good (a surgical delete).
+        """
 
 def add_AffinityServiceServicer_to_server(servicer: AffinityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -378,3 +378,105 @@ class DeleteUserDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteUserDataResponse: _TypeAlias = DeleteUserDataResponse  # noqa: Y015
+
+@_typing.final
+class SetHiddenMessagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    HIDDEN_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    @_builtins.property
+    def hidden_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        hidden_message_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden_message_ids", b"hidden_message_ids", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHiddenMessagesRequest: _TypeAlias = SetHiddenMessagesRequest  # noqa: Y015
+
+@_typing.final
+class SetHiddenMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HIDDEN_FIELDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hidden_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Profile fields left out now because every source of theirs is hidden."""
+
+    def __init__(
+        self,
+        *,
+        hidden_fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden_fields", b"hidden_fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHiddenMessagesResponse: _TypeAlias = SetHiddenMessagesResponse  # noqa: Y015
+
+@_typing.final
+class EraseMessagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    dry_run: _builtins.bool
+    @_builtins.property
+    def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        message_ids: _abc.Iterable[_builtins.str] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "message_ids", b"message_ids", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseMessagesRequest: _TypeAlias = EraseMessagesRequest  # noqa: Y015
+
+@_typing.final
+class EraseMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELDS_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fields removed (or, on a dry run, that would be): every source of theirs was erased."""
+
+    @_builtins.property
+    def updated_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fields that keep other sources and lose the erased ones."""
+
+    def __init__(
+        self,
+        *,
+        removed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        updated_fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_fields", b"removed_fields", "updated_fields", b"updated_fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseMessagesResponse: _TypeAlias = EraseMessagesResponse  # noqa: Y015

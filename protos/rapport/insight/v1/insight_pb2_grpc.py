@@ -60,6 +60,16 @@ class InsightServiceStub:
                 request_serializer=rapport_dot_insight_dot_v1_dot_insight__pb2.DeleteUserDataRequest.SerializeToString,
                 response_deserializer=rapport_dot_insight_dot_v1_dot_insight__pb2.DeleteUserDataResponse.FromString,
                 _registered_method=True)
+        self.SetHiddenMessages = channel.unary_unary(
+                '/rapport.insight.v1.InsightService/SetHiddenMessages',
+                request_serializer=rapport_dot_insight_dot_v1_dot_insight__pb2.SetHiddenMessagesRequest.SerializeToString,
+                response_deserializer=rapport_dot_insight_dot_v1_dot_insight__pb2.SetHiddenMessagesResponse.FromString,
+                _registered_method=True)
+        self.EraseMessages = channel.unary_unary(
+                '/rapport.insight.v1.InsightService/EraseMessages',
+                request_serializer=rapport_dot_insight_dot_v1_dot_insight__pb2.EraseMessagesRequest.SerializeToString,
+                response_deserializer=rapport_dot_insight_dot_v1_dot_insight__pb2.EraseMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class InsightServiceServicer:
@@ -102,6 +112,21 @@ class InsightServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHiddenMessages(self, request, context):
+        """The messages of one session that are off the conversation's active branch (replaces the session's
+        earlier set): profile fields whose every source message is hidden are left out of GetProfile, until their messages are on the active branch again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseMessages(self, request, context):
+        """Erases messages (a surgical delete): profile fields whose only sources they are are removed, the others lose those sources. dry_run reports without changing anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InsightServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +154,16 @@ def add_InsightServiceServicer_to_server(servicer, server):
                     servicer.DeleteUserData,
                     request_deserializer=rapport_dot_insight_dot_v1_dot_insight__pb2.DeleteUserDataRequest.FromString,
                     response_serializer=rapport_dot_insight_dot_v1_dot_insight__pb2.DeleteUserDataResponse.SerializeToString,
+            ),
+            'SetHiddenMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHiddenMessages,
+                    request_deserializer=rapport_dot_insight_dot_v1_dot_insight__pb2.SetHiddenMessagesRequest.FromString,
+                    response_serializer=rapport_dot_insight_dot_v1_dot_insight__pb2.SetHiddenMessagesResponse.SerializeToString,
+            ),
+            'EraseMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseMessages,
+                    request_deserializer=rapport_dot_insight_dot_v1_dot_insight__pb2.EraseMessagesRequest.FromString,
+                    response_serializer=rapport_dot_insight_dot_v1_dot_insight__pb2.EraseMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +302,60 @@ class InsightService:
             '/rapport.insight.v1.InsightService/DeleteUserData',
             rapport_dot_insight_dot_v1_dot_insight__pb2.DeleteUserDataRequest.SerializeToString,
             rapport_dot_insight_dot_v1_dot_insight__pb2.DeleteUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHiddenMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.insight.v1.InsightService/SetHiddenMessages',
+            rapport_dot_insight_dot_v1_dot_insight__pb2.SetHiddenMessagesRequest.SerializeToString,
+            rapport_dot_insight_dot_v1_dot_insight__pb2.SetHiddenMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.insight.v1.InsightService/EraseMessages',
+            rapport_dot_insight_dot_v1_dot_insight__pb2.EraseMessagesRequest.SerializeToString,
+            rapport_dot_insight_dot_v1_dot_insight__pb2.EraseMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,12 @@ class InsightServiceStub:
     """The snapshots of a user's profile, newest first."""
     DeleteUserData: _grpc.UnaryUnaryMultiCallable[_insight_pb2.DeleteUserDataRequest, _insight_pb2.DeleteUserDataResponse]
     """Hard-deletes everything about a user."""
+    SetHiddenMessages: _grpc.UnaryUnaryMultiCallable[_insight_pb2.SetHiddenMessagesRequest, _insight_pb2.SetHiddenMessagesResponse]
+    """The messages of one session that are off the conversation's active branch (replaces the session's
+    earlier set): profile fields whose every source message is hidden are left out of GetProfile, until their messages are on the active branch again.
+    """
+    EraseMessages: _grpc.UnaryUnaryMultiCallable[_insight_pb2.EraseMessagesRequest, _insight_pb2.EraseMessagesResponse]
+    """Erases messages (a surgical delete): profile fields whose only sources they are are removed, the others lose those sources. dry_run reports without changing anything."""
 
 @_typing.type_check_only
 class InsightServiceAsyncStub(InsightServiceStub):
@@ -63,6 +69,12 @@ class InsightServiceAsyncStub(InsightServiceStub):
     """The snapshots of a user's profile, newest first."""
     DeleteUserData: _aio.UnaryUnaryMultiCallable[_insight_pb2.DeleteUserDataRequest, _insight_pb2.DeleteUserDataResponse]  # type: ignore[assignment]
     """Hard-deletes everything about a user."""
+    SetHiddenMessages: _aio.UnaryUnaryMultiCallable[_insight_pb2.SetHiddenMessagesRequest, _insight_pb2.SetHiddenMessagesResponse]  # type: ignore[assignment]
+    """The messages of one session that are off the conversation's active branch (replaces the session's
+    earlier set): profile fields whose every source message is hidden are left out of GetProfile, until their messages are on the active branch again.
+    """
+    EraseMessages: _aio.UnaryUnaryMultiCallable[_insight_pb2.EraseMessagesRequest, _insight_pb2.EraseMessagesResponse]  # type: ignore[assignment]
+    """Erases messages (a surgical delete): profile fields whose only sources they are are removed, the others lose those sources. dry_run reports without changing anything."""
 
 class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
     """The structured user profile: fields with provenance, training level, extraction and snapshots."""
@@ -108,5 +120,23 @@ class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_insight_pb2.DeleteUserDataResponse, _abc.Awaitable[_insight_pb2.DeleteUserDataResponse]]:
         """Hard-deletes everything about a user."""
+
+    @_abc_1.abstractmethod
+    def SetHiddenMessages(
+        self,
+        request: _insight_pb2.SetHiddenMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insight_pb2.SetHiddenMessagesResponse, _abc.Awaitable[_insight_pb2.SetHiddenMessagesResponse]]:
+        """The messages of one session that are off the conversation's active branch (replaces the session's
+        earlier set): profile fields whose every source message is hidden are left out of GetProfile, until their messages are on the active branch again.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseMessages(
+        self,
+        request: _insight_pb2.EraseMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insight_pb2.EraseMessagesResponse, _abc.Awaitable[_insight_pb2.EraseMessagesResponse]]:
+        """Erases messages (a surgical delete): profile fields whose only sources they are are removed, the others lose those sources. dry_run reports without changing anything."""
 
 def add_InsightServiceServicer_to_server(servicer: InsightServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

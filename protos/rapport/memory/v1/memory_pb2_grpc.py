@@ -70,6 +70,16 @@ class MemoryServiceStub:
                 request_serializer=rapport_dot_memory_dot_v1_dot_memory__pb2.DeleteUserDataRequest.SerializeToString,
                 response_deserializer=rapport_dot_memory_dot_v1_dot_memory__pb2.DeleteUserDataResponse.FromString,
                 _registered_method=True)
+        self.SetHiddenMessages = channel.unary_unary(
+                '/rapport.memory.v1.MemoryService/SetHiddenMessages',
+                request_serializer=rapport_dot_memory_dot_v1_dot_memory__pb2.SetHiddenMessagesRequest.SerializeToString,
+                response_deserializer=rapport_dot_memory_dot_v1_dot_memory__pb2.SetHiddenMessagesResponse.FromString,
+                _registered_method=True)
+        self.EraseMessages = channel.unary_unary(
+                '/rapport.memory.v1.MemoryService/EraseMessages',
+                request_serializer=rapport_dot_memory_dot_v1_dot_memory__pb2.EraseMessagesRequest.SerializeToString,
+                response_deserializer=rapport_dot_memory_dot_v1_dot_memory__pb2.EraseMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -125,6 +135,21 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHiddenMessages(self, request, context):
+        """The messages of one session that are off the conversation's active branch (replaces the session's
+        earlier set): memories whose every source message is hidden are not recalled, until their messages are on the active branch again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseMessages(self, request, context):
+        """Erases messages (a surgical delete): memories whose only sources they are are deleted, the others lose those sources. dry_run reports without changing anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +187,16 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteUserData,
                     request_deserializer=rapport_dot_memory_dot_v1_dot_memory__pb2.DeleteUserDataRequest.FromString,
                     response_serializer=rapport_dot_memory_dot_v1_dot_memory__pb2.DeleteUserDataResponse.SerializeToString,
+            ),
+            'SetHiddenMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHiddenMessages,
+                    request_deserializer=rapport_dot_memory_dot_v1_dot_memory__pb2.SetHiddenMessagesRequest.FromString,
+                    response_serializer=rapport_dot_memory_dot_v1_dot_memory__pb2.SetHiddenMessagesResponse.SerializeToString,
+            ),
+            'EraseMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseMessages,
+                    request_deserializer=rapport_dot_memory_dot_v1_dot_memory__pb2.EraseMessagesRequest.FromString,
+                    response_serializer=rapport_dot_memory_dot_v1_dot_memory__pb2.EraseMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +389,60 @@ class MemoryService:
             '/rapport.memory.v1.MemoryService/DeleteUserData',
             rapport_dot_memory_dot_v1_dot_memory__pb2.DeleteUserDataRequest.SerializeToString,
             rapport_dot_memory_dot_v1_dot_memory__pb2.DeleteUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHiddenMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.memory.v1.MemoryService/SetHiddenMessages',
+            rapport_dot_memory_dot_v1_dot_memory__pb2.SetHiddenMessagesRequest.SerializeToString,
+            rapport_dot_memory_dot_v1_dot_memory__pb2.SetHiddenMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.memory.v1.MemoryService/EraseMessages',
+            rapport_dot_memory_dot_v1_dot_memory__pb2.EraseMessagesRequest.SerializeToString,
+            rapport_dot_memory_dot_v1_dot_memory__pb2.EraseMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

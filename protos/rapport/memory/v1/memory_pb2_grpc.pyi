@@ -47,6 +47,12 @@ class MemoryServiceStub:
     """Imports memories (client stream), merging near-duplicates."""
     DeleteUserData: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteUserDataRequest, _memory_pb2.DeleteUserDataResponse]
     """Hard-deletes everything about a user (optionally one persona instance)."""
+    SetHiddenMessages: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SetHiddenMessagesRequest, _memory_pb2.SetHiddenMessagesResponse]
+    """The messages of one session that are off the conversation's active branch (replaces the session's
+    earlier set): memories whose every source message is hidden are not recalled, until their messages are on the active branch again.
+    """
+    EraseMessages: _grpc.UnaryUnaryMultiCallable[_memory_pb2.EraseMessagesRequest, _memory_pb2.EraseMessagesResponse]
+    """Erases messages (a surgical delete): memories whose only sources they are are deleted, the others lose those sources. dry_run reports without changing anything."""
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -67,6 +73,12 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Imports memories (client stream), merging near-duplicates."""
     DeleteUserData: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteUserDataRequest, _memory_pb2.DeleteUserDataResponse]  # type: ignore[assignment]
     """Hard-deletes everything about a user (optionally one persona instance)."""
+    SetHiddenMessages: _aio.UnaryUnaryMultiCallable[_memory_pb2.SetHiddenMessagesRequest, _memory_pb2.SetHiddenMessagesResponse]  # type: ignore[assignment]
+    """The messages of one session that are off the conversation's active branch (replaces the session's
+    earlier set): memories whose every source message is hidden are not recalled, until their messages are on the active branch again.
+    """
+    EraseMessages: _aio.UnaryUnaryMultiCallable[_memory_pb2.EraseMessagesRequest, _memory_pb2.EraseMessagesResponse]  # type: ignore[assignment]
+    """Erases messages (a surgical delete): memories whose only sources they are are deleted, the others lose those sources. dry_run reports without changing anything."""
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Two-layer memory: profile facts about the user and this relationship's own moments."""
@@ -126,5 +138,23 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteUserDataResponse, _abc.Awaitable[_memory_pb2.DeleteUserDataResponse]]:
         """Hard-deletes everything about a user (optionally one persona instance)."""
+
+    @_abc_1.abstractmethod
+    def SetHiddenMessages(
+        self,
+        request: _memory_pb2.SetHiddenMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.SetHiddenMessagesResponse, _abc.Awaitable[_memory_pb2.SetHiddenMessagesResponse]]:
+        """The messages of one session that are off the conversation's active branch (replaces the session's
+        earlier set): memories whose every source message is hidden are not recalled, until their messages are on the active branch again.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseMessages(
+        self,
+        request: _memory_pb2.EraseMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.EraseMessagesResponse, _abc.Awaitable[_memory_pb2.EraseMessagesResponse]]:
+        """Erases messages (a surgical delete): memories whose only sources they are are deleted, the others lose those sources. dry_run reports without changing anything."""
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
