@@ -15,8 +15,9 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -39,8 +40,9 @@ from .domain.transcript import (
     TranscriptPlan,
     conversation_key,
     derived_client_msg_id,
+    instruction_after_answer,
     normalized,
-    plan_reconciliation,
+    plan_over_branches,
     split_transcript,
     utility_reason,
     validate_completion_request,
@@ -48,15 +50,36 @@ from .domain.transcript import (
 from .domain.turn_request import TurnRequest, TurnRequestError, validate_turn_request
 from .live_turns import FrameLog, LiveTurns, TooManyTurns
 from .peers import Peers
-from .store import catalog, new_message_id, sessions, turns
-from .store.rows import SessionRow
-from .turn import TurnEngine
+from .store import catalog, conversations, new_message_id, sessions, turns
+from .store.rows import MessageRow, SessionRow
+from .turn import TurnEngine, post_process_jobs
 
 log = logging.getLogger("rapport.openai_compat")
 
 BeginTurn = Callable[[], Awaitable[tuple[str, str, bool]]]
 CONTINUATION_MIN_MESSAGES = 3  # a fingerprint miss with this many chat messages may be a trimmed transcript
 _PLACEHOLDER_MSG_ID = "oa-" + "0" * 32  # validates the content before the real key is known
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The client's transcript met the stored conversation: the plan, on which branch, and the turn to run."""
+
+    plan: TranscriptPlan
+    branch_id: str
+    branched: bool
+    client_msg_id: str
+    begin: BeginTurn | None  # None: the ordinary begin (a new user message at the branch's head)
+    post_process: bool
+
+
+def _stored(message: MessageRow) -> StoredMessage:
+    return StoredMessage(message.id, message.role, message.content, message.kind == "ghost")
+
+
+def _in_transcript(message: MessageRow) -> bool:
+    """What a client's transcript holds of a branch: user and assistant messages, not erased ones."""
+    return message.role in ("user", "assistant") and message.deleted_at is None
 
 
 @dataclass(frozen=True)
@@ -105,19 +128,23 @@ class ChatCompletions:
         turn_request = self._validated_turn(messages, transcript)
         key = conversation_key(chat_id, client_user, transcript)
         session, is_new = await self._session_for(user_id, persona.id, key, transcript)
-        plan, client_msg_id, begin, post_process = await self._reconcile(session, transcript)
+        reconciled = await self._reconcile(session, transcript)
+        if reconciled is None:  # an instruction after an answered message: summarize, impersonate
+            conversation.handling, conversation.utility_reason = "utility", "instruction_after_reply"
+            return PreparedCompletion(conversation, transcript)
         conversation.session_id = str(session.id)
-        conversation.handling = plan.handling
-        conversation.removed_messages = plan.deleted
-        conversation.imported_messages = len(plan.imports)
+        conversation.handling = reconciled.plan.handling
+        conversation.imported_messages = len(reconciled.plan.imports)
         conversation.is_new_session = is_new
+        conversation.branch_id = reconciled.branch_id
+        conversation.branched = reconciled.branched
         return PreparedCompletion(
             conversation,
             transcript,
             session,
-            dataclasses.replace(turn_request, client_msg_id=client_msg_id),
-            begin,
-            post_process,
+            dataclasses.replace(turn_request, client_msg_id=reconciled.client_msg_id),
+            reconciled.begin,
+            reconciled.post_process,
         )
 
     def _validated_turn(self, messages: list[ClientMessage], transcript: ClientTranscript) -> TurnRequest:
@@ -165,36 +192,55 @@ class ChatCompletions:
         assert session is not None
         return session, created
 
-    # -- the transcript → a plan ------------------------------------------------------------------
+    # -- the transcript → a branch and a plan ---------------------------------------------------------
 
-    async def _reconcile(
-        self, session: SessionRow, transcript: ClientTranscript
-    ) -> tuple[TranscriptPlan, str, BeginTurn | None, bool]:
-        """Plan against the stored transcript and apply an edit's removals/imports, under the session lock.
-
-        → (plan, client_msg_id of the turn, its begin (None = a new user message), post_process).
-        """
+    async def _reconcile(self, session: SessionRow, transcript: ClientTranscript) -> Reconciled | None:
+        """Find the branch the client's transcript is and apply the plan on it, under the session lock:
+        activate that branch; or fork a new one from the last message shared with the client, importing the
+        client's differing messages (post-processed once). Nothing stored is removed. None = the request is
+        an instruction after an answered message (a utility call): nothing is written."""
         imported_until: str | None = None
         async with self.pool.acquire() as conn, conn.transaction():
             await sessions.lock_session(conn, session.id)
-            stored = [
-                StoredMessage(m.id, m.role, m.content, m.kind == "ghost")
-                for m in await sessions.stored_transcript(conn, session.id)
-            ]
-            plan = plan_reconciliation(stored, transcript.chat)
+            active = await conversations.active_branch(conn, session.id)
+            branches = []
+            for branch in await conversations.list_branches(conn, session.id):
+                path = await conversations.path_to(conn, branch.head_id)
+                branches.append((str(branch.id), [_stored(m) for m in path if _in_transcript(m)]))
+            branch_key, plan = plan_over_branches(branches, str(active.id), transcript.chat)
+            branch_id = uuid.UUID(branch_key)
+            if plan.handling != "new_turn" and instruction_after_answer(
+                transcript, await sessions.post_history(conn, session.id)
+            ):
+                return None
+            await sessions.remember_post_history(conn, session.id, transcript.post_history)
+            branched = False
+            if branch_id != active.id:
+                await refuse_while_generating(conn, session.id)
+                await self._activate(conn, session, branch_id)
             if plan.handling == "new_turn":
-                if plan.delete_from is not None or plan.imports:
+                anchor = plan.anchor
+                if plan.forks:
                     await refuse_while_generating(conn, session.id)
-                    if plan.delete_from is not None:
-                        await sessions.delete_messages_from(conn, session.id, plan.delete_from, inclusive=True)
+                    branch_id = await conversations.create_branch(conn, session.id, plan.fork_after, plan.fork_after)
+                    branched = True
+                    await conversations.activate_branch(conn, session.id, branch_id)
+                    await conversations.append_event(
+                        conn,
+                        session_id=session.id,
+                        user_id=session.user_id,
+                        kind="branched",
+                        actor="client",
+                        branch_id=branch_id,
+                        data={"from_message_id": plan.fork_after, "activate": True, "reason": "transcript"},
+                    )
+                    anchor = plan.fork_after
                     if plan.imports:
-                        remaining = await sessions.last_chat_message_id(conn, session.id)
-                        imported_until = await sessions.import_messages(
-                            conn, session, [(m.role, m.content) for m in plan.imports], after=remaining
-                        )
-                    await sessions.recount_session(conn, session.id)
-                client_msg_id = derived_client_msg_id(str(session.id), plan.position, plan.user_message)
-                result: tuple[TranscriptPlan, str, BeginTurn | None, bool] = (plan, client_msg_id, None, True)
+                        ids = await self._import(conn, session, branch_id, plan.fork_after, plan.imports)
+                        imported_until = anchor = ids[-1]
+                    await conversations.recount_session(conn, session.id)
+                client_msg_id = derived_client_msg_id(str(session.id), anchor or "start", plan.user_message)
+                result = Reconciled(plan, str(branch_id), branched, client_msg_id, None, True)
             else:
                 assert plan.user_message_id is not None
                 attempts = await turns.turns_answering(conn, session.id, plan.user_message_id)
@@ -204,20 +250,87 @@ class ChatCompletions:
                     client_msg_id = attempts[-1].client_msg_id  # follow or retry the turn in progress / failed
                 else:
                     client_msg_id = derived_client_msg_id(
-                        str(session.id), plan.position, plan.user_message, generation=len(attempts)
+                        str(session.id), plan.anchor or "start", plan.user_message, generation=len(attempts)
                     )
-                expected_last = stored[-1].id
                 user_message_id = plan.user_message_id
 
                 async def begin() -> tuple[str, str, bool]:
-                    return await begin_answer_to_stored_message(
-                        self.pool, session, user_message_id, client_msg_id, expected_last
-                    )
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await sessions.lock_session(conn, session.id)
+                        turn_id, created = await turns.begin_answer(
+                            conn,
+                            session_id=session.id,
+                            user_id=session.user_id,
+                            user_message_id=user_message_id,
+                            client_msg_id=client_msg_id,
+                            actor="client",
+                        )
+                        if created:
+                            await refuse_while_generating(conn, session.id, except_turn=turn_id)
+                    return turn_id, user_message_id, created
 
-                result = (plan, client_msg_id, begin, post_process)
+                result = Reconciled(plan, str(branch_id), branched, client_msg_id, begin, post_process)
         if imported_until is not None:
             await _after_millisecond_of(imported_until)
         return result
+
+    async def _activate(self, conn: asyncpg.Connection, session: SessionRow, branch_id: uuid.UUID) -> None:
+        await conversations.activate_branch(conn, session.id, branch_id)
+        await conversations.append_event(
+            conn,
+            session_id=session.id,
+            user_id=session.user_id,
+            kind="branch_activated",
+            actor="client",
+            branch_id=branch_id,
+            data={"reason": "transcript"},
+        )
+        await conversations.recount_session(conn, session.id)
+
+    async def _import(
+        self,
+        conn: asyncpg.Connection,
+        session: SessionRow,
+        branch_id: uuid.UUID,
+        after: str | None,
+        messages: Sequence[ClientMessage],
+    ) -> list[str]:
+        """The client's messages taken over after `after`; each user message among them is post-processed
+        once, with the reply that follows it in the client's transcript."""
+        ids = await sessions.import_messages(
+            conn, session, [(m.role, m.content) for m in messages], parent_id=after, branch_id=branch_id
+        )
+        now = datetime.now(UTC)
+        previous: datetime | None = None
+        for index, message in enumerate(messages):
+            if message.role != "user":
+                continue
+            reply = (
+                messages[index + 1] if index + 1 < len(messages) and messages[index + 1].role == "assistant" else None
+            )
+            turn_id = new_message_id()
+            jobs = post_process_jobs(
+                session,
+                turn_id=turn_id,
+                user_message_id=ids[index],
+                user_text=message.content,
+                reply_id=ids[index + 1] if reply is not None else "",
+                reply_text=reply.content if reply is not None else "",
+                user_message_at=now,
+                previous_user_message_at=previous,
+                occurred_at=now,
+            )
+            await turns.record_imported_turn(
+                conn,
+                turn_id=turn_id,
+                session_id=session.id,
+                user_id=session.user_id,
+                user_message_id=ids[index],
+                branch_id=branch_id,
+                jobs=jobs,
+            )
+            previous = now
+        return ids
 
     # -- utility calls -------------------------------------------------------------------------------
 
@@ -321,36 +434,3 @@ async def _after_millisecond_of(message_id: str) -> None:
     """Wait (at most a few ms) until ids minted now sort after `message_id`."""
     while ULID().milliseconds <= ULID.from_str(message_id).milliseconds:  # noqa: ASYNC110 (a clock, not an event)
         await asyncio.sleep(0.001)
-
-
-async def begin_answer_to_stored_message(
-    pool: asyncpg.Pool, session: SessionRow, user_message_id: str, client_msg_id: str, expected_last: str
-) -> tuple[str, str, bool]:
-    """The begin of a regenerate (or of a retried answer): a turn for a user message that is already stored.
-    In one transaction: the turn row, then everything after the user message removed (the reply being
-    replaced). → (turn_id, user_message_id, created); an existing turn with this client_msg_id is returned
-    as is (idempotent)."""
-    turn_id = new_message_id()
-    async with pool.acquire() as conn, conn.transaction():
-        await sessions.lock_session(conn, session.id)
-        if not await turns.insert_turn(
-            conn,
-            turn_id=turn_id,
-            session_id=session.id,
-            user_id=session.user_id,
-            client_msg_id=client_msg_id,
-            user_message_id=user_message_id,
-        ):
-            existing = await turns.find_turn(conn, session.id, client_msg_id)
-            assert existing is not None
-            return existing.id, existing.user_message_id, False
-        if await sessions.last_chat_message_id(conn, session.id) != expected_last:
-            raise Aborted(
-                "the conversation changed while this request was prepared",
-                reason="conflict",
-                user_message="The conversation changed meanwhile. Please send it again.",
-            )
-        await refuse_while_generating(conn, session.id, except_turn=turn_id)
-        await sessions.delete_messages_from(conn, session.id, user_message_id, inclusive=False)
-        await sessions.recount_session(conn, session.id)
-    return turn_id, user_message_id, True

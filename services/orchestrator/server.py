@@ -262,6 +262,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     user_id=session.user_id,
                     client_msg_id=turn_request.client_msg_id,
                     content=turn_request.content,
+                    attach=not lock.locked(),  # else it joins the branch when its turn starts, after that reply
                 )
             else:
                 turn_id, message_id, created = await begin()
@@ -294,6 +295,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             try:
                 uncontended = not lock.locked()
                 async with lock:
+                    await turns.attach_user_message(self.pool, turn_id)
                     if uncontended and prefetch is not None and created:
                         run = dataclasses.replace(turn, session=prefetch_session(session), prefetched=prefetch)
                     else:
@@ -363,7 +365,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 metadata=request.metadata,
             )
         )
-        await sessions.record_gift_message(self.pool, session, request.label or "gift", dict(reply.applied_deltas))
+        await sessions.record_gift_message(
+            self.pool, session, request.label or "gift", dict(reply.applied_deltas), reply.event_id
+        )
         return pb.ApplyGiftResponse(applied_deltas=dict(reply.applied_deltas), affinity=reply.state)
 
     @maps_errors

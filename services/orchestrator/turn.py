@@ -294,7 +294,7 @@ class TurnEngine:
             turn_state,
             recall_and_profile(),
             catalog.get_persona(self.pool, s.persona_id),
-            sessions.recent_messages(self.pool, s.id, HISTORY_MESSAGES + 1),
+            sessions.recent_messages(self.pool, s.id, HISTORY_MESSAGES + 1, until=turn.user_message_id or None),
         )
         return TurnContext(affinity, recall, profile, persona, history, report)
 
@@ -601,39 +601,63 @@ class TurnEngine:
         await emit(final)
 
     async def _post_process_jobs(self, turn: TurnInput, reply: GeneratedReply, now: datetime) -> list[OutboxJob]:
-        """Affinity (the turn's deltas, and the end of a ghost streak: a reply was served), memory and insight."""
-        s = turn.session
-        content = turn.request.content
-        common = {"turn_id": turn.turn_id, "user_id": str(s.user_id), "session_id": str(s.id)}
-        affinity = affinity_pb2.ApplyTurnRequest(
-            **common, persona_name=s.persona_name, user_text=content, reply_text=reply.content
-        )
         sent_at, previous = await asyncio.gather(
             sessions.message_sent_at(self.pool, turn.user_message_id),
-            sessions.previous_user_message_at(self.pool, s.id, turn.user_message_id),
+            sessions.previous_user_message_at(self.pool, turn.user_message_id),
         )
-        affinity.user_message_at.FromDatetime(sent_at or now)
-        if previous is not None:
-            affinity.previous_user_message_at.FromDatetime(previous)
-        memory = memory_pb2.IngestTurnRequest(
-            **common,
-            instance_id=str(s.instance_id),
+        return post_process_jobs(
+            turn.session,
+            turn_id=turn.turn_id,
             user_message_id=turn.user_message_id,
-            reply_message_id=reply.id,
-            user_text=content,
+            user_text=turn.request.content,
+            reply_id=reply.id,
             reply_text=reply.content,
-            persona_name=s.persona_name,
+            user_message_at=sent_at or now,
+            previous_user_message_at=previous,
+            occurred_at=now,
         )
-        memory.occurred_at.FromDatetime(now)
-        insight = insight_pb2.ExtractTurnRequest(
-            **common,
-            user_message_id=turn.user_message_id,
-            user_text=content,
-            reply_text=reply.content,
-            persona_name=s.persona_name,
-        )
-        insight.occurred_at.FromDatetime(now)
-        return [OutboxJob("affinity", affinity), OutboxJob("memory", memory), OutboxJob("insight", insight)]
+
+
+def post_process_jobs(
+    session: SessionRow,
+    *,
+    turn_id: str,
+    user_message_id: str,
+    user_text: str,
+    reply_id: str,
+    reply_text: str,
+    user_message_at: datetime,
+    previous_user_message_at: datetime | None,
+    occurred_at: datetime,
+) -> list[OutboxJob]:
+    """A turn's effects after the reply, as outbox jobs: affinity (the turn's deltas, and the end of a ghost
+    streak: a reply was served), memory and insight. Also used for messages a client's transcript brought in."""
+    common = {"turn_id": turn_id, "user_id": str(session.user_id), "session_id": str(session.id)}
+    affinity = affinity_pb2.ApplyTurnRequest(
+        **common, persona_name=session.persona_name, user_text=user_text, reply_text=reply_text
+    )
+    affinity.user_message_at.FromDatetime(user_message_at)
+    if previous_user_message_at is not None:
+        affinity.previous_user_message_at.FromDatetime(previous_user_message_at)
+    memory = memory_pb2.IngestTurnRequest(
+        **common,
+        instance_id=str(session.instance_id),
+        user_message_id=user_message_id,
+        reply_message_id=reply_id,
+        user_text=user_text,
+        reply_text=reply_text,
+        persona_name=session.persona_name,
+    )
+    memory.occurred_at.FromDatetime(occurred_at)
+    insight = insight_pb2.ExtractTurnRequest(
+        **common,
+        user_message_id=user_message_id,
+        user_text=user_text,
+        reply_text=reply_text,
+        persona_name=session.persona_name,
+    )
+    insight.occurred_at.FromDatetime(occurred_at)
+    return [OutboxJob("affinity", affinity), OutboxJob("memory", memory), OutboxJob("insight", insight)]
 
 
 def _add_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:

@@ -49,9 +49,22 @@ class Harness:
         return raw.parse(), dict(raw.headers)
 
     async def stored(self, session_id: str) -> list[tuple[str, str]]:
-        rows = await self.pool.fetch("SELECT role, content FROM chat.messages WHERE session_id = $1 AND kind = 'chat' "
-                                     "ORDER BY id", uuid.UUID(session_id))
+        """The conversation as stored on its active branch (issue 10: other branches and alternatives are kept
+        beside it; `everything` has every message)."""
+        rows = await self.pool.fetch(
+            """WITH RECURSIVE path AS (
+                   SELECT m.* FROM chat.messages m JOIN chat.branches b ON b.head_id = m.id
+                   JOIN chat.sessions s ON s.active_branch_id = b.id WHERE s.id = $1
+                   UNION ALL SELECT m.* FROM chat.messages m JOIN path ON m.id = path.parent_id)
+               SELECT role, content FROM path WHERE kind = 'chat' AND deleted_at IS NULL ORDER BY id""",
+            uuid.UUID(session_id))
         return [(r["role"], r["content"]) for r in rows]
+
+    async def everything(self, session_id: str) -> list[tuple[str, str, str]]:
+        """Every chat message of the session, on any branch: (id, role, content)."""
+        rows = await self.pool.fetch("SELECT id, role, content FROM chat.messages WHERE session_id = $1 "
+                                     "AND kind = 'chat' ORDER BY id", uuid.UUID(session_id))
+        return [(r["id"], r["role"], r["content"]) for r in rows]
 
     async def post_processed(self, session_id: str) -> int:
         """Outbox jobs delivered for the session, once none is pending."""
@@ -243,6 +256,9 @@ async def test_a_swipe_replaces_the_last_reply_without_post_processing_it_again(
     assert swiped.choices[0].message.content == "A river of stars across the whole sky."
     assert await harness.stored(session) == [("user", "Tell me about the Milky Way."),
                                              ("assistant", "A river of stars across the whole sky.")]
+    # the first reply is kept as an alternative (issue 10: nothing said is lost)
+    assert [c for _, _, c in await harness.everything(session)] == [
+        "Tell me about the Milky Way.", "It is our home galaxy.", "A river of stars across the whole sky."]
     assert await harness.post_processed(session) == 3  # no second post-process for the same user message
     assert await harness.pool.fetchval("SELECT count(*) FROM affinity.events WHERE session_id = $1 AND kind = "
                                        "'message'", uuid.UUID(session)) == 1
@@ -275,8 +291,15 @@ async def test_an_edited_message_is_reconciled(harness: Harness) -> None:
     imported = await harness.pool.fetch("SELECT content FROM chat.messages WHERE session_id = $1 AND imported "
                                         "ORDER BY id", uuid.UUID(session))
     assert [r["content"] for r in imported] == edited[1:4]
+    # issue 10: the edit is a new branch from the last shared message; the old branch stays whole (its two
+    # turns and four messages), the imported user message is post-processed once (a turn of its own)
+    everything = await harness.everything(session)
+    assert [c for _, _, c in everything if c in ("Clear skies.", "How many stars?", "About 3000 stars.")] == [
+        "Clear skies.", "How many stars?", "About 3000 stars.", "How many stars?", "About 3000 stars."]
     assert await harness.pool.fetchval("SELECT count(*) FROM chat.turns WHERE session_id = $1",
-                                       uuid.UUID(session)) == 2  # the removed user message's turn went with it
+                                       uuid.UUID(session)) == 4
+    assert await harness.pool.fetchval("SELECT count(*) FROM chat.branches WHERE session_id = $1",
+                                       uuid.UUID(session)) == 2
     counts = await harness.pool.fetchrow("SELECT message_count, user_message_count FROM chat.sessions WHERE id = $1",
                                          uuid.UUID(session))
     assert (counts["message_count"], counts["user_message_count"]) == (6, 3)

@@ -41,7 +41,9 @@ def chat(spec: str) -> tuple[ClientMessage, ...]:
 
 # ---- reconciliation -------------------------------------------------------------------------------
 
-# (case, stored, client chat, handling, position, user_message_id, delete_from, deleted, imports)
+# (case, stored branch, client chat, handling, position, user_message_id, diverges_at, left_behind, imports)
+# Nothing stored is removed any more (issue 10): what diverges stays on the stored branch, the client's
+# version becomes a new branch; the alignment itself is unchanged.
 RECONCILE_CASES = [
     ("first message of a new conversation", "", "u:hi", "new_turn", 0, None, None, 0, ""),
     ("the client's greeting is taken over", "", "a:Welcome!|u:hi", "new_turn", 1, None, None, 0, "a:Welcome!"),
@@ -79,25 +81,25 @@ RECONCILE_CASES = [
 
 
 @pytest.mark.parametrize(("case", "stored_spec", "chat_spec", "handling", "position", "user_message_id",
-                          "delete_from", "deleted", "imports"), RECONCILE_CASES, ids=[c[0] for c in RECONCILE_CASES])
+                          "diverges_at", "left_behind", "imports"), RECONCILE_CASES, ids=[c[0] for c in RECONCILE_CASES])
 def test_reconciliation(case: str, stored_spec: str, chat_spec: str, handling: str, position: int,
-                        user_message_id: str | None, delete_from: str | None, deleted: int, imports: str) -> None:
+                        user_message_id: str | None, diverges_at: str | None, left_behind: int, imports: str) -> None:
     plan = plan_reconciliation(stored(stored_spec), chat(chat_spec))
-    assert (plan.handling, plan.position, plan.user_message_id, plan.delete_from, plan.deleted) == (
-        handling, position, user_message_id, delete_from, deleted)
+    assert (plan.handling, plan.position, plan.user_message_id, plan.diverges_at, plan.left_behind) == (
+        handling, position, user_message_id, diverges_at, left_behind)
     assert plan.imports == tuple(client(imports))
     assert plan.user_message == chat(chat_spec)[-1].content
 
 
 def test_after_a_plan_is_applied_the_store_matches_the_client() -> None:
-    """Applying new_turn (remove from delete_from, import, append the user message) yields the client's chat."""
+    """Applying new_turn (the branch up to diverges_at, the imports, the user message) yields the client's chat."""
     for _, stored_spec, chat_spec, handling, *_ in RECONCILE_CASES:
         if handling != "new_turn":
             continue
         before = stored(stored_spec)
         plan = plan_reconciliation(before, chat(chat_spec))
         visible = [m for m in before if not m.ghost]
-        kept = visible if plan.delete_from is None else visible[:[m.id for m in visible].index(plan.delete_from)]
+        kept = visible if plan.diverges_at is None else visible[:[m.id for m in visible].index(plan.diverges_at)]
         after = [(m.role, " ".join(m.content.split())) for m in kept] + [
             (m.role, m.content) for m in plan.imports] + [("user", plan.user_message)]
         client_tail = [(m.role, " ".join(m.content.split())) for m in chat(chat_spec)]

@@ -9,13 +9,15 @@ Pure: no I/O. An OpenAI-style client (SillyTavern) sends the whole transcript on
   prompt, one short user message, no conversation named by the client).
 - **Conversation key** (`conversation_key`): `X-Chat-Id`, else the `user` field, else a fingerprint
   of the first system message (the character) + the first user message.
-- **Reconciliation** (`plan_reconciliation`): the client's chat messages are aligned with the stored
-  ones (the client may have trimmed its oldest messages to fit its context, so the alignment may start
-  anywhere in the stored transcript; the cheapest alignment wins) and give one of:
-  new turn (stored == transcript minus the last user message), regenerate (that user message is
-  already answered: a swipe — the reply is replaced), resume (it is stored but not answered yet: a
-  repeat while it is generating, or after a failure), or — after removing the stored messages that
-  differ and importing the client's — a new turn (an edited or deleted message).
+- **Reconciliation** (`plan_reconciliation` for one branch, `plan_over_branches` for a conversation):
+  the client's chat messages are aligned with a stored branch (the client may have trimmed its oldest
+  messages to fit its context, so the alignment may start anywhere in the branch; the cheapest
+  alignment wins) and give one of: new turn (the branch == transcript minus the last user message),
+  regenerate (that user message is already answered: a swipe — a new alternative reply, the earlier
+  ones kept), resume (it is stored but not answered yet: a repeat while it is generating, or after a
+  failure), or — when the client's transcript diverges from the branch — a new branch from the last
+  message they share, with the client's differing messages imported, then a new turn. Nothing stored
+  is ever removed: what the client no longer sends stays on the branch it was on.
 - **Ghosts**: a ghost is delivered as an empty assistant message; stored ghosts and empty assistant
   messages of the client are left out of the comparison (a client may keep or drop them).
 """
@@ -72,29 +74,40 @@ class ClientTranscript:
     character_prompt: str  # the first system message before any chat message ("" = none)
     chat: tuple[ClientMessage, ...]  # user/assistant messages; empty assistant messages (ghosts) left out
     trailing_system: bool  # a system message comes after the last chat message
+    post_history: str = ""  # the system text after the last chat message (a post-history instruction)
+    ends_with_assistant: bool = False  # the last chat message is the character's, even an empty one (a ghost)
 
 
 @dataclass(frozen=True)
 class TranscriptPlan:
-    """What to do with the stored transcript so that it matches the client's, then which turn to run.
+    """How the client's transcript meets one stored branch, then which turn to run.
 
-    new_turn: remove `delete_from` and every stored message after it (when set), append `imports`
-    (no post-process), then answer `user_message` as a new turn. regenerate: remove every stored
-    message after `user_message_id` and answer it again. resume: `user_message_id` is stored and not
-    answered yet — follow (or retry) its turn.
+    new_turn: the branch up to `diverges_at` (exclusive; all of it when None) is the client's, then come
+    `imports` (the client's own messages, taken over), then `user_message` is answered as a new turn —
+    when `diverges_at` is set or there are imports, on a new branch forked from the last shared message
+    (`fork_after`; None = from the very start). regenerate: `user_message_id` is answered again (a new
+    alternative). resume: `user_message_id` is stored and not answered yet — follow (or retry) its turn.
+    `left_behind` counts the branch's chat messages the client no longer sends (they stay where they are).
     """
 
     handling: Handling
-    position: int  # index of the answered user message among the stored chat messages (ghosts not counted)
+    position: int  # index of the answered user message among the branch's chat messages (ghosts not counted)
     user_message: str
     user_message_id: str | None = None  # regenerate / resume
-    delete_from: str | None = None  # new_turn
-    deleted: int = 0  # stored chat messages removed (ghosts not counted)
+    diverges_at: str | None = None  # new_turn: the first stored message the client's transcript differs from
+    left_behind: int = 0  # stored chat messages after the alignment (ghosts not counted)
     imports: tuple[ClientMessage, ...] = ()
+    fork_after: str | None = None  # new_turn on a new branch: the last stored message shared with the client
+    anchor: str | None = None  # the stored message the answered user message follows (None = the start)
 
     @property
     def cost(self) -> int:
-        return self.deleted + len(self.imports)
+        return self.left_behind + len(self.imports)
+
+    @property
+    def forks(self) -> bool:
+        """A new branch is needed: the client's transcript leaves the stored branch."""
+        return self.handling == "new_turn" and (self.diverges_at is not None or bool(self.imports))
 
 
 def normalized(text: str) -> str:
@@ -144,8 +157,16 @@ def split_transcript(messages: Sequence[ClientMessage]) -> ClientTranscript:
         if m.role in CHAT_ROLES and not (m.role == "assistant" and not m.content.strip())
     )
     last_chat = max((i for i, m in enumerate(messages) if m.role in CHAT_ROLES), default=-1)
-    trailing = any(m.role in SYSTEM_ROLES and m.content.strip() for m in messages[last_chat + 1 :])
-    return ClientTranscript("\n\n".join(system), character, chat, trailing and last_chat >= 0)
+    after = [m.content.strip() for m in messages[last_chat + 1 :] if m.role in SYSTEM_ROLES and m.content.strip()]
+    trailing = bool(after) and last_chat >= 0
+    return ClientTranscript(
+        "\n\n".join(system),
+        character,
+        chat,
+        trailing,
+        post_history="\n\n".join(after) if trailing else "",
+        ends_with_assistant=last_chat >= 0 and messages[last_chat].role == "assistant",
+    )
 
 
 def utility_reason(transcript: ClientTranscript, *, marked: bool, named: bool) -> str | None:
@@ -156,7 +177,7 @@ def utility_reason(transcript: ClientTranscript, *, marked: bool, named: bool) -
     """
     if marked:
         return "header"
-    if not transcript.chat or transcript.chat[-1].role != "user":
+    if not transcript.chat or transcript.chat[-1].role != "user" or transcript.ends_with_assistant:
         # Summaries and impersonation add their instruction after the character's reply; "continue"
         # ends with the reply itself. Either way there is no user message for the character to answer.
         return "instruction_after_reply" if transcript.trailing_system and transcript.chat else "no_user_message"
@@ -170,6 +191,13 @@ def utility_reason(transcript: ClientTranscript, *, marked: bool, named: bool) -
     return None
 
 
+def instruction_after_answer(transcript: ClientTranscript, usual_post_history: str | None) -> bool:
+    """The client's last user message is already answered (or ghosted) and a system instruction follows it
+    that is not the conversation's usual post-history instruction: a summary or impersonation request, a
+    utility call — not a swipe."""
+    return bool(transcript.post_history) and normalized(transcript.post_history) != normalized(usual_post_history or "")
+
+
 def conversation_key(chat_id: str, client_user: str, transcript: ClientTranscript) -> str:
     """The conversation a request belongs to, stored on its session (unique per persona instance)."""
     if chat_id:
@@ -181,10 +209,11 @@ def conversation_key(chat_id: str, client_user: str, transcript: ClientTranscrip
     return f"fingerprint:{digest.hexdigest()[:32]}"
 
 
-def derived_client_msg_id(conversation: str, position: int, content: str, generation: int = 0) -> str:
-    """The turn's idempotency key: the same request (conversation, position, content) → the same key;
-    `generation` counts earlier replies to that user message (a regenerate gets a new key)."""
-    digest = hashlib.sha256(f"{conversation}\x00{position}\x00{normalized(content)}\x00{generation}".encode())
+def derived_client_msg_id(conversation: str, anchor: int | str, content: str, generation: int = 0) -> str:
+    """The turn's idempotency key: the same request (conversation, where in it — the message the user
+    message follows —, content) → the same key; `generation` counts earlier replies to that user message
+    (a regenerate gets a new key)."""
+    digest = hashlib.sha256(f"{conversation}\x00{anchor}\x00{normalized(content)}\x00{generation}".encode())
     return CLIENT_MSG_ID_PREFIX + digest.hexdigest()[:32]
 
 
@@ -226,26 +255,38 @@ def _plan_at(
         user_id = visible[position].id
         later = len(visible) - position - 1
         answered = later > 0 or _answered_by_ghost(stored, user_id)
+        anchor = visible[position - 1].id if position > 0 else None
         return TranscriptPlan(
-            "regenerate" if answered else "resume", position, user_message, user_message_id=user_id, deleted=later
+            "regenerate" if answered else "resume",
+            position,
+            user_message,
+            user_message_id=user_id,
+            left_behind=later,
+            anchor=anchor,
         )
     cut = offset + matched
+    shared = visible[cut - 1].id if cut > 0 else None
+    imports = tuple(chat[matched:last])
+    diverges_at = visible[cut].id if cut < len(visible) else None
+    forks = diverges_at is not None or bool(imports)
     return TranscriptPlan(
         "new_turn",
         position,
         user_message,
-        delete_from=visible[cut].id if cut < len(visible) else None,
-        deleted=len(visible) - cut,
-        imports=tuple(chat[matched:last]),
+        diverges_at=diverges_at,
+        left_behind=len(visible) - cut,
+        imports=imports,
+        fork_after=shared if forks else None,
+        anchor=None if forks else (stored[-1].id if stored else None),
     )
 
 
 def plan_reconciliation(stored: Sequence[StoredMessage], chat: Sequence[ClientMessage]) -> TranscriptPlan:
-    """Match the client's chat messages (ending with the user message to answer) to the stored ones.
+    """Match the client's chat messages (ending with the user message to answer) to one stored branch.
 
-    Alignments tried: the client's transcript starting at the first stored message, and at every
+    Alignments tried: the client's transcript starting at the branch's first message, and at every
     stored message equal to the client's first message (the client trimmed older ones). The one
-    that removes + imports the fewest messages wins; on a tie, the later alignment.
+    that leaves behind + imports the fewest messages wins; on a tie, the later alignment.
     """
     if not chat or chat[-1].role != "user":
         raise ValueError("the client's transcript must end with a user message")
@@ -258,3 +299,16 @@ def plan_reconciliation(stored: Sequence[StoredMessage], chat: Sequence[ClientMe
         for offset in offsets
     ]
     return min(plans, key=lambda item: (item[0].cost, -item[1]))[0]
+
+
+def plan_over_branches(
+    branches: Sequence[tuple[str, Sequence[StoredMessage]]], active: str, chat: Sequence[ClientMessage]
+) -> tuple[str, TranscriptPlan]:
+    """The branch the client's transcript is (the cheapest plan; on a tie the active branch, then the
+    newest), and the plan on it → (branch id, plan). Every branch is a candidate: a client going back to
+    an earlier chat finds its branch again, whole."""
+    if not branches:
+        raise ValueError("a conversation has at least one branch")
+    planned = [(branch_id, plan_reconciliation(path, chat), index) for index, (branch_id, path) in enumerate(branches)]
+    branch_id, plan, _ = min(planned, key=lambda item: (item[1].cost, item[0] != active, -item[2]))
+    return branch_id, plan

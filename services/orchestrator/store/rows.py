@@ -42,6 +42,7 @@ class SessionRow:
     is_demo: bool
     message_count: int
     user_message_count: int
+    active_branch_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,43 @@ class MessageRow:
     content: str
     sent_at: datetime
     client_msg_id: str | None = None
+    parent_id: str | None = None
+    deleted_at: datetime | None = None
+    turn_id: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    """A message's place in its session's tree (no text)."""
+
+    id: str
+    parent_id: str | None
+    role: str
+    kind: str
+    deleted: bool
+    turn_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BranchRow:
+    id: uuid.UUID
+    session_id: uuid.UUID
+    head_id: str | None
+    forked_from: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EventRow:
+    seq: int
+    id: str
+    kind: str
+    actor: str
+    message_id: str | None
+    branch_id: uuid.UUID | None
+    data: dict[str, Any]
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -81,6 +119,7 @@ class TurnRow:
     error: str | None
     started_at: datetime
     finished_at: datetime | None
+    branch_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from datetime import datetime
 import asyncpg
 from ulid import ULID
 
-from . import new_message_id
+from . import conversations, new_message_id
 from .rows import Conn, MessageRow, SessionListing, SessionRow, row_to
 
 _SESSION_SELECT = """
     SELECT s.id, s.user_id, s.instance_id, i.persona_id, p.name AS persona_name, s.is_demo, s.message_count,
-           s.user_message_count
+           s.user_message_count, s.active_branch_id
     FROM chat.sessions s JOIN chat.persona_instances i ON i.id = s.instance_id JOIN chat.personas p ON p.id = i.persona_id
 """
 
@@ -94,117 +94,144 @@ async def fingerprinted_session_holding(conn: Conn, instance_id: uuid.UUID, firs
     )
 
 
+async def post_history(conn: Conn, session_id: uuid.UUID) -> str | None:
+    """The system text a client sent after its last message on the conversation's last turn."""
+    return await conn.fetchval("SELECT post_history FROM chat.sessions WHERE id = $1", session_id)  # type: ignore[no-any-return]
+
+
+async def remember_post_history(conn: Conn, session_id: uuid.UUID, text: str) -> None:
+    await conn.execute("UPDATE chat.sessions SET post_history = $2 WHERE id = $1", session_id, text)
+
+
 async def lock_session(conn: asyncpg.Connection, session_id: uuid.UUID) -> None:
     """The session's row lock: transcript reconciliations of one session run one at a time."""
     await conn.execute("SELECT 1 FROM chat.sessions WHERE id = $1 FOR UPDATE", session_id)
 
 
-# -- messages ---------------------------------------------------------------------------------------
+# -- messages: the active branch's path (store.conversations keeps the tree) ---------------------------
 
 
 async def history_page(
     conn: Conn, session_id: uuid.UUID, limit: int, before: str | None
 ) -> tuple[list[MessageRow], int, bool]:
-    """Newest page (older than `before`), returned in chronological order, plus the true total."""
-    rows = await conn.fetch(
-        """SELECT id, role, kind, content, sent_at, client_msg_id FROM chat.messages
-           WHERE session_id = $1 AND ($2::text IS NULL OR id < $2) AND NOT (kind = 'ghost')
-           ORDER BY id DESC LIMIT $3""",
-        session_id,
-        before,
-        limit + 1,
-    )
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    total = await conn.fetchval(
-        "SELECT count(*) FROM chat.messages WHERE session_id = $1 AND kind <> 'ghost'", session_id
-    )
-    return [row_to(MessageRow, row) for row in reversed(rows)], int(total), has_more
+    """The active branch's newest messages (older than `before`, a message on it), oldest first, without
+    ghosts or erased messages; plus how many the branch shows in all and whether there are older ones."""
+    branch = await conversations.active_branch(conn, session_id)
+    shown = [m for m in await conversations.path_to(conn, branch.head_id) if _shown(m)]
+    end = next((i for i, m in enumerate(shown) if m.id == before), len(shown)) if before else len(shown)
+    page = shown[max(0, end - limit) : end]
+    return page, len(shown), end - limit > 0
+
+
+def _shown(message: MessageRow) -> bool:
+    return message.kind != "ghost" and message.deleted_at is None
 
 
 async def recent_messages(
-    conn: Conn, session_id: uuid.UUID, limit: int, exclude_id: str | None = None
+    conn: Conn, session_id: uuid.UUID, limit: int, *, until: str | None = None
 ) -> list[MessageRow]:
-    """The session's last `limit` chat messages (user and assistant, no ghosts or events), oldest first."""
-    rows = await conn.fetch(
-        """SELECT id, role, kind, content, sent_at FROM chat.messages
-           WHERE session_id = $1 AND kind = 'chat' AND ($2::text IS NULL OR id <> $2)
-           ORDER BY id DESC LIMIT $3""",
-        session_id,
-        exclude_id,
-        limit,
-    )
-    return [row_to(MessageRow, row) for row in reversed(rows)]
+    """The last `limit` chat messages (user and assistant replies, no ghosts, events or erased messages) of
+    the path that ends at `until` (default: the active branch's head), oldest first."""
+    head_id = until if until is not None else (await conversations.active_branch(conn, session_id)).head_id
+    path = await conversations.path_to(conn, head_id, max_depth=limit * 3 + 8)
+    chat = [m for m in path if m.kind == "chat" and m.role in ("user", "assistant") and m.deleted_at is None]
+    if len(chat) < limit and path and path[0].parent_id is not None:  # gifts and ghosts filled the window
+        path = await conversations.path_to(conn, head_id)
+        chat = [m for m in path if m.kind == "chat" and m.role in ("user", "assistant") and m.deleted_at is None]
+    return chat[-limit:]
 
 
 async def message_sent_at(conn: Conn, message_id: str) -> datetime | None:
     return await conn.fetchval("SELECT sent_at FROM chat.messages WHERE id = $1", message_id)  # type: ignore[no-any-return]
 
 
-async def previous_user_message_at(conn: Conn, session_id: uuid.UUID, before_id: str) -> datetime | None:
+async def previous_user_message_at(conn: Conn, user_message_id: str) -> datetime | None:
+    """When the user last wrote before this message, on its path."""
     return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT max(sent_at) FROM chat.messages WHERE session_id = $1 AND role = 'user' AND id < $2",
-        session_id,
-        before_id,
+        """WITH RECURSIVE path AS (
+               SELECT parent_id, NULL::text AS role, NULL::timestamptz AS sent_at FROM chat.messages WHERE id = $1
+               UNION ALL
+               SELECT m.parent_id, m.role, m.sent_at FROM chat.messages m JOIN path ON m.id = path.parent_id
+               WHERE path.role IS DISTINCT FROM 'user')
+           SELECT sent_at FROM path WHERE role = 'user' LIMIT 1""",
+        user_message_id,
     )
 
 
-async def record_gift_message(conn: Conn, session: SessionRow, label: str, applied: dict[str, float]) -> str:
-    """A gift shows in the session's history as an event message."""
+async def record_gift_message(
+    pool: asyncpg.Pool, session: SessionRow, label: str, applied: dict[str, float], affinity_event_id: str
+) -> str:
+    """A gift shows on the active branch as an event message (its affinity event travels with the branch)."""
     message_id = new_message_id()
-    await conn.execute(
-        """INSERT INTO chat.messages (id, session_id, user_id, role, kind, content, usage)
-           VALUES ($1, $2, $3, 'event', 'gift', $4, $5)""",
-        message_id,
-        session.id,
-        session.user_id,
-        label,
-        {"applied_deltas": applied},
-    )
-    await touch_session(conn, session.id)
+    async with pool.acquire() as conn, conn.transaction():
+        branch = await conversations.active_branch(conn, session.id, lock=True)
+        await conn.execute(
+            """INSERT INTO chat.messages (id, session_id, user_id, role, kind, content, usage, parent_id)
+               VALUES ($1, $2, $3, 'event', 'gift', $4, $5, $6)""",
+            message_id,
+            session.id,
+            session.user_id,
+            label,
+            {"applied_deltas": applied, "affinity_event_id": affinity_event_id},
+            branch.head_id,
+        )
+        await conversations.set_head(conn, branch.id, message_id)
+        await conversations.append_event(
+            conn,
+            session_id=session.id,
+            user_id=session.user_id,
+            kind="gift",
+            actor="user",
+            message_id=message_id,
+            branch_id=branch.id,
+            data={
+                "parent_id": branch.head_id,
+                "role": "event",
+                "message_kind": "gift",
+                "affinity_event_id": affinity_event_id,
+            },
+        )
+        await touch_session(conn, session.id)
     return message_id
 
 
-async def stored_transcript(conn: Conn, session_id: uuid.UUID) -> list[MessageRow]:
-    """The session's user and assistant messages (ghosts included), oldest first."""
-    rows = await conn.fetch(
-        """SELECT id, role, kind, content, sent_at FROM chat.messages
-           WHERE session_id = $1 AND role IN ('user', 'assistant') ORDER BY id""",
-        session_id,
-    )
-    return [row_to(MessageRow, row) for row in rows]
-
-
-async def last_chat_message_id(conn: Conn, session_id: uuid.UUID) -> str | None:
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT max(id) FROM chat.messages WHERE session_id = $1 AND role IN ('user', 'assistant')", session_id
-    )
-
-
-async def delete_messages_from(
-    conn: asyncpg.Connection, session_id: uuid.UUID, boundary: str, *, inclusive: bool
-) -> int:
-    """Remove the session's user/assistant messages from `boundary` on (or after it), the turns of the
-    removed user messages and their post-process jobs not yet delivered."""
-    operator = ">=" if inclusive else ">"
-    removed = await conn.fetch(
-        f"""DELETE FROM chat.messages WHERE session_id = $1 AND id {operator} $2 AND role IN ('user', 'assistant')
-            RETURNING id, role""",
-        session_id,
-        boundary,
-    )
-    user_ids = [row["id"] for row in removed if row["role"] == "user"]
-    if user_ids:
-        turn_ids = [
-            row["id"]
-            for row in await conn.fetch(
-                "DELETE FROM chat.turns WHERE session_id = $1 AND user_message_id = ANY($2::text[]) RETURNING id",
-                session_id,
-                user_ids,
-            )
-        ]
-        await conn.execute("DELETE FROM chat.outbox WHERE turn_id = ANY($1::text[]) AND status = 'pending'", turn_ids)
-    return len(removed)
+async def import_messages(
+    conn: asyncpg.Connection,
+    session: SessionRow,
+    messages: Sequence[tuple[str, str]],
+    *,
+    parent_id: str | None,
+    branch_id: uuid.UUID,
+) -> list[str]:
+    """Append (role, content) messages from a client's transcript after `parent_id` on a branch, as they are
+    (no turn); one `imported` event each → their ids."""
+    ids = ids_after(parent_id, len(messages))
+    parent = parent_id
+    for message_id, (role, content) in zip(ids, messages, strict=True):
+        await conn.execute(
+            """INSERT INTO chat.messages (id, session_id, user_id, role, content, imported, parent_id)
+               VALUES ($1, $2, $3, $4, $5, true, $6)""",
+            message_id,
+            session.id,
+            session.user_id,
+            role,
+            content,
+            parent,
+        )
+        await conversations.append_event(
+            conn,
+            session_id=session.id,
+            user_id=session.user_id,
+            kind="imported",
+            actor="client",
+            message_id=message_id,
+            branch_id=branch_id,
+            data={"parent_id": parent, "role": role},
+        )
+        parent = message_id
+    if ids:
+        await conversations.set_head(conn, branch_id, ids[-1])
+    return ids
 
 
 def ids_after(after: str | None, count: int) -> list[str]:
@@ -213,32 +240,3 @@ def ids_after(after: str | None, count: int) -> list[str]:
     if after is not None:
         start = max(start, int(ULID.from_str(after)) + 1)
     return [str(ULID.from_int(start + index)) for index in range(count)]
-
-
-async def import_messages(
-    conn: asyncpg.Connection, session: SessionRow, messages: Sequence[tuple[str, str]], after: str | None
-) -> str:
-    """Append (role, content) messages from a client's transcript as they are (no turn) → the last id used."""
-    ids = ids_after(after, len(messages))
-    await conn.executemany(
-        """INSERT INTO chat.messages (id, session_id, user_id, role, content, imported)
-           VALUES ($1, $2, $3, $4, $5, true)""",
-        [
-            (message_id, session.id, session.user_id, role, content)
-            for message_id, (role, content) in zip(ids, messages, strict=True)
-        ],
-    )
-    return ids[-1]
-
-
-async def recount_session(conn: Conn, session_id: uuid.UUID) -> None:
-    """The session's message counters after messages were removed or imported."""
-    await conn.execute(
-        """UPDATE chat.sessions SET
-               message_count = (SELECT count(*) FROM chat.messages WHERE session_id = $1 AND kind = 'chat'
-                                AND role IN ('user', 'assistant')),
-               user_message_count = (SELECT count(*) FROM chat.messages WHERE session_id = $1 AND role = 'user'),
-               last_active_at = now()
-           WHERE id = $1""",
-        session_id,
-    )

@@ -9,11 +9,12 @@ from typing import Any
 
 import asyncpg
 
-from . import new_message_id, outbox
-from .rows import AssistantMessage, Conn, TurnAttempt, TurnRow, row_to
+from . import conversations, new_message_id, outbox
+from .rows import AssistantMessage, BranchRow, Conn, TurnAttempt, TurnRow, row_to
 
 _TURN_COLUMNS = (
-    "id, session_id, user_id, client_msg_id, user_message_id, status, frames, explain, error, started_at, finished_at"
+    "id, session_id, user_id, client_msg_id, user_message_id, status, frames, explain, error, started_at, "
+    "finished_at, branch_id"
 )
 
 
@@ -27,31 +28,49 @@ async def find_turn(conn: Conn, session_id: uuid.UUID, client_msg_id: str) -> Tu
 
 
 async def insert_turn(
-    conn: Conn, *, turn_id: str, session_id: uuid.UUID, user_id: uuid.UUID, client_msg_id: str, user_message_id: str
+    conn: Conn,
+    *,
+    turn_id: str,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    client_msg_id: str,
+    user_message_id: str,
+    branch_id: uuid.UUID,
 ) -> bool:
     """A new running turn; False when this session already has a turn with this client_msg_id."""
     inserted = await conn.fetchval(
-        """INSERT INTO chat.turns (id, session_id, user_id, client_msg_id, user_message_id)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id, client_msg_id) DO NOTHING RETURNING id""",
+        """INSERT INTO chat.turns (id, session_id, user_id, client_msg_id, user_message_id, branch_id)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id, client_msg_id) DO NOTHING RETURNING id""",
         turn_id,
         session_id,
         user_id,
         client_msg_id,
         user_message_id,
+        branch_id,
     )
     return inserted is not None
 
 
 async def begin_turn(
-    pool: asyncpg.Pool, *, session_id: uuid.UUID, user_id: uuid.UUID, client_msg_id: str, content: str
+    pool: asyncpg.Pool,
+    *,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    client_msg_id: str,
+    content: str,
+    attach: bool = True,
 ) -> tuple[str, str, bool]:
-    """Persist the user message and the turn row in one transaction. → (turn_id, user_message_id, created).
+    """Persist the user message, its turn row and — when `attach` — its place at the head of the active
+    branch with its event, in one transaction. → (turn_id, user_message_id, created). A message sent while
+    an earlier turn of the session is still answered is attached when its own turn starts
+    (`attach_user_message`), so it follows that reply.
 
     A concurrent or repeated `client_msg_id` finds the existing turn instead (never a duplicate row).
     """
     turn_id = new_message_id()
     message_id = new_message_id()
     async with pool.acquire() as conn, conn.transaction():
+        branch = await conversations.active_branch(conn, session_id, lock=True)
         if not await insert_turn(
             conn,
             turn_id=turn_id,
@@ -59,6 +78,7 @@ async def begin_turn(
             user_id=user_id,
             client_msg_id=client_msg_id,
             user_message_id=message_id,
+            branch_id=branch.id,
         ):
             existing = await find_turn(conn, session_id, client_msg_id)
             assert existing is not None
@@ -73,12 +93,136 @@ async def begin_turn(
             client_msg_id,
             turn_id,
         )
-        await conn.execute(
-            """UPDATE chat.sessions SET message_count = message_count + 1,
-                   user_message_count = user_message_count + 1, last_active_at = now() WHERE id = $1""",
-            session_id,
-        )
+        if attach:
+            await _attach(conn, session_id, user_id, turn_id, message_id, branch)
+        else:
+            await conn.execute("UPDATE chat.turns SET attached = false WHERE id = $1", turn_id)
     return turn_id, message_id, True
+
+
+async def attach_user_message(pool: asyncpg.Pool, turn_id: str) -> None:
+    """The turn's user message joins the tree at the head of its session's active branch (if it has not yet)."""
+    async with pool.acquire() as conn, conn.transaction():
+        turn = await conn.fetchrow(
+            "SELECT session_id, user_id, user_message_id FROM chat.turns WHERE id = $1 AND NOT attached FOR UPDATE",
+            turn_id,
+        )
+        if turn is None:
+            return
+        branch = await conversations.active_branch(conn, turn["session_id"], lock=True)
+        await conn.execute("UPDATE chat.turns SET attached = true, branch_id = $2 WHERE id = $1", turn_id, branch.id)
+        await _attach(conn, turn["session_id"], turn["user_id"], turn_id, turn["user_message_id"], branch)
+
+
+async def _attach(
+    conn: asyncpg.Connection,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    turn_id: str,
+    message_id: str,
+    branch: BranchRow,
+) -> None:
+    await conn.execute("UPDATE chat.messages SET parent_id = $2 WHERE id = $1", message_id, branch.head_id)
+    await conversations.set_head(conn, branch.id, message_id)
+    await conversations.append_event(
+        conn,
+        session_id=session_id,
+        user_id=user_id,
+        kind="user_message",
+        actor="user",
+        message_id=message_id,
+        branch_id=branch.id,
+        data={"parent_id": branch.head_id, "role": "user", "turn_id": turn_id},
+    )
+    await conn.execute(
+        """UPDATE chat.sessions SET message_count = message_count + 1,
+               user_message_count = user_message_count + 1, last_active_at = now() WHERE id = $1""",
+        session_id,
+    )
+
+
+async def begin_answer(
+    conn: asyncpg.Connection,
+    *,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    user_message_id: str,
+    client_msg_id: str,
+    actor: str,
+) -> tuple[str, bool]:
+    """A new answer (an alternative) to a stored user message, with nothing removed: on the active branch
+    when that message is its last exchange, else on a new branch from the message, made active (the old
+    branch stays whole). → (turn_id, created); an existing turn with this client_msg_id is returned as is."""
+    existing = await find_turn(conn, session_id, client_msg_id)
+    if existing is not None:
+        return existing.id, False
+    branch = await conversations.active_branch(conn, session_id, lock=True)
+    answers = {node.id for node in await conversations.children_of(conn, session_id, [user_message_id])}
+    branch_id = branch.id
+    if branch.head_id != user_message_id and branch.head_id not in answers:
+        branch_id = await conversations.create_branch(conn, session_id, user_message_id, user_message_id)
+        await conversations.activate_branch(conn, session_id, branch_id)
+        await conversations.append_event(
+            conn,
+            session_id=session_id,
+            user_id=user_id,
+            kind="branched",
+            actor=actor,
+            branch_id=branch_id,
+            data={"from_message_id": user_message_id, "activate": True, "reason": "regenerate"},
+        )
+        await conversations.recount_session(conn, session_id)
+    turn_id = new_message_id()
+    await insert_turn(
+        conn,
+        turn_id=turn_id,
+        session_id=session_id,
+        user_id=user_id,
+        client_msg_id=client_msg_id,
+        user_message_id=user_message_id,
+        branch_id=branch_id,
+    )
+    await conversations.append_event(
+        conn,
+        session_id=session_id,
+        user_id=user_id,
+        kind="regenerated",
+        actor=actor,
+        message_id=user_message_id,
+        branch_id=branch_id,
+        data={"turn_id": turn_id},
+    )
+    return turn_id, True
+
+
+async def record_imported_turn(
+    conn: asyncpg.Connection,
+    *,
+    turn_id: str,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    user_message_id: str,
+    branch_id: uuid.UUID,
+    jobs: Sequence[outbox.OutboxJob],
+) -> str:
+    """A user message a client's transcript brought in (with the reply it had there): a finished turn with no
+    frames, whose post-process jobs run once like any turn's → the turn id."""
+    await insert_turn(
+        conn,
+        turn_id=turn_id,
+        session_id=session_id,
+        user_id=user_id,
+        client_msg_id=f"import-{user_message_id}",
+        user_message_id=user_message_id,
+        branch_id=branch_id,
+    )
+    await conn.execute(
+        "UPDATE chat.turns SET status = 'done', finished_at = now(), explain = '{\"imported\": true}' WHERE id = $1",
+        turn_id,
+    )
+    await conn.execute("UPDATE chat.messages SET turn_id = $2 WHERE id = $1", user_message_id, turn_id)
+    await outbox.insert_jobs(conn, turn_id=turn_id, user_id=user_id, session_id=session_id, jobs=jobs, trace_context={})
+    return turn_id
 
 
 async def restart_turn(conn: Conn, turn_id: str) -> None:
@@ -102,12 +246,14 @@ async def finish_turn(
     status: str = "done",
     error: str | None = None,
 ) -> None:
-    """Persist the assistant message, the post-process jobs and the turn's frames in ONE transaction."""
+    """Persist the assistant message (under the turn's user message, at the head of the turn's branch), its
+    event, the post-process jobs and the turn's frames in ONE transaction."""
     async with pool.acquire() as conn, conn.transaction():
         if assistant is not None:
+            turn = await conn.fetchrow("SELECT user_message_id, branch_id FROM chat.turns WHERE id = $1", turn_id)
             await conn.execute(
                 """INSERT INTO chat.messages (id, session_id, user_id, role, kind, content, turn_id, model, usage,
-                       truncated) VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, false)""",
+                       truncated, parent_id) VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, false, $9)""",
                 assistant.id,
                 session_id,
                 user_id,
@@ -116,12 +262,30 @@ async def finish_turn(
                 turn_id,
                 assistant.model,
                 assistant.usage or {},
+                turn["user_message_id"],
             )
+            replaced = await _move_head_to_answer(conn, turn["branch_id"], turn["user_message_id"], assistant.id)
+            await conversations.append_event(
+                conn,
+                session_id=session_id,
+                user_id=user_id,
+                kind="ghost" if assistant.kind == "ghost" else "reply",
+                actor="system",
+                message_id=assistant.id,
+                branch_id=turn["branch_id"],
+                data={
+                    "parent_id": turn["user_message_id"],
+                    "role": "assistant",
+                    "message_kind": assistant.kind,
+                    "turn_id": turn_id,
+                },
+            )
+            counted = (1 if assistant.kind == "chat" else 0) - (1 if replaced == "chat" else 0)
             await conn.execute(
                 """UPDATE chat.sessions SET message_count = message_count + $2, last_active_at = now(),
                        usage = $3, cost = cost + $4 WHERE id = $1""",
                 session_id,
-                1 if assistant.kind == "chat" else 0,
+                counted,
                 await _summed_usage(conn, session_id, usage),
                 cost,
             )
@@ -137,6 +301,28 @@ async def finish_turn(
             explain,
             error,
         )
+
+
+async def _move_head_to_answer(
+    conn: asyncpg.Connection, branch_id: uuid.UUID | None, user_message_id: str, answer_id: str
+) -> str | None:
+    """The branch's head moves to the new answer when it is at the user message or at another answer to it
+    (the alternative it replaces on the branch) → the kind of the answer replaced (None: none)."""
+    if branch_id is None:
+        return None
+    row = await conn.fetchrow(
+        """WITH old AS (SELECT b.head_id FROM chat.branches b WHERE b.id = $1 FOR UPDATE)
+           UPDATE chat.branches b SET head_id = $3 FROM old
+           WHERE b.id = $1 AND (old.head_id = $2 OR old.head_id IN (
+               SELECT m.id FROM chat.messages m WHERE m.parent_id = $2 AND m.role = 'assistant' AND m.id <> $3))
+           RETURNING old.head_id""",
+        branch_id,
+        user_message_id,
+        answer_id,
+    )
+    if row is None or row["head_id"] == user_message_id:
+        return None
+    return await conn.fetchval("SELECT kind FROM chat.messages WHERE id = $1", row["head_id"])  # type: ignore[no-any-return]
 
 
 async def _summed_usage(conn: asyncpg.Connection, session_id: uuid.UUID, usage: dict[str, Any]) -> dict[str, Any]:

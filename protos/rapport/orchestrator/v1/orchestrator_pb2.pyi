@@ -270,13 +270,25 @@ class ChatMessage(_message.Message):
     SENT_AT_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     CLIENT_MSG_ID_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    ALTERNATIVES_FIELD_NUMBER: _builtins.int
+    ALTERNATIVE_INDEX_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     role: _builtins.str
     content: _builtins.str
     kind: _builtins.str
     client_msg_id: _builtins.str
+    parent_id: _builtins.str
+    """The message before it in the tree ("" for the first)."""
+    alternative_index: _builtins.int
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def alternatives(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For an assistant message: every alternative reply to the same message (itself included), oldest
+        first, and which of them this one is (0-based).
+        """
+
     def __init__(
         self,
         *,
@@ -286,10 +298,13 @@ class ChatMessage(_message.Message):
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         kind: _builtins.str = ...,
         client_msg_id: _builtins.str = ...,
+        parent_id: _builtins.str = ...,
+        alternatives: _abc.Iterable[_builtins.str] | None = ...,
+        alternative_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_msg_id", b"client_msg_id", "content", b"content", "id", b"id", "kind", b"kind", "role", b"role", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternative_index", b"alternative_index", "alternatives", b"alternatives", "client_msg_id", b"client_msg_id", "content", b"content", "id", b"id", "kind", b"kind", "parent_id", b"parent_id", "role", b"role", "sent_at", b"sent_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -331,9 +346,12 @@ class GetHistoryResponse(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     HAS_MORE_FIELD_NUMBER: _builtins.int
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     next_cursor: _builtins.str
     has_more: _builtins.bool
+    branch_id: _builtins.str
+    """The branch shown (the session's active branch)."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     def __init__(
@@ -343,10 +361,11 @@ class GetHistoryResponse(_message.Message):
         total: _builtins.int = ...,
         next_cursor: _builtins.str = ...,
         has_more: _builtins.bool = ...,
+        branch_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_more", b"has_more", "messages", b"messages", "next_cursor", b"next_cursor", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_id", b"branch_id", "has_more", b"has_more", "messages", b"messages", "next_cursor", b"next_cursor", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1025,6 +1044,8 @@ class ChatCompletionConversation(_message.Message):
     REMOVED_MESSAGES_FIELD_NUMBER: _builtins.int
     IMPORTED_MESSAGES_FIELD_NUMBER: _builtins.int
     IS_NEW_SESSION_FIELD_NUMBER: _builtins.int
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
+    BRANCHED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Empty for a utility call."""
     persona_id: _builtins.str
@@ -1034,9 +1055,13 @@ class ChatCompletionConversation(_message.Message):
     utility_reason: _builtins.str
     """Why the request was taken for a utility call (header, probe, instruction_after_reply, no_user_message)."""
     removed_messages: _builtins.int
-    """Stored messages removed and client messages imported to match the client's transcript."""
+    """Always 0: stored messages are never removed (what the client no longer sends stays on its branch)."""
     imported_messages: _builtins.int
+    """Client messages taken over (imported) to match the client's transcript."""
     is_new_session: _builtins.bool
+    branch_id: _builtins.str
+    """The branch the request was answered on, and whether it was created for this request."""
+    branched: _builtins.bool
     def __init__(
         self,
         *,
@@ -1048,10 +1073,12 @@ class ChatCompletionConversation(_message.Message):
         removed_messages: _builtins.int = ...,
         imported_messages: _builtins.int = ...,
         is_new_session: _builtins.bool = ...,
+        branch_id: _builtins.str = ...,
+        branched: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handling", b"handling", "imported_messages", b"imported_messages", "is_new_session", b"is_new_session", "persona_id", b"persona_id", "persona_name", b"persona_name", "removed_messages", b"removed_messages", "session_id", b"session_id", "utility_reason", b"utility_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_id", b"branch_id", "branched", b"branched", "handling", b"handling", "imported_messages", b"imported_messages", "is_new_session", b"is_new_session", "persona_id", b"persona_id", "persona_name", b"persona_name", "removed_messages", b"removed_messages", "session_id", b"session_id", "utility_reason", b"utility_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1126,3 +1153,502 @@ class VerifyApiKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyApiKeyResponse: _TypeAlias = VerifyApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class RegenerateMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_MSG_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    PROMPT_TRAITS_FIELD_NUMBER: _builtins.int
+    MEMORY_SCOPE_FIELD_NUMBER: _builtins.int
+    AFFINITY_SCOPE_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    message_id: _builtins.str
+    """A user message, or one of the replies to it."""
+    client_msg_id: _builtins.str
+    """Idempotency: the same id replays (or follows) the same regeneration."""
+    tier: _builtins.str
+    memory_scope: _builtins.str
+    @_builtins.property
+    def prompt_traits(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptTrait]: ...
+    @_builtins.property
+    def affinity_scope(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        client_msg_id: _builtins.str = ...,
+        tier: _builtins.str = ...,
+        prompt_traits: _abc.Iterable[Global___PromptTrait] | None = ...,
+        memory_scope: _builtins.str = ...,
+        affinity_scope: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_scope", b"affinity_scope", "client_msg_id", b"client_msg_id", "memory_scope", b"memory_scope", "message_id", b"message_id", "prompt_traits", b"prompt_traits", "session_id", b"session_id", "tier", b"tier", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegenerateMessageRequest: _TypeAlias = RegenerateMessageRequest  # noqa: Y015
+
+@_typing.final
+class RegenerateMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frame(self) -> Global___SendMessageResponse:
+        """The turn's frames, as SendMessage streams them."""
+
+    def __init__(
+        self,
+        *,
+        frame: Global___SendMessageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegenerateMessageResponse: _TypeAlias = RegenerateMessageResponse  # noqa: Y015
+
+@_typing.final
+class SelectAlternativeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectAlternativeRequest: _TypeAlias = SelectAlternativeRequest  # noqa: Y015
+
+@_typing.final
+class SelectAlternativeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
+    BRANCHED_FIELD_NUMBER: _builtins.int
+    branch_id: _builtins.str
+    """The active branch (a new one when the alternative is not in the branch's last exchange)."""
+    branched: _builtins.bool
+    def __init__(
+        self,
+        *,
+        branch_id: _builtins.str = ...,
+        branched: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_id", b"branch_id", "branched", b"branched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectAlternativeResponse: _TypeAlias = SelectAlternativeResponse  # noqa: Y015
+
+@_typing.final
+class CreateBranchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    FROM_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    from_message_id: _builtins.str
+    """The branch continues from this message (the next message is its child)."""
+    client_request_id: _builtins.str
+    """Idempotency: the same id returns the same branch."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        from_message_id: _builtins.str = ...,
+        client_request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "from_message_id", b"from_message_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBranchRequest: _TypeAlias = CreateBranchRequest  # noqa: Y015
+
+@_typing.final
+class CreateBranchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
+    branch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        branch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_id", b"branch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBranchResponse: _TypeAlias = CreateBranchResponse  # noqa: Y015
+
+@_typing.final
+class Branch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
+    HEAD_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
+    branch_id: _builtins.str
+    head_message_id: _builtins.str
+    forked_from_message_id: _builtins.str
+    active: _builtins.bool
+    message_count: _builtins.int
+    """Messages the branch shows (ghosts and erased messages left out)."""
+    preview: _builtins.str
+    """The start of the branch's last message, for a listing."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        branch_id: _builtins.str = ...,
+        head_message_id: _builtins.str = ...,
+        forked_from_message_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        active: _builtins.bool = ...,
+        message_count: _builtins.int = ...,
+        preview: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "branch_id", b"branch_id", "created_at", b"created_at", "forked_from_message_id", b"forked_from_message_id", "head_message_id", b"head_message_id", "message_count", b"message_count", "preview", b"preview"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Branch: _TypeAlias = Branch  # noqa: Y015
+
+@_typing.final
+class ListBranchesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBranchesRequest: _TypeAlias = ListBranchesRequest  # noqa: Y015
+
+@_typing.final
+class ListBranchesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def branches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Branch]: ...
+    def __init__(
+        self,
+        *,
+        branches: _abc.Iterable[Global___Branch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branches", b"branches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBranchesResponse: _TypeAlias = ListBranchesResponse  # noqa: Y015
+
+@_typing.final
+class ActivateBranchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    branch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        branch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_id", b"branch_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateBranchRequest: _TypeAlias = ActivateBranchRequest  # noqa: Y015
+
+@_typing.final
+class ActivateBranchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
+    branch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        branch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_id", b"branch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateBranchResponse: _TypeAlias = ActivateBranchResponse  # noqa: Y015
+
+@_typing.final
+class DeleteMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    message_id: _builtins.str
+    dry_run: _builtins.bool
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "message_id", b"message_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteMessageRequest: _TypeAlias = DeleteMessageRequest  # noqa: Y015
+
+@_typing.final
+class DeletedMemory(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    LAYER_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    layer: _builtins.str
+    category: _builtins.str
+    content: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        layer: _builtins.str = ...,
+        category: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "id", b"id", "layer", b"layer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletedMemory: _TypeAlias = DeletedMemory  # noqa: Y015
+
+@_typing.final
+class DeleteMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    ERASED_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    LEAVING_ACTIVE_BRANCH_FIELD_NUMBER: _builtins.int
+    MEMORIES_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELDS_FIELD_NUMBER: _builtins.int
+    AFFINITY_BEFORE_FIELD_NUMBER: _builtins.int
+    AFFINITY_AFTER_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    @_builtins.property
+    def erased_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The messages erased, and of them those the active branch showed."""
+
+    @_builtins.property
+    def leaving_active_branch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeletedMemory]:
+        """Memories and profile fields whose only sources are these messages (removed when applied)."""
+
+    @_builtins.property
+    def profile_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def affinity_before(self) -> _affinity_pb2.AffinityState:
+        """The active branch's affinity now and once re-projected without the erased turns."""
+
+    @_builtins.property
+    def affinity_after(self) -> _affinity_pb2.AffinityState: ...
+    @_builtins.property
+    def unavailable(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Peers that could not be asked for the preview (their part of it is missing)."""
+
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+        erased_message_ids: _abc.Iterable[_builtins.str] | None = ...,
+        leaving_active_branch: _abc.Iterable[_builtins.str] | None = ...,
+        memories: _abc.Iterable[Global___DeletedMemory] | None = ...,
+        profile_fields: _abc.Iterable[_builtins.str] | None = ...,
+        affinity_before: _affinity_pb2.AffinityState | None = ...,
+        affinity_after: _affinity_pb2.AffinityState | None = ...,
+        unavailable: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity_after", b"affinity_after", "affinity_before", b"affinity_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_after", b"affinity_after", "affinity_before", b"affinity_before", "dry_run", b"dry_run", "erased_message_ids", b"erased_message_ids", "leaving_active_branch", b"leaving_active_branch", "memories", b"memories", "profile_fields", b"profile_fields", "unavailable", b"unavailable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteMessageResponse: _TypeAlias = DeleteMessageResponse  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    session_id: _builtins.str
+    after_seq: _builtins.int
+    """The last `seq` seen ("" or 0 = from the start)."""
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class ConversationEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    id: _builtins.str
+    kind: _builtins.str
+    """user_message, reply, ghost, regenerated, branched, branch_activated, alternative_selected,
+    message_deleted, imported, gift, effects.
+    """
+    actor: _builtins.str
+    """user, client (reconciliation of an OpenAI-compatible client's transcript), system."""
+    message_id: _builtins.str
+    branch_id: _builtins.str
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        branch_id: _builtins.str = ...,
+        data: _struct_pb2.Struct | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "branch_id", b"branch_id", "created_at", b"created_at", "data", b"data", "id", b"id", "kind", b"kind", "message_id", b"message_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConversationEvent: _TypeAlias = ConversationEvent  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    next_after_seq: _builtins.int
+    """Pass as after_seq for the next page (0 when there is none)."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConversationEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ConversationEvent] | None = ...,
+        next_after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_after_seq", b"next_after_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015

@@ -95,6 +95,41 @@ class OrchestratorServiceStub:
                 request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyRequest.SerializeToString,
                 response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyResponse.FromString,
                 _registered_method=True)
+        self.RegenerateMessage = channel.unary_stream(
+                '/rapport.orchestrator.v1.OrchestratorService/RegenerateMessage',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RegenerateMessageRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RegenerateMessageResponse.FromString,
+                _registered_method=True)
+        self.SelectAlternative = channel.unary_unary(
+                '/rapport.orchestrator.v1.OrchestratorService/SelectAlternative',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.SelectAlternativeRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.SelectAlternativeResponse.FromString,
+                _registered_method=True)
+        self.CreateBranch = channel.unary_unary(
+                '/rapport.orchestrator.v1.OrchestratorService/CreateBranch',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateBranchRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateBranchResponse.FromString,
+                _registered_method=True)
+        self.ListBranches = channel.unary_unary(
+                '/rapport.orchestrator.v1.OrchestratorService/ListBranches',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListBranchesRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListBranchesResponse.FromString,
+                _registered_method=True)
+        self.ActivateBranch = channel.unary_unary(
+                '/rapport.orchestrator.v1.OrchestratorService/ActivateBranch',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ActivateBranchRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ActivateBranchResponse.FromString,
+                _registered_method=True)
+        self.DeleteMessage = channel.unary_unary(
+                '/rapport.orchestrator.v1.OrchestratorService/DeleteMessage',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMessageRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMessageResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/rapport.orchestrator.v1.OrchestratorService/ListEvents',
+                request_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -187,6 +222,57 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegenerateMessage(self, request, context):
+        """A new alternative reply to a stored user message (a swipe); streamed like SendMessage. The earlier
+        replies are kept as alternatives. Post-process runs once per user message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelectAlternative(self, request, context):
+        """Makes an alternative reply current.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBranch(self, request, context):
+        """Rewinds: a new branch that continues from a message, made active (the old branch stays whole).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBranches(self, request, context):
+        """The branches of a session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateBranch(self, request, context):
+        """Makes a branch the active one: history, affinity, memories and profile follow it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMessage(self, request, context):
+        """A surgical delete, or (dry_run) its impact preview: the messages that leave the active branch, the
+        memories and profile fields whose only sources they are, the affinity vector before and after.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """The session's event log, oldest first, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +335,41 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.VerifyApiKey,
                     request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyRequest.FromString,
                     response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyResponse.SerializeToString,
+            ),
+            'RegenerateMessage': grpc.unary_stream_rpc_method_handler(
+                    servicer.RegenerateMessage,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RegenerateMessageRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RegenerateMessageResponse.SerializeToString,
+            ),
+            'SelectAlternative': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelectAlternative,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.SelectAlternativeRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.SelectAlternativeResponse.SerializeToString,
+            ),
+            'CreateBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBranch,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateBranchRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateBranchResponse.SerializeToString,
+            ),
+            'ListBranches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBranches,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListBranchesRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListBranchesResponse.SerializeToString,
+            ),
+            'ActivateBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateBranch,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ActivateBranchRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ActivateBranchResponse.SerializeToString,
+            ),
+            'DeleteMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMessage,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMessageRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMessageResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListEventsRequest.FromString,
+                    response_serializer=rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +697,195 @@ class OrchestratorService:
             '/rapport.orchestrator.v1.OrchestratorService/VerifyApiKey',
             rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyRequest.SerializeToString,
             rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.VerifyApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/RegenerateMessage',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RegenerateMessageRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RegenerateMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectAlternative(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/SelectAlternative',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.SelectAlternativeRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.SelectAlternativeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/CreateBranch',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateBranchRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateBranchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBranches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/ListBranches',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListBranchesRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListBranchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/ActivateBranch',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ActivateBranchRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ActivateBranchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/DeleteMessage',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMessageRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rapport.orchestrator.v1.OrchestratorService/ListEvents',
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListEventsRequest.SerializeToString,
+            rapport_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,24 @@ class OrchestratorServiceStub:
     """
     VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.VerifyApiKeyRequest, _orchestrator_pb2.VerifyApiKeyResponse]
     """The user an API key belongs to; `valid` is false for an unknown or revoked key."""
+    RegenerateMessage: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.RegenerateMessageRequest, _orchestrator_pb2.RegenerateMessageResponse]
+    """A new alternative reply to a stored user message (a swipe); streamed like SendMessage. The earlier
+    replies are kept as alternatives. Post-process runs once per user message.
+    """
+    SelectAlternative: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.SelectAlternativeRequest, _orchestrator_pb2.SelectAlternativeResponse]
+    """Makes an alternative reply current."""
+    CreateBranch: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.CreateBranchRequest, _orchestrator_pb2.CreateBranchResponse]
+    """Rewinds: a new branch that continues from a message, made active (the old branch stays whole)."""
+    ListBranches: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListBranchesRequest, _orchestrator_pb2.ListBranchesResponse]
+    """The branches of a session."""
+    ActivateBranch: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ActivateBranchRequest, _orchestrator_pb2.ActivateBranchResponse]
+    """Makes a branch the active one: history, affinity, memories and profile follow it."""
+    DeleteMessage: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.DeleteMessageRequest, _orchestrator_pb2.DeleteMessageResponse]
+    """A surgical delete, or (dry_run) its impact preview: the messages that leave the active branch, the
+    memories and profile fields whose only sources they are, the affinity vector before and after.
+    """
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListEventsRequest, _orchestrator_pb2.ListEventsResponse]
+    """The session's event log, oldest first, paginated."""
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -93,6 +111,24 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     VerifyApiKey: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.VerifyApiKeyRequest, _orchestrator_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
     """The user an API key belongs to; `valid` is false for an unknown or revoked key."""
+    RegenerateMessage: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.RegenerateMessageRequest, _orchestrator_pb2.RegenerateMessageResponse]  # type: ignore[assignment]
+    """A new alternative reply to a stored user message (a swipe); streamed like SendMessage. The earlier
+    replies are kept as alternatives. Post-process runs once per user message.
+    """
+    SelectAlternative: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.SelectAlternativeRequest, _orchestrator_pb2.SelectAlternativeResponse]  # type: ignore[assignment]
+    """Makes an alternative reply current."""
+    CreateBranch: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.CreateBranchRequest, _orchestrator_pb2.CreateBranchResponse]  # type: ignore[assignment]
+    """Rewinds: a new branch that continues from a message, made active (the old branch stays whole)."""
+    ListBranches: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListBranchesRequest, _orchestrator_pb2.ListBranchesResponse]  # type: ignore[assignment]
+    """The branches of a session."""
+    ActivateBranch: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ActivateBranchRequest, _orchestrator_pb2.ActivateBranchResponse]  # type: ignore[assignment]
+    """Makes a branch the active one: history, affinity, memories and profile follow it."""
+    DeleteMessage: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.DeleteMessageRequest, _orchestrator_pb2.DeleteMessageResponse]  # type: ignore[assignment]
+    """A surgical delete, or (dry_run) its impact preview: the messages that leave the active branch, the
+    memories and profile fields whose only sources they are, the affinity vector before and after.
+    """
+    ListEvents: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListEventsRequest, _orchestrator_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """The session's event log, oldest first, paginated."""
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Personas, sessions, the Persona Decision Engine, prompt assembly and the streamed turn."""
@@ -195,5 +231,65 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.VerifyApiKeyResponse, _abc.Awaitable[_orchestrator_pb2.VerifyApiKeyResponse]]:
         """The user an API key belongs to; `valid` is false for an unknown or revoked key."""
+
+    @_abc_1.abstractmethod
+    def RegenerateMessage(
+        self,
+        request: _orchestrator_pb2.RegenerateMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.RegenerateMessageResponse], _abc.AsyncIterator[_orchestrator_pb2.RegenerateMessageResponse]]:
+        """A new alternative reply to a stored user message (a swipe); streamed like SendMessage. The earlier
+        replies are kept as alternatives. Post-process runs once per user message.
+        """
+
+    @_abc_1.abstractmethod
+    def SelectAlternative(
+        self,
+        request: _orchestrator_pb2.SelectAlternativeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.SelectAlternativeResponse, _abc.Awaitable[_orchestrator_pb2.SelectAlternativeResponse]]:
+        """Makes an alternative reply current."""
+
+    @_abc_1.abstractmethod
+    def CreateBranch(
+        self,
+        request: _orchestrator_pb2.CreateBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.CreateBranchResponse, _abc.Awaitable[_orchestrator_pb2.CreateBranchResponse]]:
+        """Rewinds: a new branch that continues from a message, made active (the old branch stays whole)."""
+
+    @_abc_1.abstractmethod
+    def ListBranches(
+        self,
+        request: _orchestrator_pb2.ListBranchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListBranchesResponse, _abc.Awaitable[_orchestrator_pb2.ListBranchesResponse]]:
+        """The branches of a session."""
+
+    @_abc_1.abstractmethod
+    def ActivateBranch(
+        self,
+        request: _orchestrator_pb2.ActivateBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ActivateBranchResponse, _abc.Awaitable[_orchestrator_pb2.ActivateBranchResponse]]:
+        """Makes a branch the active one: history, affinity, memories and profile follow it."""
+
+    @_abc_1.abstractmethod
+    def DeleteMessage(
+        self,
+        request: _orchestrator_pb2.DeleteMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.DeleteMessageResponse, _abc.Awaitable[_orchestrator_pb2.DeleteMessageResponse]]:
+        """A surgical delete, or (dry_run) its impact preview: the messages that leave the active branch, the
+        memories and profile fields whose only sources they are, the affinity vector before and after.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _orchestrator_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListEventsResponse, _abc.Awaitable[_orchestrator_pb2.ListEventsResponse]]:
+        """The session's event log, oldest first, paginated."""
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
