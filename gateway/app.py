@@ -30,12 +30,13 @@ from rapport.insight.v1 import insight_pb2, insight_pb2_grpc
 from rapport.memory.v1 import memory_pb2, memory_pb2_grpc
 from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as orch_grpc
-from services.contracts.frames import to_json as frame_to_dict
 from services.servicekit.config import Env, peer_address
 from services.servicekit.grpc_runtime import open_channel, peer_serving
 
 from . import errors
-from .auth import AuthError, TokenVerifier, verifier_from_env
+from .auth import TokenVerifier, verifier_from_env
+from .conversation_api import conversation_router
+from .deps import SSE_PING_SECONDS, TURN_STREAM_TIMEOUT, Clients, User, clients, relay_frames, require_json
 from .errors import ApiError
 from .openai_api import openai_router
 
@@ -45,8 +46,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 MAX_BODY_BYTES = 64 * 1024
 MAX_TRANSCRIPT_BYTES = 4 * 1024 * 1024
-SSE_PING_SECONDS = 15
-TURN_STREAM_TIMEOUT = 3600.0
+
 WATCH_STREAM_SECONDS = 3600  # a live affinity stream ends after this; the page reconnects
 SERVICE_NAMES = {
     "orchestrator": "rapport.orchestrator.v1.OrchestratorService",
@@ -73,15 +73,6 @@ class GatewaySettings:
             verifier=verifier,
             auth_mode=mode,
         )
-
-
-@dataclass
-class Clients:
-    orchestrator: orch_grpc.OrchestratorServiceStub
-    affinity: affinity_pb2_grpc.AffinityServiceStub
-    memory: memory_pb2_grpc.MemoryServiceStub
-    insight: insight_pb2_grpc.InsightServiceStub
-    channels: list[grpc.aio.Channel]
 
 
 # ---- request bodies --------------------------------------------------------------------------
@@ -152,30 +143,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-def clients(request: Request) -> Clients:
-    return request.app.state.clients  # type: ignore[no-any-return]
-
-
-def current_user(request: Request) -> uuid.UUID:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "missing bearer token")
-    try:
-        return request.app.state.settings.verifier.verify(token.strip())  # type: ignore[no-any-return]
-    except AuthError as error:
-        raise ApiError(401, "unauthorized", str(error)) from None
-
-
-User = Annotated[uuid.UUID, Depends(current_user)]
-
-
-def require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    if not content_type.split(";")[0].strip().lower() == "application/json":
-        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
 
 
 async def unstorable_text(request: Request) -> str | None:
@@ -387,12 +354,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     "content": m.content,
                     "kind": m.kind,
                     "sent_at": m.sent_at.ToDatetime().isoformat() + "Z",
+                    "parent_id": m.parent_id or None,
+                    **(
+                        {"alternatives": list(m.alternatives), "alternative_index": m.alternative_index}
+                        if m.role == "assistant"
+                        else {}
+                    ),
                 }
                 for m in reply.messages
             ],
             "total": reply.total,
             "next_cursor": reply.next_cursor or None,
             "has_more": reply.has_more,
+            "branch_id": reply.branch_id,
         }
 
     # -- the turn ---------------------------------------------------------------------------
@@ -424,40 +398,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def stream_turn(request: Request, grpc_request: orch_pb2.SendMessageRequest) -> Response:
         # The turn may legitimately run up to CHAT_GEN_TIMEOUT_SECS; the channel's default deadline is for unary calls.
         call = clients(request).orchestrator.SendMessage(grpc_request, timeout=TURN_STREAM_TIMEOUT)
-        try:
-            first = await call.read()  # errors before the first frame are HTTP errors, not frames
-        except grpc.aio.AioRpcError as error:
-            raise errors.from_grpc(error) from None
-        if first is grpc.aio.EOF:
-            raise ApiError(500, "internal", "the turn produced no frames")
-
-        async def events() -> AsyncIterator[dict[str, str]]:
-            try:
-                yield {"data": json.dumps(frame_to_dict(first))}
-                while True:
-                    frame = await call.read()
-                    if frame is grpc.aio.EOF:
-                        return
-                    yield {"data": json.dumps(frame_to_dict(frame))}
-            except grpc.aio.AioRpcError as error:
-                api = errors.from_grpc(error)
-                yield {
-                    "data": json.dumps(
-                        {
-                            "type": "error",
-                            "code": "upstream_unavailable" if api.status >= 500 else api.code,
-                            "retryable": api.status >= 500,
-                            "message": api.message,
-                            "user_message": api.user_message,
-                        }
-                    )
-                }
-            finally:
-                call.cancel()  # the client went away: cancel our tap, never the turn
-
-        return EventSourceResponse(
-            events(), ping=SSE_PING_SECONDS, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+        return await relay_frames(call, lambda item: item)
 
     @app.get("/comp/chat/{session_id}/messages/{message_id}/explain", tags=["chat"])
     async def explain(
@@ -617,6 +558,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     app.include_router(openai_router())
+    app.include_router(conversation_router())
 
     return app
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import grpc
@@ -97,18 +98,18 @@ class OutboxWorker:
         token = otel_context.attach(parent)
         try:
             with self.tracer.start_as_current_span(
-                f"post_process {job.target}",
+                f"{job.call} {job.target}",
                 attributes={"rapport.turn_id": job.turn_id, "rapport.attempt": job.attempts},
             ):
-                deliver, request_type = self.peers.post_process_call(job.target)
-                await deliver(job_request(job, request_type))
+                deliver, request_type = self.peers.outbox_call(job.target, job.call)
+                response = await deliver(job_request(job, request_type))
         except (TimeoutError, grpc.aio.AioRpcError, OSError) as error:
             await self._failed(job, _describe(error))
         except Exception as error:  # a bug must not kill the worker: park the job visibly instead
             log.exception("post-process job %s failed unexpectedly", job.id)
             await self._failed(job, f"{type(error).__name__}: {error}")
         else:
-            lag = await outbox_store.mark_done(self.pool, job.id)
+            lag = await outbox_store.mark_done(self.pool, job, effects(job, response))
             METRICS.lag_seconds.record(lag, {"target": job.target})
         finally:
             otel_context.detach(token)
@@ -137,6 +138,18 @@ class OutboxWorker:
             reason,
         )
         await outbox_store.retry_later(self.pool, job.id, delay, reason)
+
+
+def effects(job: outbox_store.ClaimedJob, response: Any) -> dict[str, Any] | None:
+    """What a turn's post-process left behind (for the conversation's event log): the affinity event, the
+    memories written, the profile fields updated."""
+    if job.call != "post_process":
+        return None
+    if job.target == "affinity":
+        return {"affinity_event_id": response.event_id, "applied": response.applied}
+    if job.target == "memory":
+        return {"memory_ids": list(response.memory_ids), "applied": response.applied}
+    return {"updated_fields": list(response.updated_fields), "applied": response.applied}
 
 
 def job_request(job: outbox_store.ClaimedJob, request_type: type[Message]) -> Message:

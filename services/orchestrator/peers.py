@@ -7,7 +7,8 @@
 | `MANAGE`       | 10–60 s | the error reaches the caller (sessions, gifts, export, delete)                   |
 | `POST_PROCESS` | 60 s    | the outbox retries the job with backoff                                          |
 
-Writes after the reply never happen here directly: they are outbox jobs (`post_process_call`).
+Writes after the reply, and the state that follows a change of branch, never happen here directly:
+they are outbox jobs (`outbox_call`).
 Every call's deadline is also capped by the time left on the call being served (servicekit).
 """
 
@@ -157,21 +158,41 @@ class Peers:
         )
         return {"affinity": affinity.deleted, "memory": memory.deleted, "insight": insight.deleted}
 
-    # -- post-process (POST_PROCESS): the outbox's deliveries ---------------------------------------
+    # -- outbox deliveries (POST_PROCESS): after the reply, and when the active branch changes ----------
 
-    def post_process_call(self, target: str) -> tuple[Callable[[Message], Awaitable[Any]], type[Message]]:
-        """The peer RPC an outbox job of `target` is delivered to, and the job's request type."""
-        table: dict[str, tuple[Callable[..., Awaitable[Any]], type[Message]]] = {
-            "affinity": (self.affinity.ApplyTurn, affinity_pb2.ApplyTurnRequest),
-            "memory": (self.memory.IngestTurn, memory_pb2.IngestTurnRequest),
-            "insight": (self.insight.ExtractTurn, insight_pb2.ExtractTurnRequest),
+    def outbox_call(self, target: str, call: str) -> tuple[Callable[[Message], Awaitable[Any]], type[Message]]:
+        """The peer RPC an outbox job of (`target`, `call`) is delivered to, and the job's request type."""
+        table: dict[tuple[str, str], tuple[Callable[..., Awaitable[Any]], type[Message]]] = {
+            ("affinity", "post_process"): (self.affinity.ApplyTurn, affinity_pb2.ApplyTurnRequest),
+            ("memory", "post_process"): (self.memory.IngestTurn, memory_pb2.IngestTurnRequest),
+            ("insight", "post_process"): (self.insight.ExtractTurn, insight_pb2.ExtractTurnRequest),
+            ("affinity", "project_branch"): (self.affinity.ProjectBranch, affinity_pb2.ProjectBranchRequest),
+            ("memory", "hide_messages"): (self.memory.SetHiddenMessages, memory_pb2.SetHiddenMessagesRequest),
+            ("insight", "hide_messages"): (self.insight.SetHiddenMessages, insight_pb2.SetHiddenMessagesRequest),
+            ("memory", "erase_messages"): (self.memory.EraseMessages, memory_pb2.EraseMessagesRequest),
+            ("insight", "erase_messages"): (self.insight.EraseMessages, insight_pb2.EraseMessagesRequest),
         }
-        rpc, request_type = table[target]
+        rpc, request_type = table[(target, call)]
 
         async def deliver(request: Message) -> Any:
             return await self._call(rpc, request, POST_PROCESS)
 
         return deliver, request_type
+
+    # -- previews (MANAGE): what a surgical delete would change -------------------------------------------
+
+    async def preview_memory_erase(self, request: memory_pb2.EraseMessagesRequest) -> memory_pb2.EraseMessagesResponse:
+        return await self._call(self.memory.EraseMessages, request, MANAGE)
+
+    async def preview_insight_erase(
+        self, request: insight_pb2.EraseMessagesRequest
+    ) -> insight_pb2.EraseMessagesResponse:
+        return await self._call(self.insight.EraseMessages, request, MANAGE)
+
+    async def preview_projection(
+        self, request: affinity_pb2.ProjectBranchRequest
+    ) -> affinity_pb2.ProjectBranchResponse:
+        return await self._call(self.affinity.ProjectBranch, request, MANAGE)
 
 
 def _describe(error: BaseException) -> str:

@@ -32,14 +32,14 @@ from services.servicekit.model_config import ModelConfig
 from services.servicekit.service import ServiceContext, ServiceParts
 from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 
-from . import api_keys
+from . import api_keys, branching
 from .domain.admission import admit
 from .domain.turn_request import TurnRequest, TurnRequestError, validate_turn_request
 from .live_turns import FrameLog, LiveTurns, TooManyTurns
 from .openai_compat import BeginTurn, ChatCompletions
 from .outbox import OutboxWorker
 from .peers import Peers
-from .store import catalog, sessions, turns
+from .store import catalog, conversations, sessions, turns
 from .store.rows import PersonaRow, SessionRow, TurnRow
 from .turn import TurnEngine, TurnInput
 from .user_data import delete_user_data, export_user_data
@@ -186,19 +186,163 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def GetHistory(
         self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetHistoryResponse:
+        """The active branch, newest page first in chronological order; replies list their alternatives."""
         session = await self._owned_session(request.user_id, request.session_id)
         limit = request.limit or 20
         if not 1 <= limit <= 50:
             raise InvalidArgument("limit must be in 1..50", field="limit")
         rows, total, has_more = await sessions.history_page(self.pool, session.id, limit, request.before or None)
-        response = pb.GetHistoryResponse(total=total, has_more=has_more)
+        parents = sorted({row.parent_id for row in rows if row.role == "assistant" and row.parent_id})
+        siblings: dict[str, list[str]] = {}
+        for node in await conversations.children_of(self.pool, session.id, parents):
+            if node.role == "assistant" and not node.deleted:
+                siblings.setdefault(node.parent_id or "", []).append(node.id)
+        branch = await conversations.active_branch(self.pool, session.id)
+        response = pb.GetHistoryResponse(total=total, has_more=has_more, branch_id=str(branch.id))
         for row in rows:
+            alternatives = siblings.get(row.parent_id or "", []) if row.role == "assistant" else []
             message = response.messages.add(
-                id=row.id, role=row.role, content=row.content, kind=row.kind, client_msg_id=row.client_msg_id or ""
+                id=row.id,
+                role=row.role,
+                content=row.content,
+                kind=row.kind,
+                client_msg_id=row.client_msg_id or "",
+                parent_id=row.parent_id or "",
+                alternatives=alternatives,
+                alternative_index=alternatives.index(row.id) if row.id in alternatives else 0,
             )
             message.sent_at.FromDatetime(row.sent_at)
         if has_more and rows:
             response.next_cursor = rows[0].id
+        return response
+
+    # -- the event log: regenerate, select, branch, delete ------------------------------------------------
+
+    @maps_errors
+    async def RegenerateMessage(
+        self, request: pb.RegenerateMessageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RegenerateMessageResponse]:
+        session = await self._owned_session(request.user_id, request.session_id)
+        loaded = await branching.load(self.pool, session.id)
+        user_message = branching.resolve_user_message(loaded, request.message_id)
+        stored = await conversations.get_message(self.pool, session.id, user_message.id)
+        assert stored is not None
+        turn_request = validate_send(
+            pb.SendMessageRequest(
+                content=stored.content,
+                client_msg_id=request.client_msg_id,
+                tier=request.tier,
+                prompt_traits=request.prompt_traits,
+                memory_scope=request.memory_scope,
+                affinity_scope=request.affinity_scope,
+            ),
+            self.engine.model_config,
+        )
+        attempts = await turns.turns_answering(self.pool, session.id, user_message.id)
+
+        async def begin() -> tuple[str, str, bool]:
+            return await branching.begin_regenerate(
+                self.pool, session, user_message.id, turn_request.client_msg_id, actor="user"
+            )
+
+        frame_stream = await self._start_or_attach(
+            session,
+            turn_request,
+            {},
+            begin=begin,
+            post_process=not any(t.post_processed for t in attempts),
+        )
+        async for frame in frame_stream:
+            yield pb.RegenerateMessageResponse(frame=frame)
+
+    @maps_errors
+    async def SelectAlternative(
+        self, request: pb.SelectAlternativeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SelectAlternativeResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        branch_id, branched = await branching.select_alternative(self.pool, session, request.message_id)
+        self.engine.outbox.notify()
+        return pb.SelectAlternativeResponse(branch_id=branch_id, branched=branched)
+
+    @maps_errors
+    async def CreateBranch(
+        self, request: pb.CreateBranchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateBranchResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        if len(request.client_request_id) > 64:
+            raise InvalidArgument("client_request_id: at most 64 characters", field="client_request_id")
+        branch_id = await branching.create_branch(
+            self.pool, session, request.from_message_id, request.client_request_id
+        )
+        self.engine.outbox.notify()
+        return pb.CreateBranchResponse(branch_id=branch_id)
+
+    @maps_errors
+    async def ListBranches(
+        self, request: pb.ListBranchesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListBranchesResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        active = await conversations.active_branch(self.pool, session.id)
+        response = pb.ListBranchesResponse()
+        for branch in await conversations.list_branches(self.pool, session.id):
+            path = await conversations.path_to(self.pool, branch.head_id)
+            shown = [m for m in path if m.kind != "ghost" and m.deleted_at is None]
+            item = response.branches.add(
+                branch_id=str(branch.id),
+                head_message_id=branch.head_id or "",
+                forked_from_message_id=branch.forked_from or "",
+                active=branch.id == active.id,
+                message_count=len(shown),
+                preview=shown[-1].content[:120] if shown else "",
+            )
+            item.created_at.FromDatetime(branch.created_at)
+        return response
+
+    @maps_errors
+    async def ActivateBranch(
+        self, request: pb.ActivateBranchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ActivateBranchResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        branch_id = await branching.activate_branch(self.pool, session, request.branch_id)
+        self.engine.outbox.notify()
+        return pb.ActivateBranchResponse(branch_id=branch_id)
+
+    @maps_errors
+    async def DeleteMessage(
+        self, request: pb.DeleteMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteMessageResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        response = await branching.delete_message(
+            self.pool, self.peers, session, request.message_id, dry_run=request.dry_run
+        )
+        self.engine.outbox.notify()
+        return response
+
+    @maps_errors
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEventsResponse:
+        session = await self._owned_session(request.user_id, request.session_id)
+        limit = request.limit or 100
+        if not 1 <= limit <= 500:
+            raise InvalidArgument("limit must be in 1..500", field="limit")
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq must be ≥ 0", field="after_seq")
+        events = await conversations.events_page(self.pool, session.id, request.after_seq, limit + 1)
+        response = pb.ListEventsResponse()
+        for event in events[:limit]:
+            item = response.events.add(
+                seq=event.seq,
+                id=event.id,
+                kind=event.kind,
+                actor=event.actor,
+                message_id=event.message_id or "",
+                branch_id=str(event.branch_id) if event.branch_id else "",
+            )
+            item.data.update(event.data)
+            item.created_at.FromDatetime(event.created_at)
+        if len(events) > limit:
+            response.next_after_seq = events[limit - 1].seq
         return response
 
     @maps_errors

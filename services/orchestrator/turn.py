@@ -35,6 +35,7 @@ from services.servicekit.model_config import ModelConfig, ResolvedTask
 from services.servicekit.tasks import TaskLlm
 from services.servicekit.telemetry import current_trace_id, meter
 
+from . import branching
 from .domain import pde
 from .domain.prompt import AssembledPrompt, PromptInputs, assemble_prompt
 from .domain.turn_request import TurnRequest, kept_traits
@@ -590,6 +591,7 @@ class TurnEngine:
             explain=explain,
             usage=reply.usage,
             cost=float(reply.usage.get("cost", 0.0) or 0.0),
+            on_alternative=lambda conn: branching.follow_active_branch(conn, s, f"swipe-{turn.turn_id}"),
         )
         self.outbox.notify()
         for kind in ("prompt_tokens", "completion_tokens"):

@@ -73,3 +73,11 @@ UPDATE chat.turns t SET branch_id = s.active_branch_id FROM chat.sessions s WHER
 -- A user message sent while an earlier turn of its branch is still answered joins the tree when its own
 -- turn starts (after that reply): until then it is stored but not yet attached.
 ALTER TABLE chat.turns ADD COLUMN attached boolean NOT NULL DEFAULT true;
+
+-- Outbox jobs are not only a turn's post-process: `call` names the peer RPC (post_process = ApplyTurn /
+-- IngestTurn / ExtractTurn; project_branch, hide_messages, erase_messages follow the active branch).
+-- A job's `turn_id` is its key: the turn, or the event that made the job.
+ALTER TABLE chat.outbox ADD COLUMN call text NOT NULL DEFAULT 'post_process'
+    CHECK (call IN ('post_process', 'project_branch', 'hide_messages', 'erase_messages'));
+ALTER TABLE chat.outbox DROP CONSTRAINT outbox_turn_id_target_key;
+ALTER TABLE chat.outbox ADD CONSTRAINT outbox_job_key UNIQUE (turn_id, target, call);

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from . import new_message_id
-from .rows import BranchRow, Conn, EventRow, MessageRow, TreeNode, row_to
+from .rows import BranchRow, Conn, EventRow, MessageRow, ProducedLink, TreeNode, TurnLink, row_to
 
 _MESSAGE_COLUMNS = "id, role, kind, content, sent_at, client_msg_id, parent_id, deleted_at, turn_id, model"
 
@@ -232,4 +232,32 @@ async def recount_session(conn: Conn, session_id: uuid.UUID) -> None:
         session_id,
         messages,
         user_messages,
+    )
+
+
+async def turn_links(conn: Conn, session_id: uuid.UUID) -> list[TurnLink]:
+    """Every turn of the session: which user message it answers, its state."""
+    rows = await conn.fetch(
+        "SELECT id AS turn_id, user_message_id, status FROM chat.turns WHERE session_id = $1 ORDER BY id", session_id
+    )
+    return [row_to(TurnLink, row) for row in rows]
+
+
+async def produced_links(conn: Conn, session_id: uuid.UUID) -> list[ProducedLink]:
+    """The session's replies and gifts: the turn that produced each reply, the affinity event of each gift."""
+    rows = await conn.fetch(
+        "SELECT id AS message_id, turn_id, kind, usage->>'affinity_event_id' AS gift_event FROM chat.messages "
+        "WHERE session_id = $1 AND (role = 'assistant' OR kind = 'gift')",
+        session_id,
+    )
+    return [row_to(ProducedLink, row) for row in rows]
+
+
+async def branch_made_by_request(conn: Conn, session_id: uuid.UUID, client_request_id: str) -> uuid.UUID | None:
+    """The branch a CreateBranch with this client request id made (its idempotency)."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "SELECT branch_id FROM chat.events WHERE session_id = $1 AND kind = 'branched' "
+        "AND data->>'client_request_id' = $2",
+        session_id,
+        client_request_id,
     )

@@ -9,28 +9,35 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from google.protobuf.message import Message
 
+from . import conversations
 from .rows import Conn, row_to
 
 
 @dataclass(frozen=True)
 class OutboxJob:
-    """A job to write: the peer (`affinity`, `memory`, `insight`) and the request it is sent."""
+    """A job to write: the peer (`affinity`, `memory`, `insight`), the request it is sent, and which of the
+    peer's calls takes it (`post_process`: a turn's ApplyTurn / IngestTurn / ExtractTurn)."""
 
     target: str
     request: Message
+    call: str = "post_process"
 
 
 @dataclass(frozen=True)
 class ClaimedJob:
     id: int
-    turn_id: str
+    turn_id: str  # the job's key: its turn, or the event that made it
     target: str
+    call: str
     request: bytes | None  # the serialized request
     payload: dict[str, Any] | None  # the request as JSON, for jobs written before requests were serialized
     trace_context: dict[str, str]
     attempts: int
+    session_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -52,39 +59,58 @@ async def insert_jobs(
     jobs: Sequence[OutboxJob],
     trace_context: dict[str, str],
 ) -> None:
-    """Idempotent by (turn, target)."""
+    """Idempotent by (key, target, call)."""
     if not jobs:
         return
     await conn.executemany(
-        """INSERT INTO chat.outbox (turn_id, target, request, user_id, session_id, trace_context)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (turn_id, target) DO NOTHING""",
-        [(turn_id, job.target, job.request.SerializeToString(), user_id, session_id, trace_context) for job in jobs],
+        """INSERT INTO chat.outbox (turn_id, target, call, request, user_id, session_id, trace_context)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (turn_id, target, call) DO NOTHING""",
+        [
+            (turn_id, job.target, job.call, job.request.SerializeToString(), user_id, session_id, trace_context)
+            for job in jobs
+        ],
     )
 
 
 async def claim(conn: Conn, batch_size: int, lease_seconds: float) -> list[ClaimedJob]:
-    """Due jobs, each leased for `lease_seconds` (a crashed worker's job becomes due again) and counted as an attempt."""
+    """Due jobs, each leased for `lease_seconds` (a crashed worker's job becomes due again) and counted as an
+    attempt. A session's jobs for one peer are delivered in order: a job waits while an earlier one is pending."""
     rows = await conn.fetch(
         """WITH due AS (
-               SELECT id FROM chat.outbox WHERE status = 'pending' AND next_attempt_at <= now()
-               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+               SELECT o.id FROM chat.outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= now()
+               AND NOT EXISTS (SELECT 1 FROM chat.outbox e WHERE e.session_id = o.session_id
+                               AND e.target = o.target AND e.status = 'pending' AND e.id < o.id)
+               ORDER BY o.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
            UPDATE chat.outbox o SET attempts = o.attempts + 1,
                next_attempt_at = now() + make_interval(secs => $2)
            FROM due WHERE o.id = due.id
-           RETURNING o.id, o.turn_id, o.target, o.request, o.payload, o.trace_context, o.attempts""",
+           RETURNING o.id, o.turn_id, o.target, o.call, o.request, o.payload, o.trace_context, o.attempts,
+                     o.session_id, o.user_id""",
         batch_size,
         lease_seconds,
     )
     return [row_to(ClaimedJob, row) for row in rows]
 
 
-async def mark_done(conn: Conn, job_id: int) -> float:
-    """→ the job's lag: seconds from its creation (the reply) to delivery."""
-    lag = await conn.fetchval(
-        "UPDATE chat.outbox SET status = 'done', done_at = now(), last_error = NULL WHERE id = $1 "
-        "RETURNING extract(epoch FROM done_at - created_at)",
-        job_id,
-    )
+async def mark_done(pool: asyncpg.Pool, job: ClaimedJob, effects: dict[str, Any] | None = None) -> float:
+    """The job is delivered; its effects (when given) become an `effects` event of its session, in the same
+    transaction → the job's lag: seconds from its creation (the reply) to delivery."""
+    async with pool.acquire() as conn, conn.transaction():
+        lag = await conn.fetchval(
+            "UPDATE chat.outbox SET status = 'done', done_at = now(), last_error = NULL WHERE id = $1 "
+            "RETURNING extract(epoch FROM done_at - created_at)",
+            job.id,
+        )
+        if effects is not None and job.session_id is not None and job.user_id is not None:
+            if await conn.fetchval("SELECT 1 FROM chat.sessions WHERE id = $1", job.session_id):  # not deleted
+                await conversations.append_event(
+                    conn,
+                    session_id=job.session_id,
+                    user_id=job.user_id,
+                    kind="effects",
+                    actor="system",
+                    data={"turn_id": job.turn_id, "target": job.target, **effects},
+                )
     return float(lag or 0.0)
 
 

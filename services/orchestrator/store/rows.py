@@ -86,6 +86,21 @@ class TreeNode:
 
 
 @dataclass(frozen=True)
+class TurnLink:
+    turn_id: str
+    user_message_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ProducedLink:
+    message_id: str
+    turn_id: str | None
+    kind: str
+    gift_event: str | None
+
+
+@dataclass(frozen=True)
 class BranchRow:
     id: uuid.UUID
     session_id: uuid.UUID

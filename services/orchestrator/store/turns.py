@@ -4,7 +4,7 @@ it; a turn's end written with its assistant message and post-process jobs in one
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -245,9 +245,11 @@ async def finish_turn(
     cost: float,
     status: str = "done",
     error: str | None = None,
+    on_alternative: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> None:
     """Persist the assistant message (under the turn's user message, at the head of the turn's branch), its
-    event, the post-process jobs and the turn's frames in ONE transaction."""
+    event, the post-process jobs and the turn's frames in ONE transaction. When the reply took the place of
+    another answer on its branch (a swipe), `on_alternative` runs in that transaction too."""
     async with pool.acquire() as conn, conn.transaction():
         if assistant is not None:
             turn = await conn.fetchrow("SELECT user_message_id, branch_id FROM chat.turns WHERE id = $1", turn_id)
@@ -281,6 +283,8 @@ async def finish_turn(
                 },
             )
             counted = (1 if assistant.kind == "chat" else 0) - (1 if replaced == "chat" else 0)
+            if replaced is not None and on_alternative is not None:
+                await on_alternative(conn)
             await conn.execute(
                 """UPDATE chat.sessions SET message_count = message_count + $2, last_active_at = now(),
                        usage = $3, cost = cost + $4 WHERE id = $1""",
