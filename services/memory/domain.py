@@ -538,6 +538,8 @@ def group_by_layer_and_category(items: Iterable[ScoredMemory]) -> dict[str, dict
 
 # --------------------------------------------------------------------------- memory scope
 
+# The one definition of memory_scope (the proto's MemoryScope enum lists the same names; a contract
+# test keeps them equal). Every other service asks Recall and uses its answer.
 MEMORY_SCOPES: tuple[str, ...] = (
     "full",
     "neutral_and_relationship",
@@ -547,6 +549,8 @@ MEMORY_SCOPES: tuple[str, ...] = (
     "none",
 )
 DEFAULT_MEMORY_SCOPE = "neutral_and_relationship"
+InsightsMode = Literal["off", "neutral", "full"]
+INSIGHTS_MODES: tuple[str, ...] = ("off", "neutral", "full")
 
 
 class MemoryScopeError(ValueError):
@@ -555,13 +559,23 @@ class MemoryScopeError(ValueError):
 
 @dataclass(frozen=True)
 class MemoryScope:
-    """What a request's `memory_scope` lets reach the prompt (spec: recall)."""
+    """What a request's `memory_scope` lets reach the prompt (spec: recall): profile memories,
+    relationship memories, and the insight profile (whole, or `neutral` without its intimate fields)."""
 
     name: str
     include_profile: bool
     include_relationship: bool
     include_insights: bool
     insights_mode: Literal["full", "neutral"] | None
+
+    @property
+    def recalls_memories(self) -> bool:
+        """Whether any memory layer is searched at all (else Recall answers without embedding)."""
+        return self.include_profile or self.include_relationship
+
+    @property
+    def insights(self) -> InsightsMode:
+        return self.insights_mode if self.include_insights and self.insights_mode else "off"
 
 
 _SCOPES: dict[str, MemoryScope] = {
@@ -570,7 +584,7 @@ _SCOPES: dict[str, MemoryScope] = {
         MemoryScope("full", True, True, True, "full"),
         MemoryScope("neutral_and_relationship", True, True, True, "neutral"),
         MemoryScope("relationship_only", False, True, False, None),
-        MemoryScope("neutral_only", True, False, True, "neutral"),
+        MemoryScope("neutral_only", False, False, True, "neutral"),
         MemoryScope("insights_only", False, False, True, "full"),
         MemoryScope("none", False, False, False, None),
     )

@@ -54,6 +54,12 @@ MAX_IMPORT_ITEMS = 20_000
 MAX_TOP = 50
 LAYER_NAMES: dict[int, domain.Layer] = {pb.LAYER_PROFILE: "profile", pb.LAYER_RELATIONSHIP: "relationship"}
 LAYER_VALUES = {name: value for value, name in LAYER_NAMES.items()}
+INSIGHTS_MODES: dict[domain.InsightsMode, int] = {
+    "off": pb.INSIGHTS_MODE_OFF,
+    "neutral": pb.INSIGHTS_MODE_NEUTRAL,
+    "full": pb.INSIGHTS_MODE_FULL,
+}
+MAX_HISTORY_WINDOW = 10_000
 EXTRACTION_INSTRUCTIONS = """You extract long-term memories from one exchange between a user and a companion persona.
 Answer with JSON only, exactly: {"memories": [{"content": str, "category": str, "importance": number, "layer": str}]}
 - layer "profile": stable facts about the user that hold with any persona (identity, where they live, work,
@@ -259,11 +265,14 @@ async def recall_memories(
     profile_top: int = 4,
     relationship_top: int = 3,
     session_id: uuid.UUID | None = None,
+    history_window: int | None = None,
 ) -> RecallResult:
     """Search both layers in parallel (each on its own pooled connection), rank, select, prune.
-    The relationship layer leaves out moments of `session_id` still inside the prompt's history."""
+    The relationship layer leaves out moments of `session_id` still inside the prompt's history
+    (`history_window` messages, default MEMORY_HISTORY_WINDOW)."""
     text_query = text if settings.ranking == "hybrid" else None
-    recent_turns = (settings.history_window + 1) // 2
+    window = settings.history_window if history_window is None else history_window
+    recent_turns = (window + 1) // 2
 
     async def search(layer: domain.Layer, wanted: bool) -> list[Any]:
         if not wanted:
@@ -472,10 +481,15 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             raise InvalidArgument(str(error), field="memory_scope") from None
         profile_top = _top(request.profile_top, 4, "profile_top")
         relationship_top = _top(request.relationship_top, 3, "relationship_top")
-        response = pb.RecallResponse()
+        if not 0 <= request.history_window <= MAX_HISTORY_WINDOW:
+            raise InvalidArgument(
+                f"history_window must be between 0 and {MAX_HISTORY_WINDOW} (0 = MEMORY_HISTORY_WINDOW)",
+                field="history_window",
+            )
+        response = pb.RecallResponse(insights=INSIGHTS_MODES[scope.insights])
 
         async def recall() -> None:
-            if not (scope.include_profile or scope.include_relationship):
+            if not scope.recalls_memories:  # nothing to search: no embedding, no query
                 return
             started = time.perf_counter()
             vector = (await self._embed([query], "query"))[0]
@@ -492,6 +506,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 profile_top=profile_top,
                 relationship_top=relationship_top,
                 session_id=session_id,
+                history_window=request.history_window or None,
             )
             response.search_ms = (time.perf_counter() - started) * 1000
             response.profile.extend(_recalled_message(m, result.sources[m.id]) for m in result.profile)
