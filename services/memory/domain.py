@@ -1009,9 +1009,10 @@ def distill_transcript(
 
 
 def _open_persona_question(reply: str) -> str | None:
-    """The last real question of a reply the session ended on (≥ 4 words, not small talk)."""
+    """The last real question of a reply the session ended on (≥ 6 words: "How did it go?" is a
+    reaction, "What's the hardest part of your job?" a thread)."""
     for sentence in reversed(split_sentences(reply.replace("’", "'"))):
-        if _ends_with_question_mark(sentence) and len(sentence.split()) >= 4 and not _SMALL_TALK.match(sentence):
+        if _ends_with_question_mark(sentence) and len(sentence.split()) >= 6 and not _SMALL_TALK.match(sentence):
             return sentence
     return None
 
@@ -1179,7 +1180,10 @@ def _resolve(kind: str, match: re.Match[str], anchor: date, past: bool | None) -
         count = _COUNTS.get(groups["n"].casefold()) or int(groups["n"])
         days = count * {"day": 1, "week": 7, "month": 30}[groups["unit"].casefold()]
         target = anchor + timedelta(days=-days if kind == "ago" else days)
-        return [target] if groups["unit"].casefold() == "day" else [target + timedelta(days=i) for i in (-3, 0, 3)]
+        if groups["unit"].casefold() == "day":
+            return [target]
+        slack = 3 if groups["unit"].casefold() == "week" else 7  # "two weeks ago" is a week around that day
+        return [target + timedelta(days=i) for i in range(-slack, slack + 1)]
     if kind == "weekend":
         which = groups["which"].casefold()
         shift = {"last": -7, "this": 0, "next": 7}.get(which)
