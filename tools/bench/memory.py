@@ -133,6 +133,7 @@ class SplitResult:
     ingest_wall_s: float = 0.0
     sweep_s: float = 0.0
     memories: int = 0
+    evidence_per_answer: dict[str, float] = field(default_factory=dict)  # distinct messages behind the 10 results
     misses: list[dict[str, Any]] = field(default_factory=list)
 
     def score(self, system: str, category: str | None = None) -> Score:
@@ -220,6 +221,7 @@ async def run_split(database_url: str, dataset: Dataset, embedder: Embedder) -> 
         await _sweep(running.pool, embedder, MemorySettings.from_env(env, embedder.model).merge_threshold)
         result.sweep_s = time.perf_counter() - started
         result.memories = int(await running.pool.fetchval("SELECT count(*) FROM memory.memories"))
+        covered = {"rapport": 0, "baseline": 0}
         for conversation in dataset.conversations:
             messages = conversation.messages()
             vectors = await embedder.embed([m.text for m in messages], "document")
@@ -242,8 +244,11 @@ async def run_split(database_url: str, dataset: Dataset, embedder: Embedder) -> 
                 query_vector = (await embedder.embed([question.text], "query"))[0]
                 baseline = set(index.search(question.text, query_vector))
                 result.score("baseline", question.category).add(question.gold, baseline)
+                covered["rapport"] += len(found)
+                covered["baseline"] += len(baseline)
                 if not any(g in found for g in question.gold):
                     result.misses.append(_miss(question, reply, conversation))
+        result.evidence_per_answer = {name: count / result.questions for name, count in covered.items()}
     finally:
         await channel.close()
         await running.stop(grace=0.5)
@@ -345,6 +350,11 @@ def render_section(results: Sequence[SplitResult], embedder_model: str, when: da
         f"{r.memories} memories"
         for r in results
     )
+    evidence = "; ".join(
+        f"{r.split}: Rapport {r.evidence_per_answer.get('rapport', 0):.1f}, baseline "
+        f"{r.evidence_per_answer.get('baseline', 0):.1f}"
+        for r in results
+    )
     return "\n".join(
         [
             SECTION_TITLE,
@@ -358,6 +368,8 @@ def render_section(results: Sequence[SplitResult], embedder_model: str, when: da
             render_table(results),
             "",
             f"Ingest cost: {cost}.",
+            "",
+            f"Distinct messages behind the {K} results of an answer (a memory can have several sources): {evidence}.",
             "",
             "Machine:",
             *machine_lines(),

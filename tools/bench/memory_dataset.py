@@ -195,7 +195,7 @@ POOLS: dict[str, dict[str, list]] = {
 PHRASES: dict[str, dict[str, list[str]]] = {
     "tune": {
         "name": ["Hi! I'm {name}.", "Hey there, my name is {name}."],
-        "job": ["I work night shifts as an {job} at {work} in {city}.", "I work as a {job} at {work}."],
+        "job": ["I work night shifts as {a_job} at {work} in {city}.", "I work as {a_job} at {work}."],
         "city": ["I live in {city}, close to the river.", "I've lived in {city} for six years now."],
         "pet": ["My {species} is called {pet}.", "I have a {species} named {pet}, such a little menace."],
         "relative": ["My {rel} {relname} is a {reljob}.", "My {rel} {relname} works as a {reljob}."],
@@ -374,6 +374,59 @@ PERSONA_PHRASES: dict[str, dict[str, list[str]]] = {
     },
 }
 
+REACTIONS = {
+    "tune": (
+        ["Oh,", "Ha,", "Mm,", "Wow,", "Aw,", "Honestly,", "Okay,", "Ooh,"],
+        [
+            "that's lovely to hear.",
+            "I like that a lot.",
+            "I hear you.",
+            "that sounds like a full day.",
+            "that made me smile.",
+            "I can picture it.",
+            "that's a mood.",
+            "you always surprise me.",
+            "that sounds rough.",
+            "good for you.",
+        ],
+        [
+            "What happened next?",
+            "How are you feeling about it?",
+            "Tell me more?",
+            "Is it always like this?",
+            "What made you think of it?",
+            "How did it go?",
+            "Did anything else happen today?",
+            "What are you up to tonight?",
+        ],
+    ),
+    "heldout": (
+        ["No way!", "Oh!", "Hmm.", "Haha!", "Wait,", "Aww.", "Right,", "Well,"],
+        [
+            "I love that for you.",
+            "that sounds exhausting.",
+            "I want to hear everything.",
+            "that's so you, honestly.",
+            "you deserve a break.",
+            "I didn't see that coming.",
+            "that's a whole story.",
+            "that's sweet.",
+            "I'm listening.",
+            "classic.",
+        ],
+        [
+            "And then?",
+            "How did that feel?",
+            "Did you get some rest?",
+            "What's next?",
+            "How are things otherwise?",
+            "Was it worth it?",
+            "Who else was there?",
+            "Any plans for the weekend?",
+        ],
+    ),
+}
+
 EXAMS = {
     "tune": ["driving", "statistics", "Spanish", "anatomy"],
     "heldout": ["German", "chemistry", "bar", "piano grade"],
@@ -418,6 +471,9 @@ class _Writer:
         return self.rng.choice(self.phrases[key]).format(**values)
 
     def persona(self, key: str, **values: str) -> str:
+        if key == "react":  # many different reactions, as a model writes them: opener, body, a question back
+            parts = REACTIONS[self.split]
+            return " ".join(self.rng.choice(part) for part in parts)
         return self.rng.choice(self.persona_phrases[key]).format(**values)
 
     def say(self, session: Session, user_text: str, reply_text: str | None = None) -> Turn:
@@ -478,8 +534,9 @@ class _Writer:
             s[0], self.phrase("name", name=name), f"Nice to meet you, {name}! I'm {persona_name}. How is your day?"
         )
         filler(s[0], 2)
+        a_job = ("an " if job[0] in "aeiouAEIOU" or job.startswith("ER") else "a ") + job
         t_job = self.say(
-            s[0], self.phrase("job", job=job, work=work, city=city), "That sounds demanding! Do you like it?"
+            s[0], self.phrase("job", a_job=a_job, work=work, city=city), "That sounds demanding! Do you like it?"
         )
         t_city = self.say(s[0], self.phrase("city", city=city))
         t_home_q = self.say(s[0], self.phrase("ask_home"), self.persona("home", home=home))
