@@ -175,11 +175,21 @@ _PLEASANTRY = re.compile(
 _FIRST_PERSON_SUBJECT = re.compile(r"\b(?:i|i'm|i've|i'd|i'll|im|my|mine|myself|we|we're|we've|our)\b", re.IGNORECASE)
 
 
+# Asking the persona what it remembers tells it nothing new ("Do you even remember what I told you?").
+_MEMORY_QUESTION = re.compile(
+    r"^(?:(?:do|did|can|will|would) you (?:even |still |actually )?(?:remember|recall|know)|"
+    r"what (?:do|did) you (?:remember|know|recall))\b(?:(?!\b(?:my|mine)\b).)*\?\s*$",
+    re.IGNORECASE,
+)
+
+
 def is_small_talk(sentence: str) -> bool:
     """Greetings, pleasantries, reactions, filler, and questions to the persona that disclose nothing
     about the user ("How are you?", "What do you remember about me?"): never memories (spec)."""
     text = sentence.replace("’", "'").strip()
     if not re.search(r"[^\W\d_]", text) or _PLEASANTRY.match(text):
+        return True
+    if _MEMORY_QUESTION.search(text):
         return True
     return _is_question(text) and not _FIRST_PERSON_SUBJECT.search(text)
 
@@ -369,7 +379,7 @@ _SELF_STATEMENT_RULES: tuple[_Rule, ...] = (
     ),
     _rule(r"^i(?:'m)? feel(?:ing)? (?!like\b)(?P<obj>.+)", "User feels {obj}", "emotion", 0.5),
     _rule(
-        r"^i (?P<adv>(?:just|recently) )?(?P<past>got|lost|started|quit|finished|graduated|moved|broke up|"
+        r"^i (?P<adv>(?:just|recently|finally) )?(?P<past>got|lost|started|quit|finished|graduated|moved|broke up|"
         r"adopted|bought|failed|retired|passed)\b(?P<rest>.*)",
         "User {adv}{past}{rest}",
         "event",
@@ -937,7 +947,9 @@ def _laugh_topic(messages: Sequence[tuple[str, str, str]], index: int) -> tuple[
     for earlier_id, role, earlier_content in reversed(messages[:index]):
         if role == "user":
             sentences = split_sentences(earlier_content)
-            return (sentences[-1], [earlier_id, *ids]) if sentences else None
+            if not sentences or is_small_talk(sentences[-1]):  # laughing after "how are you?" shares nothing
+                return None
+            return sentences[-1], [earlier_id, *ids]
     return None
 
 
@@ -985,13 +997,12 @@ def distill_transcript(
                 add(_relationship(repaired, "emotion", 0.7, "both"), [conflict_id, message_id])
                 pending_conflict = None
             elif role == "assistant":
-                if _PERSONA_PROMISE.search(sentence):
-                    promise = (
-                        _persona_memory(persona_name, "promised you", sentence, "thread", 0.6)
-                        if persona_name
-                        else _relationship(f"Persona promised: {_quoted(sentence)}", "thread", 0.6, "persona")
-                    )
-                    add(promise, [message_id])
+                if persona_name:  # the same rules as IngestTurn, so the two write the same memory (it merges)
+                    promises = [m for m in persona_statements(sentence, persona_name) if m.category == "thread"]
+                    for promise in promises:
+                        add(promise, [message_id])
+                elif _PERSONA_PROMISE.search(sentence):
+                    add(_relationship(f"Persona promised: {_quoted(sentence)}", "thread", 0.6, "persona"), [message_id])
             else:
                 if _CONFLICT.search(sentence):
                     pending_conflict = (message_id, sentence)
@@ -1029,7 +1040,9 @@ _PERSONA_REACTION = re.compile(
     r"|i (?:think|hope|bet|guess|understand|know|see|get it|get that|feel you|hear you|can imagine|can tell|"
     r"wonder|believe|agree|love (?:that|this|it|how|hearing|the sound|the idea)|like (?:that|this|it|how|the idea)|"
     r"adore (?:that|this|how)|would love|'d love|appreciate|mean|suppose|admire|envy|remember you)"
-    r"|i(?:'ve| have) (?:always )?(?:wanted to (?:hear|know)|been thinking about you|missed you))\b",
+    r"|i(?:'ve| have) (?:always )?(?:wanted to (?:hear|know)|been thinking about you|missed you)"
+    r"|(?:good to know[,.!]?\s+)?i(?:'ll| will) (?:remember|keep|note|bear) (?:that|it|this)(?: in mind)?[\s.!]*$"
+    r"|good to know)\b",
     re.IGNORECASE,
 )
 _PERSONA_DISCLOSURE_START = re.compile(

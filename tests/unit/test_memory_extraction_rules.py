@@ -34,6 +34,7 @@ from services.memory.domain import (
 @pytest.mark.parametrize("text", [
     "Have a great day!", "hi", "Hey!! 😊", "haha yes", "ok thanks!", "good night", "lol", "How are you?",
     "What do you remember about me?", "Where did you grow up?", "thanks, you too!", "See you tomorrow",
+    "Do you even remember what I told you?",
 ])
 def test_small_talk_is_no_memory(text: str) -> None:
     assert is_small_talk(text) and user_moment(text) is None
@@ -67,6 +68,20 @@ def test_figures_of_speech_and_one_party_are_not_plans(sentence: str) -> None:
     assert not is_plan(sentence)
 
 
+def test_laughing_after_small_talk_shares_no_laugh_but_after_a_joke_it_does() -> None:
+    assert distill_transcript([("a", "user", "how are you today?"), ("b", "assistant", "Great!"),
+                               ("c", "user", "haha")]) == []
+    (_, (laugh, ids)) = distill_transcript([("a", "user", "My cat stole my sandwich"), ("b", "assistant", "Ha!"),
+                                            ("c", "user", "hahaha")])
+    assert laugh.content == 'Shared a laugh: "My cat stole my sandwich"' and ids == ("a", "b", "c")
+
+
+def test_the_sweeper_and_ingest_write_the_persona_promise_the_same_way() -> None:
+    ((promise, _),) = distill_transcript([("a", "user", "Exam on Monday."),
+                                          ("b", "assistant", "I'll ask you how the exam went on Monday.")], "Elena")
+    assert promise == persona_statements("I'll ask you how the exam went on Monday.", "Elena")[0]
+
+
 def test_distillation_makes_no_open_question_of_a_wish_and_no_plan_of_we_will_see() -> None:
     distilled = distill_transcript([("a", "user", "Have a great day!"), ("b", "user", "We'll see, I guess.")])
     assert distilled == []
@@ -98,6 +113,7 @@ def test_the_persona_side_is_remembered_attributed(reply: str, expected: tuple[s
     "That's lovely to hear.", "I'm so glad you told me!", "I think that's a great idea.", "I love that!",
     "What's your sister's name?", "A nurse in Lisbon! You must see the river every day.", "Tell me more!",
     "I'm sorry, that sounds hard.", "I hear you, it's a lot.", "I understand how you feel about it.",
+    "Good to know, I'll remember that.",
 ])
 def test_reactions_questions_and_talk_about_the_user_are_not_persona_memories(reply: str) -> None:
     assert persona_statements(reply, "Elena") == []

@@ -266,8 +266,8 @@ PHRASES: dict[str, dict[str, list[str]]] = {
     "heldout": {
         "name": ["hey, this is {name} by the way", "I'm {name}, nice to meet you!"],
         "job": [
-            "Long shift today. I'm a {job} with {work}, so it's always like this.",
-            "For work I'm a {job} at {work}.",
+            "Long shift today. I'm {a_job} with {work}, so it's always like this.",
+            "For work I'm {a_job} at {work}.",
         ],
         "city": ["Home for me is {city}, in an old flat by the park.", "I'm based in {city} at the moment."],
         "pet": [
@@ -536,7 +536,9 @@ class _Writer:
         filler(s[0], 2)
         a_job = ("an " if job[0] in "aeiouAEIOU" or job.startswith("ER") else "a ") + job
         t_job = self.say(
-            s[0], self.phrase("job", a_job=a_job, work=work, city=city), "That sounds demanding! Do you like it?"
+            s[0],
+            self.phrase("job", a_job=a_job, job=job, work=work, city=city),
+            "That sounds demanding! Do you like it?",
         )
         t_city = self.say(s[0], self.phrase("city", city=city))
         t_home_q = self.say(s[0], self.phrase("ask_home"), self.persona("home", home=home))
