@@ -371,6 +371,19 @@ def render_section(results: Sequence[SplitResult], embedder_model: str, when: da
             "",
             f"Distinct messages behind the {K} results of an answer (a memory can have several sources): {evidence}.",
             "",
+            "Reading it: the dataset is generated (tools/bench/memory_dataset.py), so the figures say how the two "
+            "designs differ on conversations of that shape, not what a public benchmark would give. The raw-turn "
+            'baseline loses most where its design cannot follow: a question that names a day ("what did I do last '
+            'weekend?") has no words in common with "Yesterday I went to a pottery class" (Rapport resolves both '
+            "to dates), and question-shaped queries are drawn to the persona's many question-shaped replies "
+            '("How did it go?"), which Rapport does not store. A Rapport answer can cite more than 10 messages '
+            "(a merged or distilled memory has several sources; the line above gives the mean). Known misses on "
+            'heldout: a persona disclosure without a first person ("Home was a vineyard town …") is not '
+            'remembered; "where do I live now?" sometimes ranks the old city above the move.',
+            "",
+            "Reproduce: `rapport bench memory` (`--conversations 12 --splits tune,heldout`, about a minute on 2 "
+            "cores; `--json PATH` keeps every miss).",
+            "",
             "Machine:",
             *machine_lines(),
             "",
