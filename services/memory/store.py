@@ -9,20 +9,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 import asyncpg
 import numpy as np
 
-from services.memory.domain import normalize_for_dedup
+from services.memory.domain import may_merge, merged_content, normalize_for_dedup
 
 WriteOutcome = Literal["inserted", "merged", "unchanged"]
 VectorSearch = Literal["exact", "hnsw"]
 USER_LOCK_NAMESPACE = 0x4D454D  # "MEM": pg_advisory_xact_lock(namespace, hashtext(user_id))
 
 MEMORY_COLUMNS = """id, user_id, instance_id, session_id, content, category, importance, embedding_model,
-    source_message_ids, occurred_at, created_at, updated_at, recall_count, last_recalled_at, metadata"""
+    source_message_ids, occurred_at, created_at, updated_at, recall_count, last_recalled_at, metadata,
+    speaker, event_dates, merged_contents"""
+MERGE_CANDIDATES = 3  # nearest memories above the threshold checked for being the same statement
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class NewMemory:
     source_message_ids: tuple[str, ...]
     occurred_at: datetime
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    speaker: Literal["user", "persona", "both"] = "user"
+    event_dates: tuple[date, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class TurnRecord:
     occurred_at: datetime
     extraction: Literal["rules", "llm", "llm_failed"]
     extraction_error: str | None = None
+    persona_name: str = ""
 
     @property
     def message_count(self) -> int:
@@ -100,33 +105,48 @@ async def lock_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
 async def write_memory(
     conn: asyncpg.Connection, memory: NewMemory, model: str, merge_threshold: float
 ) -> tuple[uuid.UUID, WriteOutcome]:
-    """Insert, or merge into the nearest live memory of the same user and layer when its cosine
-    similarity is ≥ merge_threshold (content and embedding replaced, sources appended, importance
-    kept at the higher). Call inside a transaction holding `lock_user`."""
-    params: list[Any] = [memory.user_id, memory.embedding]
+    """Insert, or merge into a live memory of the same user and layer that says the same thing: cosine
+    similarity ≥ merge_threshold and `domain.may_merge` (same names, places, numbers and polarity).
+    A merge keeps everything: the more informative text (the other joins `merged_contents`), every
+    source message id, the union of the event dates, the higher importance, the later occurred_at,
+    and `both` as speaker when the two came from different sides. Call inside a transaction holding
+    `lock_user`."""
+    params: list[Any] = [memory.user_id, memory.embedding, merge_threshold]
     layer = _layer_condition(memory.instance_id, params)
-    nearest = await conn.fetchrow(
+    near = await conn.fetch(
         f"""WITH scoped AS MATERIALIZED (
-                SELECT id, content, source_message_ids, embedding <=> $2 AS distance FROM memory.memories
-                WHERE user_id = $1 AND {layer} AND deleted_at IS NULL)
-            SELECT * FROM scoped ORDER BY distance LIMIT 1""",
+                SELECT id, content, source_message_ids, merged_contents, speaker, embedding <=> $2 AS distance
+                FROM memory.memories WHERE user_id = $1 AND {layer} AND deleted_at IS NULL)
+            SELECT * FROM scoped WHERE 1 - distance >= $3 ORDER BY distance LIMIT {MERGE_CANDIDATES}""",
         *params,
     )
-    if nearest is not None and 1.0 - nearest["distance"] >= merge_threshold:
+    nearest = next((row for row in near if may_merge(row["content"], memory.content)), None)
+    if nearest is not None:
         old_sources = list(nearest["source_message_ids"])
         sources = old_sources + [s for s in memory.source_message_ids if s not in old_sources]
         if normalize_for_dedup(nearest["content"]) == normalize_for_dedup(memory.content) and sources == old_sources:
             return nearest["id"], "unchanged"
+        content = merged_content(nearest["content"], memory.content)
+        folded = memory.content if content == nearest["content"] else nearest["content"]
+        variants = list(nearest["merged_contents"])
+        known = {normalize_for_dedup(v) for v in (*variants, content)}
+        if normalize_for_dedup(folded) not in known:
+            variants.append(folded)
+        speaker = nearest["speaker"] if nearest["speaker"] == memory.speaker else "both"
         merged = await conn.fetchval(
             """UPDATE memory.memories
-               SET content = $2, category = $3, importance = greatest(importance, $4), embedding = $5,
-                   embedding_model = $6, source_message_ids = $7, session_id = coalesce($8, session_id),
-                   occurred_at = greatest(occurred_at, $9), updated_at = now(),
+               SET content = $2, category = CASE WHEN $11 THEN $3 ELSE category END,
+                   importance = greatest(importance, $4),
+                   embedding = CASE WHEN $11 THEN $5 ELSE embedding END,
+                   embedding_model = CASE WHEN $11 THEN $6 ELSE embedding_model END, source_message_ids = $7,
+                   session_id = coalesce($8, session_id), occurred_at = greatest(occurred_at, $9), updated_at = now(),
                    metadata = metadata || $10::jsonb
-                              || jsonb_build_object('merges', coalesce((metadata->>'merges')::int, 0) + 1)
+                              || jsonb_build_object('merges', coalesce((metadata->>'merges')::int, 0) + 1),
+                   merged_contents = $12, speaker = $13,
+                   event_dates = ARRAY(SELECT DISTINCT d FROM unnest(event_dates || $14::date[]) d ORDER BY d)
                WHERE id = $1 AND deleted_at IS NULL RETURNING id""",
             nearest["id"],
-            memory.content,
+            content,
             memory.category,
             memory.importance,
             memory.embedding,
@@ -135,13 +155,17 @@ async def write_memory(
             memory.session_id,
             memory.occurred_at,
             dict(memory.metadata),
+            content == memory.content,  # the new text is kept: its vector and category come along
+            variants,
+            speaker,
+            list(memory.event_dates),
         )
         if merged is not None:
             return merged, "merged"
     inserted = await conn.fetchval(
         """INSERT INTO memory.memories (user_id, instance_id, session_id, content, category, importance, embedding,
-               embedding_model, source_message_ids, occurred_at, metadata)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id""",
+               embedding_model, source_message_ids, occurred_at, metadata, speaker, event_dates)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id""",
         memory.user_id,
         memory.instance_id,
         memory.session_id,
@@ -153,6 +177,8 @@ async def write_memory(
         list(memory.source_message_ids),
         memory.occurred_at,
         dict(memory.metadata),
+        memory.speaker,
+        list(memory.event_dates),
     )
     return inserted, "inserted"
 
@@ -187,8 +213,8 @@ async def ingest_turn(
         await lock_user(conn, turn.user_id)
         seq = await conn.fetchval(
             """INSERT INTO memory.ingested_turns (turn_id, user_id, instance_id, session_id, user_message_id,
-                   reply_message_id, user_text, reply_text, occurred_at, extraction, extraction_error)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                   reply_message_id, user_text, reply_text, occurred_at, extraction, extraction_error, persona_name)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                ON CONFLICT (turn_id) DO NOTHING RETURNING seq""",
             turn.turn_id,
             turn.user_id,
@@ -201,6 +227,7 @@ async def ingest_turn(
             turn.occurred_at,
             turn.extraction,
             turn.extraction_error,
+            turn.persona_name,
         )
         if seq is None:
             return None
@@ -245,10 +272,14 @@ async def search_layer(
     vector_search: VectorSearch,
     ef_search: int = 100,
     hide_recent: tuple[uuid.UUID, int] | None = None,
+    dates: Sequence[date] = (),
+    speaker: str | None = None,
 ) -> list[asyncpg.Record]:
     """One layer's candidates: the `limit` nearest live memories by cosine distance, plus (when
-    `text` is given) the `limit` best full-text matches. Each row carries its cosine `distance`,
-    `vector_hit` (it is among the nearest) and `text_rank` (ts_rank_cd, NULL when not a text hit).
+    `text` is given) the `limit` best full-text matches, plus (when `dates` are given) the `limit`
+    nearest of those that happened or refer to one of those days, plus (when `speaker` is given) the
+    `limit` nearest of what that speaker said. Each row carries its cosine `distance`, `vector_hit`,
+    `text_rank` (ts_rank_cd, NULL when not a text hit), `date_hit` and `speaker_hit`.
 
     `exact` scans the user's rows of this layer (btree) and sorts; `hnsw` walks the HNSW index
     with pgvector's iterative scan (relaxed order) so a filtered search still returns `limit` rows.
@@ -272,24 +303,51 @@ async def search_layer(
         # One pass over the user's rows of the layer (btree): distances for the vector ranking, and the
         # tsvector for the text ranking — its cost follows the user's memories, not the table's.
         source = "scoped"
-        vector_cte = f"""scoped AS MATERIALIZED (SELECT id, embedding <=> $2 AS distance, content_tsv
-                             FROM memory.memories WHERE {scope}),
-            vector_hits AS (SELECT id, distance FROM scoped ORDER BY distance LIMIT $3)"""
+        ctes = [
+            f"""scoped AS MATERIALIZED (SELECT id, embedding <=> $2 AS distance, content_tsv, event_dates,
+                    occurred_at, speaker FROM memory.memories WHERE {scope})""",
+            "vector_hits AS (SELECT id, distance FROM scoped ORDER BY distance LIMIT $3)",
+        ]
     else:
-        source = f"(SELECT id, content_tsv FROM memory.memories WHERE {scope})"
-        vector_cte = f"""vector_hits AS MATERIALIZED (SELECT id, embedding <=> $2 AS distance FROM memory.memories
-                             WHERE {scope} ORDER BY embedding <=> $2 LIMIT $3)"""
+        source = f"(SELECT id, content_tsv, event_dates, occurred_at, speaker, embedding <=> $2 AS distance FROM memory.memories WHERE {scope})"
+        ctes = [
+            f"""vector_hits AS MATERIALIZED (SELECT id, embedding <=> $2 AS distance FROM memory.memories
+                    WHERE {scope} ORDER BY embedding <=> $2 LIMIT $3)"""
+        ]
     if text:
-        text_cte = f"""text_hits AS (SELECT id, ts_rank_cd(content_tsv, {query}) AS rank FROM {source} candidates
-                           WHERE content_tsv @@ {query} ORDER BY rank DESC, id LIMIT $3)"""
+        ctes.append(
+            f"""text_hits AS (SELECT id, ts_rank_cd(content_tsv, {query}) AS rank FROM {source} candidates
+                    WHERE content_tsv @@ {query} ORDER BY rank DESC, id LIMIT $3)"""
+        )
     else:
-        text_cte = "text_hits AS (SELECT NULL::uuid AS id, NULL::real AS rank WHERE false)"
-    sql = f"""WITH {vector_cte}, {text_cte}
-        SELECT m.id, m.category, m.content, m.importance, m.occurred_at, m.source_message_ids,
-               m.embedding <=> $2 AS distance, v.id IS NOT NULL AS vector_hit, t.rank AS text_rank
-        FROM (SELECT id FROM vector_hits UNION SELECT id FROM text_hits) hits
+        ctes.append("text_hits AS (SELECT NULL::uuid AS id, NULL::real AS rank WHERE false)")
+    if dates:
+        params.append(list(dates))
+        days = f"${len(params)}::date[]"
+        ctes.append(
+            f"""date_hits AS (SELECT id FROM {source} candidates
+                    WHERE event_dates && {days} OR (occurred_at AT TIME ZONE 'UTC')::date = ANY({days})
+                    ORDER BY distance LIMIT $3)"""
+        )
+    else:
+        ctes.append("date_hits AS (SELECT NULL::uuid AS id WHERE false)")
+    if speaker:
+        params.append(speaker)
+        ctes.append(
+            f"""speaker_hits AS (SELECT id FROM {source} candidates WHERE speaker = ${len(params)}
+                    ORDER BY distance LIMIT $3)"""
+        )
+    else:
+        ctes.append("speaker_hits AS (SELECT NULL::uuid AS id WHERE false)")
+    sql = f"""WITH {", ".join(ctes)}
+        SELECT m.id, m.category, m.content, m.importance, m.occurred_at, m.source_message_ids, m.session_id,
+               m.speaker, m.event_dates, m.embedding <=> $2 AS distance, v.id IS NOT NULL AS vector_hit,
+               t.rank AS text_rank, d.id IS NOT NULL AS date_hit, s.id IS NOT NULL AS speaker_hit
+        FROM (SELECT id FROM vector_hits UNION SELECT id FROM text_hits UNION SELECT id FROM date_hits
+              UNION SELECT id FROM speaker_hits) hits
         JOIN memory.memories m ON m.id = hits.id
-        LEFT JOIN vector_hits v ON v.id = m.id LEFT JOIN text_hits t ON t.id = m.id"""
+        LEFT JOIN vector_hits v ON v.id = m.id LEFT JOIN text_hits t ON t.id = m.id
+        LEFT JOIN date_hits d ON d.id = m.id LEFT JOIN speaker_hits s ON s.id = m.id"""
     async with pool.acquire() as conn:
         if vector_search == "exact":
             return await conn.fetch(sql, *params)
@@ -301,12 +359,17 @@ async def search_layer(
 
 
 async def mark_recalled(pool: asyncpg.Pool, user_id: uuid.UUID, memory_ids: Sequence[uuid.UUID]) -> None:
-    await pool.execute(
-        """UPDATE memory.memories SET recall_count = recall_count + 1, last_recalled_at = now()
-           WHERE user_id = $1 AND id = ANY($2::uuid[])""",
-        user_id,
-        list(memory_ids),
-    )
+    """Count one recall of each memory. Takes the user's write lock first, like every other multi-row
+    write of the user's memories: two transactions that update the same rows in different orders
+    (a merge and this update) would otherwise deadlock."""
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_user(conn, user_id)
+        await conn.execute(
+            """UPDATE memory.memories SET recall_count = recall_count + 1, last_recalled_at = now()
+               WHERE user_id = $1 AND id = ANY($2::uuid[]) AND deleted_at IS NULL""",
+            user_id,
+            sorted(set(memory_ids)),
+        )
 
 
 async def latest_summary(pool: asyncpg.Pool, user_id: uuid.UUID, session_id: uuid.UUID) -> asyncpg.Record | None:
@@ -457,7 +520,7 @@ async def turns_after(
     pool: asyncpg.Pool, session_id: uuid.UUID, after_seq: int, until_seq: int
 ) -> list[asyncpg.Record]:
     return await pool.fetch(
-        """SELECT seq, user_message_id, reply_message_id, user_text, reply_text, occurred_at
+        """SELECT seq, user_message_id, reply_message_id, user_text, reply_text, occurred_at, persona_name
            FROM memory.ingested_turns WHERE session_id = $1 AND seq > $2 AND seq <= $3
            ORDER BY occurred_at, seq""",
         session_id,

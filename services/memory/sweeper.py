@@ -90,6 +90,8 @@ class DreamingSweeper:
                     log.info("dreaming tick: %s", report)
             except (asyncpg.PostgresError, OSError) as error:
                 log.warning("dreaming tick failed, retrying next tick: %s", error)
+            except Exception:  # never let the loop die silently: log it whole and try again next tick
+                log.exception("dreaming tick failed unexpectedly, retrying next tick")
             await asyncio.sleep(self.settings.tick_secs)
 
     async def tick(self, now: datetime | None = None) -> TickReport:
@@ -154,13 +156,15 @@ class DreamingSweeper:
     async def _memories(self, claim: asyncpg.Record, turns: list[asyncpg.Record]) -> list[store.NewMemory]:
         messages: list[tuple[str, str, str]] = []
         occurred: dict[str, datetime] = {}
+        persona_name = next((t["persona_name"] for t in reversed(turns) if t["persona_name"]), None)
         for turn in turns:
             messages.append((turn["user_message_id"], "user", turn["user_text"]))
             occurred[turn["user_message_id"]] = turn["occurred_at"]
             if turn["reply_text"]:
                 messages.append((turn["reply_message_id"], "assistant", turn["reply_text"]))
                 occurred[turn["reply_message_id"]] = turn["occurred_at"]
-        distilled = domain.distill_transcript(messages)
+        texts = {message_id: content for message_id, _, content in messages}
+        distilled = domain.distill_transcript(messages, persona_name)
         if not distilled:
             return []
         vectors = await self.embedder.embed([candidate.content for candidate, _ in distilled], "document")
@@ -176,6 +180,10 @@ class DreamingSweeper:
                 source_message_ids=sources,
                 occurred_at=max(occurred[s] for s in sources),
                 metadata={"source": "dreaming"},
+                speaker=candidate.speaker,
+                event_dates=tuple(
+                    sorted({day for s in sources for day in domain.mentioned_dates(texts[s], occurred[s].date())})
+                ),
             )
             for (candidate, sources), vector in zip(distilled, vectors, strict=True)
         ]

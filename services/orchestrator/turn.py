@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import grpc
@@ -29,6 +29,7 @@ from rapport.insight.v1 import insight_pb2
 from rapport.memory.v1 import memory_pb2
 from services.contracts import frames
 from services.contracts.frames import Frame
+from services.servicekit.dates import relative_date_phrase
 from services.servicekit.llm import LlmClient
 from services.servicekit.model_chain import Attempt, ChainFailed, ModelFailure, run_model_chain
 from services.servicekit.model_config import ModelConfig, ResolvedTask
@@ -66,6 +67,7 @@ class TurnMetrics:
 METRICS = TurnMetrics()
 
 HISTORY_MESSAGES = 20  # the prompt's verbatim history; sent to memory as RecallRequest.history_window
+RECALL_CONTEXT_TURNS = 2  # the messages before the user's that memory may read a short or back-referring one with
 CHAT_TASK = "chat_companion"
 PROFILE_MODES = {
     memory_pb2.INSIGHTS_MODE_FULL: insight_pb2.RENDER_MODE_FULL,
@@ -270,11 +272,16 @@ class TurnEngine:
             report,
         )
 
+        history = asyncio.ensure_future(
+            sessions.recent_messages(self.pool, s.id, HISTORY_MESSAGES + 1, until=turn.user_message_id or None)
+        )
+
         async def recall_and_profile() -> tuple[
             memory_pb2.RecallResponse | None, insight_pb2.GetProfileResponse | None
         ]:
             # memory alone interprets memory_scope: its answer says what of the profile may be used (none when
-            # memory did not answer).
+            # memory did not answer). A short or back-referring message is read with the turns before it.
+            before = [m.content for m in await history if m.id != turn.user_message_id][-RECALL_CONTEXT_TURNS:]
             recall = await self.peers.recall(
                 memory_pb2.RecallRequest(
                     user_id=user_id,
@@ -283,6 +290,7 @@ class TurnEngine:
                     query=req.content,
                     memory_scope=req.memory_scope,
                     history_window=HISTORY_MESSAGES,
+                    recent_turns=before,
                 ),
                 report,
             )
@@ -291,13 +299,10 @@ class TurnEngine:
                 return recall, None
             return recall, await self.peers.profile(insight_pb2.GetProfileRequest(user_id=user_id, mode=mode), report)
 
-        affinity, (recall, profile), persona, history = await asyncio.gather(
-            turn_state,
-            recall_and_profile(),
-            catalog.get_persona(self.pool, s.persona_id),
-            sessions.recent_messages(self.pool, s.id, HISTORY_MESSAGES + 1, until=turn.user_message_id or None),
+        affinity, (recall, profile), persona, recent = await asyncio.gather(
+            turn_state, recall_and_profile(), catalog.get_persona(self.pool, s.persona_id), history
         )
-        return TurnContext(affinity, recall, profile, persona, history, report)
+        return TurnContext(affinity, recall, profile, persona, recent, report)
 
     # -- the Persona Decision Engine ------------------------------------------------------------
 
@@ -425,8 +430,9 @@ class TurnEngine:
         s, req = turn.session, turn.request
         history = [m for m in ctx.history if m.id != turn.user_message_id][-HISTORY_MESSAGES:]
         recall, affinity = ctx.recall, ctx.affinity
-        profile_memories = [(m.content, m.score) for m in recall.profile] if recall else []
-        relationship = [(m.content, m.score) for m in recall.relationship] if recall else []
+        now = datetime.now(UTC)
+        profile_memories = [(dated(m, now), m.score) for m in recall.profile] if recall else []
+        relationship = [(dated(m, now), m.score) for m in recall.relationship] if recall else []
         summary = recall.summary.content if recall is not None and recall.HasField("summary") else None
         if ctx.persona is None:
             raise GenerationFailed("internal", "the session's persona no longer exists", False)
@@ -447,7 +453,7 @@ class TurnEngine:
             length_guidance=affinity.length_guidance if affinity else "",
             history=[(m.role, m.content) for m in history],
             user_message=req.content,
-            now=datetime.now(UTC),
+            now=now,
             earlier_history_omitted=s.message_count - 1 > len(history),
         )
         return await asyncio.to_thread(assemble_prompt, inputs, resolved)
@@ -660,6 +666,25 @@ def post_process_jobs(
     )
     insight.occurred_at.FromDatetime(occurred_at)
     return [OutboxJob("affinity", affinity), OutboxJob("memory", memory), OutboxJob("insight", insight)]
+
+
+def dated(memory: memory_pb2.RecalledMemory, now: datetime) -> str:
+    """A memory as the prompt shows it: when it was said, relative to now, and the days it is about when
+    those differ ("(on 2 May, three weeks ago) Yesterday I went to the dentist [1 May]")."""
+    if not memory.HasField("occurred_at"):
+        return memory.content
+    said = memory.occurred_at.ToDatetime(tzinfo=UTC)
+    about = [d for d in memory.event_dates if d != said.date().isoformat()]
+    days = f" [{', '.join(_day_label(d) for d in about)}]" if about else ""
+    return f"({relative_date_phrase(said, now)}) {memory.content}{days}"
+
+
+def _day_label(iso_day: str) -> str:
+    try:
+        day = date.fromisoformat(iso_day)
+    except ValueError:
+        return iso_day
+    return f"{day.day} {day.strftime('%B')} {day.year}"
 
 
 def _add_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:

@@ -108,6 +108,9 @@ class Memory(_message.Message):
     RECALL_COUNT_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    EVENT_DATES_FIELD_NUMBER: _builtins.int
+    MERGED_CONTENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     user_id: _builtins.str
     instance_id: _builtins.str
@@ -118,6 +121,8 @@ class Memory(_message.Message):
     importance: _builtins.float
     recall_count: _builtins.int
     embedding_model: _builtins.str
+    speaker: _builtins.str
+    """Who said what the memory remembers: "user", "persona" or "both" (a plan, a shared laugh)."""
     @_builtins.property
     def source_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -128,6 +133,16 @@ class Memory(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def event_dates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The days its text refers to, resolved when it was written (ISO dates, e.g. "2025-05-02" for
+        "yesterday" in a message of 3 May).
+        """
+
+    @_builtins.property
+    def merged_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Statements a merge folded into this memory (the content is the most informative of them)."""
+
     def __init__(
         self,
         *,
@@ -146,10 +161,13 @@ class Memory(_message.Message):
         recall_count: _builtins.int = ...,
         embedding_model: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        speaker: _builtins.str = ...,
+        event_dates: _abc.Iterable[_builtins.str] | None = ...,
+        merged_contents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "metadata", b"metadata", "occurred_at", b"occurred_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "created_at", b"created_at", "embedding_model", b"embedding_model", "id", b"id", "importance", b"importance", "instance_id", b"instance_id", "layer", b"layer", "metadata", b"metadata", "occurred_at", b"occurred_at", "recall_count", b"recall_count", "session_id", b"session_id", "source_message_ids", b"source_message_ids", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "created_at", b"created_at", "embedding_model", b"embedding_model", "event_dates", b"event_dates", "id", b"id", "importance", b"importance", "instance_id", b"instance_id", "layer", b"layer", "merged_contents", b"merged_contents", "metadata", b"metadata", "occurred_at", b"occurred_at", "recall_count", b"recall_count", "session_id", b"session_id", "source_message_ids", b"source_message_ids", "speaker", b"speaker", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,6 +187,9 @@ class RecalledMemory(_message.Message):
     IMPORTANCE_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SOURCE_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    EVENT_DATES_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     layer: Global___Layer.ValueType
     category: _builtins.str
@@ -177,10 +198,17 @@ class RecalledMemory(_message.Message):
     vector_score: _builtins.float
     text_score: _builtins.float
     importance: _builtins.float
+    speaker: _builtins.str
+    """"user", "persona" or "both"."""
+    session_id: _builtins.str
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def source_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def event_dates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISO dates the memory's text refers to ("yesterday" resolved against the message's day)."""
+
     def __init__(
         self,
         *,
@@ -194,10 +222,13 @@ class RecalledMemory(_message.Message):
         importance: _builtins.float = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         source_message_ids: _abc.Iterable[_builtins.str] | None = ...,
+        speaker: _builtins.str = ...,
+        event_dates: _abc.Iterable[_builtins.str] | None = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "id", b"id", "importance", b"importance", "layer", b"layer", "occurred_at", b"occurred_at", "score", b"score", "source_message_ids", b"source_message_ids", "text_score", b"text_score", "vector_score", b"vector_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "event_dates", b"event_dates", "id", b"id", "importance", b"importance", "layer", b"layer", "occurred_at", b"occurred_at", "score", b"score", "session_id", b"session_id", "source_message_ids", b"source_message_ids", "speaker", b"speaker", "text_score", b"text_score", "vector_score", b"vector_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -247,6 +278,8 @@ class RecallRequest(_message.Message):
     PROFILE_TOP_FIELD_NUMBER: _builtins.int
     RELATIONSHIP_TOP_FIELD_NUMBER: _builtins.int
     HISTORY_WINDOW_FIELD_NUMBER: _builtins.int
+    RECENT_TURNS_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     instance_id: _builtins.str
     session_id: _builtins.str
@@ -259,6 +292,17 @@ class RecallRequest(_message.Message):
     """The messages of this session the prompt carries verbatim: moments from them are not recalled
     (0 = the service's MEMORY_HISTORY_WINDOW).
     """
+    top: _builtins.int
+    """How many memories to return across both layers, chosen by one relevance ranking with
+    MEMORY_RECALL_MIN_PROFILE / MEMORY_RECALL_MIN_RELATIONSHIP kept per layer. 0 = MEMORY_RECALL_TOP,
+    unless profile_top or relationship_top is set (then each layer returns its own top).
+    """
+    @_builtins.property
+    def recent_turns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The last messages of the conversation before `query`, oldest first (user and persona alike): a
+        short query or one that refers back ("and her?") is searched together with them.
+        """
+
     def __init__(
         self,
         *,
@@ -270,10 +314,12 @@ class RecallRequest(_message.Message):
         profile_top: _builtins.int = ...,
         relationship_top: _builtins.int = ...,
         history_window: _builtins.int = ...,
+        recent_turns: _abc.Iterable[_builtins.str] | None = ...,
+        top: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history_window", b"history_window", "instance_id", b"instance_id", "memory_scope", b"memory_scope", "profile_top", b"profile_top", "query", b"query", "relationship_top", b"relationship_top", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history_window", b"history_window", "instance_id", b"instance_id", "memory_scope", b"memory_scope", "profile_top", b"profile_top", "query", b"query", "recent_turns", b"recent_turns", "relationship_top", b"relationship_top", "session_id", b"session_id", "top", b"top", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
