@@ -31,6 +31,7 @@ from rapport.memory.v1 import memory_pb2, memory_pb2_grpc
 from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as orch_grpc
 from services.orchestrator.frames import to_dict as frame_to_dict
+from services.servicekit import registry
 from services.servicekit.config import Env, peer_address
 from services.servicekit.grpc_runtime import open_channel, peer_serving
 
@@ -48,12 +49,8 @@ MAX_TRANSCRIPT_BYTES = 4 * 1024 * 1024
 SSE_PING_SECONDS = 15
 TURN_STREAM_TIMEOUT = 3600.0
 WATCH_STREAM_SECONDS = 3600  # a live affinity stream ends after this; the page reconnects
-SERVICE_NAMES = {
-    "orchestrator": "rapport.orchestrator.v1.OrchestratorService",
-    "affinity": "rapport.affinity.v1.AffinityService",
-    "memory": "rapport.memory.v1.MemoryService",
-    "insight": "rapport.insight.v1.InsightService",
-}
+# The services the gateway calls (and checks in /readyz), by name: their full gRPC service names.
+SERVICE_NAMES = {spec.name: spec.proto_service for spec in registry.called_by(registry.GATEWAY)}
 
 
 @dataclass
