@@ -27,8 +27,6 @@ from services.servicekit import registry
 from services.servicekit.config import ConfigError, Env
 from services.servicekit.service import serve_forever
 
-log = logging.getLogger("rapport.cli")
-
 CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = {"recall": "tools.bench.recall", "turn": "tools.bench.turn"}
 OTHER_PROCESSES = (registry.GATEWAY, "offline-llm")  # what `rapport serve` runs besides the gRPC services

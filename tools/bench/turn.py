@@ -1,7 +1,7 @@
 """`rapport bench turn`: what the engine adds to time-to-first-token, and how many turns it serves.
 
 One run against real processes (`LocalStack`: embedded Postgres, the offline LLM responder, the
-four services and the gateway over loopback gRPC). For each concurrency level C:
+registered services and the gateway over loopback gRPC). For each concurrency level C:
 
 1. direct: C sessions stream completions straight from the offline LLM server with
    `openai.AsyncOpenAI` (persona system prompt + the session's history + the user line);
