@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test protos openapi lock clean
+.PHONY: run test protos openapi lock dist-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ protos: $(STAMP)  ## regenerate the committed Python code of protos/ with the pi
 
 openapi: $(STAMP)  ## regenerate the committed OpenAPI document of the gateway
 	$(BIN)/python -m gateway.openapi
+
+dist-check: $(STAMP)  ## install the package as a user would (a wheel, in a scratch venv) and check the installation
+	rm -rf build/dist-check
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps -w build/dist-check/wheel .
+	$(PYTHON) -m venv build/dist-check/venv
+	build/dist-check/venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt build/dist-check/wheel/*.whl
+	build/dist-check/venv/bin/python -I -m services.admin
 
 lock: $(STAMP)  ## refresh constraints.txt from the current environment
 	$(BIN)/pip freeze --exclude-editable --exclude rapport > constraints.txt

@@ -30,6 +30,7 @@ from rapport.insight.v1 import insight_pb2, insight_pb2_grpc
 from rapport.memory.v1 import memory_pb2, memory_pb2_grpc
 from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as orch_grpc
+from services.servicekit import registry
 from services.servicekit.config import Env, peer_address
 from services.servicekit.grpc_runtime import open_channel, peer_serving
 
@@ -48,12 +49,8 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_TRANSCRIPT_BYTES = 4 * 1024 * 1024
 
 WATCH_STREAM_SECONDS = 3600  # a live affinity stream ends after this; the page reconnects
-SERVICE_NAMES = {
-    "orchestrator": "rapport.orchestrator.v1.OrchestratorService",
-    "affinity": "rapport.affinity.v1.AffinityService",
-    "memory": "rapport.memory.v1.MemoryService",
-    "insight": "rapport.insight.v1.InsightService",
-}
+# The services the gateway calls (and checks in /readyz), by name: their full gRPC service names.
+SERVICE_NAMES = {spec.name: spec.proto_service for spec in registry.called_by(registry.GATEWAY)}
 
 
 @dataclass

@@ -1,123 +1,35 @@
-"""The `rapport` command line: up, serve, migrate, seed-personas, import-card, token."""
+"""The `rapport` command line: it parses, runs the operation and prints.
+
+The operations live elsewhere: administration in services/admin.py, `rapport up` in
+services/local_stack.py, one process in services/servicekit/service.py (a gRPC service of the
+registry) or gateway/server.py, the benchmarks in tools/bench/ (a source checkout only).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
-from services.servicekit.config import SERVICE_NAMES, ConfigError, Env, rapport_home
+from services import admin
 
-log = logging.getLogger("rapport.cli")
+# Two operations that moved to services/admin.py, at their old import path (tests import them from here).
+from services.admin import migration_params as migration_params
+from services.admin import outbox_report as outbox_report
+from services.local_stack import LocalStack
+from services.servicekit import registry
+from services.servicekit.config import ConfigError, Env
+from services.servicekit.service import serve_forever
 
-MIGRATION_ORDER = ["orchestrator", "affinity", "memory", "insight"]
-
-
-def migration_params() -> dict[str, dict[str, object]]:
-    from services.memory.server import migration_params as memory_params
-
-    return {"memory": memory_params()}
-
-
-# ---- migrate / seed / cards / token -------------------------------------------------------------
-
-
-async def migrate(dsn: str, services: list[str] | None = None) -> list[str]:
-    from services.servicekit.db import apply_migrations
-
-    return await apply_migrations(dsn, services or MIGRATION_ORDER, migration_params())
-
-
-async def seed_personas(dsn: str, folder: Path) -> list[tuple[str, bool]]:
-    from services.orchestrator.persona_catalog import load_persona_dir, upsert_specs
-    from services.servicekit.db import create_pool
-
-    specs = load_persona_dir(folder)
-    pool = await create_pool(dsn, max_size=2)
-    try:
-        return await upsert_specs(pool, specs, source="toml")
-    finally:
-        await pool.close()
-
-
-async def import_card(dsn: str, path: Path) -> tuple[str, bool]:
-    from services.orchestrator.persona_catalog import load_card, upsert_specs
-    from services.servicekit.db import create_pool
-
-    spec = load_card(path)
-    pool = await create_pool(dsn, max_size=2)
-    try:
-        return (await upsert_specs(pool, [spec], source="card"))[0]
-    finally:
-        await pool.close()
-
-
-def token_for(env: Env, user: str | None) -> str:
-    from gateway.auth import LocalIdentity, mint_token
-
-    secret = env.str("SUPABASE_JWT_SECRET")
-    if secret:
-        user_id = uuid.UUID(user) if user else uuid.uuid4()
-        return mint_token(secret, user_id, audience=env.str("JWT_AUDIENCE"))
-    identity = LocalIdentity.load_or_create(rapport_home(env))
-    if user and uuid.UUID(user) != identity.user_id:
-        return mint_token(identity.secret, uuid.UUID(user))
-    return mint_token(identity.secret, identity.user_id)
-
-
-async def manage_keys(dsn: str, args: argparse.Namespace) -> list[str]:
-    """`rapport keys create|list|revoke`: the lines to print."""
-    from services.orchestrator import api_keys
-    from services.servicekit.db import create_pool
-
-    pool = await create_pool(dsn, max_size=2)
-    try:
-        if args.keys_command == "create":
-            key, info = await api_keys.create_api_key(pool, uuid.UUID(args.user), args.name or "")
-            return [key, f"id {info.id} ({info.prefix}…): shown once, store it now"]
-        if args.keys_command == "list":
-            return [
-                f"{k.id}  {k.prefix}…  {k.name or '-'}  created {k.created_at:%Y-%m-%d %H:%M}  "
-                f"last used {f'{k.last_used_at:%Y-%m-%d %H:%M}' if k.last_used_at else 'never'}"
-                f"{'  REVOKED' if k.revoked_at else ''}"
-                for k in await api_keys.list_api_keys(pool, uuid.UUID(args.user))
-            ] or ["no keys"]
-        revoked = await api_keys.revoke_api_key(pool, uuid.UUID(args.id))
-        if revoked is None:
-            raise ValueError(f"no API key with id {args.id}")
-        return [f"revoked {revoked.id} ({revoked.prefix}…)"]
-    finally:
-        await pool.close()
-
-
-async def outbox_report(dsn: str, retry_dead: bool) -> list[str]:
-    from services.orchestrator.outbox import list_jobs, outbox_counts, retry_dead_jobs
-    from services.servicekit.db import create_pool
-
-    pool = await create_pool(dsn, max_size=2)
-    try:
-        if retry_dead:
-            return [f"queued {await retry_dead_jobs(pool)} dead jobs again"]
-        counts = await outbox_counts(pool)
-        lines = ["  ".join(f"{status}: {counts.get(status, 0)}" for status in ("pending", "done", "dead"))]
-        lines += [
-            f"dead #{row.id} {row.target} turn {row.turn_id} after {row.attempts} attempts "
-            f"({row.created_at:%Y-%m-%d %H:%M}): {row.last_error}"
-            for row in await list_jobs(pool, "dead")
-        ]
-        return lines
-    finally:
-        await pool.close()
-
-
-def database_url(env: Env) -> str:
-    return env.required("DATABASE_URL", "a postgresql:// URL (rapport up starts an embedded one when it is unset)")
+CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = {"recall": "tools.bench.recall", "turn": "tools.bench.turn", "memory": "tools.bench.memory"}
+OTHER_PROCESSES = (registry.GATEWAY, "offline-llm")  # what `rapport serve` runs besides the gRPC services
 
 
 # ---- up ---------------------------------------------------------------------------------
@@ -125,8 +37,6 @@ def database_url(env: Env) -> str:
 
 def up(args: argparse.Namespace) -> int:
     """Start the local stack, print where it is, wait for Ctrl-C (or a child exiting), stop it."""
-    from services.local_stack import LocalStack
-
     port = args.port if args.port is not None else Env().int("RAPPORT_PORT", 8080, 1, 65535)
     stack = LocalStack(dict(os.environ), port=port, announce=lambda line: print(line, flush=True))
     stop_requested = False
@@ -166,12 +76,11 @@ def up(args: argparse.Namespace) -> int:
 
 
 def serve(name: str) -> int:
-    if name in SERVICE_NAMES:
-        from services.servicekit.service import serve_forever
-
+    if name in registry.service_names():
         asyncio.run(serve_forever(name))
         return 0
-    if name == "gateway":
+    # The HTTP processes' modules are imported only by the process that runs them (FastAPI, uvicorn).
+    if name == registry.GATEWAY:
         from gateway.server import serve_gateway_forever
 
         asyncio.run(serve_gateway_forever())
@@ -186,6 +95,34 @@ def serve(name: str) -> int:
     raise SystemExit(f"unknown service {name!r}")
 
 
+# ---- bench ------------------------------------------------------------------------------
+
+
+def bench(which: str, argv: list[str]) -> int:
+    """`rapport bench recall|turn`: the benchmarks are tools of a source checkout (tools/bench/), not
+    part of the installed package; run from a checkout, they are imported from it."""
+    if not (CHECKOUT_ROOT / "tools" / "bench").is_dir():
+        print(
+            "rapport bench: the benchmarks run from a source checkout of Rapport (tools/bench/ is not "
+            "installed): clone the repository, `pip install -e .` there and run `rapport bench` again",
+            file=sys.stderr,
+        )
+        return 2
+    if str(CHECKOUT_ROOT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT_ROOT))
+    module = importlib.import_module(BENCHMARKS[which])
+    return int(module.main(argv))
+
+
+async def manage_keys(dsn: str, args: argparse.Namespace) -> list[str]:
+    """`rapport keys create|list|revoke`: the lines to print."""
+    if args.keys_command == "create":
+        return await admin.create_key(dsn, args.user, args.name or "")
+    if args.keys_command == "list":
+        return await admin.list_keys(dsn, args.user)
+    return await admin.revoke_key(dsn, args.id)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -197,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=None, help="gateway port on 127.0.0.1 (default: $RAPPORT_PORT or 8080)"
     )
     p_serve = sub.add_parser("serve", help="run one process (what a container runs)")
-    p_serve.add_argument("service", choices=[*SERVICE_NAMES, "gateway", "offline-llm"])
+    p_serve.add_argument("service", choices=[*registry.service_names(), *OTHER_PROCESSES])
     p_migrate = sub.add_parser("migrate", help="apply SQL migrations (idempotent)")
-    p_migrate.add_argument("--service", action="append", choices=MIGRATION_ORDER)
+    p_migrate.add_argument("--service", action="append", choices=registry.service_names())
     p_seed = sub.add_parser("seed-personas", help="upsert the personas of a folder of TOML files")
     p_seed.add_argument("dir", type=Path)
     p_card = sub.add_parser("import-card", help="import a SillyTavern character card (V2/V3, JSON or PNG)")
@@ -228,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     memory_sub = p_memory.add_subparsers(dest="memory_command", required=True)
     memory_sub.add_parser("reembed", help="re-embed every memory with the configured embedder (with progress)")
     p_bench = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p_bench.add_argument("which", choices=["recall", "turn", "memory"])
+    p_bench.add_argument("which", choices=sorted(BENCHMARKS))
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (see --help)")
     args = parser.parse_args(argv)
     try:
@@ -243,12 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             from services.chat_client import ChatError, run_chat
 
             try:
-                return run_chat(args.url.rstrip("/"), args.token or token_for(env, None), args.persona, new=args.new)
+                return run_chat(
+                    args.url.rstrip("/"), args.token or admin.token_for(env, None), args.persona, new=args.new
+                )
             except (ChatError, OSError, httpx.HTTPError) as error:
                 print(f"rapport chat: {error}", file=sys.stderr)
                 return 1
         if args.command == "outbox":
-            for line in asyncio.run(outbox_report(database_url(env), args.retry_dead)):
+            for line in asyncio.run(admin.outbox_report(admin.database_url(env), args.retry_dead)):
                 print(line)
             return 0
         if args.command == "memory":
@@ -256,30 +195,24 @@ def main(argv: list[str] | None = None) -> int:
 
             return reembed_main(env)
         if args.command == "bench":
-            import importlib
-
-            if args.which == "memory":  # tools/ lives beside services/ in the repository, not in the image
-                sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-                return importlib.import_module("tools.bench.memory").main(args.bench_args)  # type: ignore[no-any-return]
-            module = importlib.import_module(f"services.{'memory' if args.which == 'recall' else 'orchestrator'}.bench")
-            return module.main(args.bench_args)  # type: ignore[no-any-return]
+            return bench(args.which, args.bench_args)
         if args.command == "migrate":
-            applied = asyncio.run(migrate(database_url(env), args.service))
+            applied = asyncio.run(admin.migrate(admin.database_url(env), args.service))
             print("\n".join(applied) if applied else "up to date")
             return 0
         if args.command == "seed-personas":
-            for name, created in asyncio.run(seed_personas(database_url(env), args.dir)):
+            for name, created in asyncio.run(admin.seed_personas(admin.database_url(env), args.dir)):
                 print(f"{'created' if created else 'updated'} {name}")
             return 0
         if args.command == "import-card":
-            name, created = asyncio.run(import_card(database_url(env), args.file))
+            name, created = asyncio.run(admin.import_card(admin.database_url(env), args.file))
             print(f"{'created' if created else 'updated'} {name}")
             return 0
         if args.command == "keys":
-            print("\n".join(asyncio.run(manage_keys(database_url(env), args))))
+            print("\n".join(asyncio.run(manage_keys(admin.database_url(env), args))))
             return 0
         if args.command == "token":
-            print(token_for(env, args.user))
+            print(admin.token_for(env, args.user))
             return 0
     except ConfigError as error:
         print(error, file=sys.stderr)

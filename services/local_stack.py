@@ -3,8 +3,8 @@
 
 `LocalStack.start()` brings up, in order: the embedded PostgreSQL (unless `DATABASE_URL` is set),
 migrations and the example personas, the offline LLM responder (unless a provider is configured),
-the four services on free ports (`python -m services.cli serve <name>`, waiting until each reports
-SERVING) and the gateway (waiting for `/readyz`). `stop()` sends SIGTERM to every child, waits,
+every service of the registry on a free port (`python -m services.cli serve <name>`, waiting until
+each reports SERVING) and the gateway (waiting for `/readyz`). `stop()` sends SIGTERM to every child, waits,
 kills what is left, and stops Postgres last: no process outlives the stack. As a context manager
 it starts on enter and stops on exit (also when start-up fails half-way).
 """
@@ -23,7 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from services.servicekit.config import SERVICE_NAMES, Env, rapport_home
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.admin import migrate, seed_personas, token_for
+from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR
+from services.servicekit import registry
+from services.servicekit.config import Env, rapport_home
 from services.servicekit.embedded_pg import EmbeddedPostgres, free_port
 
 SERVICES_TIMEOUT = 90.0
@@ -38,9 +45,6 @@ def _silent(line: str) -> None:
 
 def grpc_serving(address: str, timeout: float = 1.0) -> bool:
     """True when the gRPC health service at `address` reports SERVING (blocking; no event loop needed)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     with grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
@@ -50,8 +54,6 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
 
 
 def http_ready(url: str, timeout: float = 1.0) -> bool:
-    import httpx
-
     try:
         return httpx.get(url, timeout=timeout).status_code == 200
     except httpx.HTTPError:
@@ -59,7 +61,7 @@ def http_ready(url: str, timeout: float = 1.0) -> bool:
 
 
 class LocalStack:
-    """Postgres, offline LLM, the four services and the gateway as child processes of this one.
+    """Postgres, offline LLM, the registered services and the gateway as child processes of this one.
 
     `env` is the environment the children start from (default: this process's); `port` the
     gateway's port (default: a free one, chosen at start); `log_dir` sends each child's output to `<name>.log` there
@@ -106,8 +108,6 @@ class LocalStack:
 
     def token(self, user: uuid.UUID | str | None = None) -> str:
         """A bearer token the gateway accepts, for `user` (default: the local user)."""
-        from services.cli import token_for
-
         return token_for(Env(self.env), str(user) if user is not None else None)
 
     @property
@@ -127,8 +127,8 @@ class LocalStack:
     def start(self) -> Self:
         """Start everything and wait until it serves. Raises RuntimeError (or ConfigError) on failure;
         call `stop()` afterwards either way (the context manager does)."""
-        from services.cli import migrate, seed_personas
-        from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR
+        # Imported here, not at the top: the openai client takes most of a second to import, and every
+        # `rapport` command imports this module.
         from services.servicekit.llm import OFFLINE_MODEL_ID, llm_endpoint_from_env
 
         env = Env(self.env)
@@ -160,21 +160,20 @@ class LocalStack:
                 }
             )
             self.announce(f"LLM: offline responder ({OFFLINE_MODEL_ID}) — {OFFLINE_LLM_NOTE}")
-        for name in SERVICE_NAMES:
-            var = f"{name.upper()}_ADDR"
-            self.addresses[name] = self.env.get(var) or f"127.0.0.1:{free_port()}"
-            self.env[var] = self.addresses[name]
-        for name in SERVICE_NAMES:
+        for spec in registry.SERVICES:
+            self.addresses[spec.name] = self.env.get(spec.address_var) or f"127.0.0.1:{free_port()}"
+            self.env[spec.address_var] = self.addresses[spec.name]
+        for spec in registry.SERVICES:
             self._spawn(
-                name,
+                spec.name,
                 {
-                    "BIND_ADDR": self.addresses[name],
-                    "OTEL_SERVICE_NAME": self.env.get("OTEL_SERVICE_NAME") or f"rapport-{name}",
+                    "BIND_ADDR": self.addresses[spec.name],
+                    "OTEL_SERVICE_NAME": self.env.get("OTEL_SERVICE_NAME") or spec.telemetry_name,
                 },
             )
         self._wait_until(
             lambda: all(grpc_serving(address) for address in self.addresses.values()),
-            "the four services to report SERVING",
+            "every service to report SERVING",
             SERVICES_TIMEOUT,
         )
         self.port = self.port or free_port()

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.cli import migrate
+from services.admin import migrate, seed_personas
 from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR
 from services.servicekit.telemetry import setup_telemetry
 
@@ -60,8 +60,6 @@ async def template_database(postgres_admin_url: str) -> str:
         await admin.close()
     url = _with_database(postgres_admin_url, TEMPLATE_DB)
     await migrate(url)
-    from services.cli import seed_personas
-
     await seed_personas(url, EXAMPLE_PERSONAS_DIR)
     return TEMPLATE_DB
 

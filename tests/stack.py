@@ -1,7 +1,8 @@
 """The real services, in-process on ephemeral ports, against a real Postgres — for integration tests.
 
-`start_stack(database_url, ...)` starts affinity, memory, insight, orchestrator (gRPC, port 0) and the
-gateway (HTTP, port 0), exactly as `rapport serve` would, with an env mapping per service.
+`start_stack(database_url, ...)` starts every service of the registry (gRPC, port 0; each after the
+services it calls, with their addresses) and the gateway (HTTP, port 0), exactly as `rapport serve`
+would, with an env mapping per service.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 from gateway.app import GatewaySettings
 from gateway.auth import mint_token
 from gateway.server import start_gateway
+from services.servicekit import registry
 from services.servicekit.config import Env
 from services.servicekit.http_runtime import RunningHttpServer
 from services.servicekit.service import RunningService, start_service
@@ -51,9 +53,9 @@ class Stack:
     async def stop(self) -> None:
         await self.client.aclose()
         await self.gateway.stop()
-        for name in ("orchestrator", "insight", "memory", "affinity"):
-            if name in self.services:
-                await self.services[name].stop(grace=1.0)
+        for spec in reversed(registry.start_order()):
+            if spec.name in self.services:
+                await self.services[spec.name].stop(grace=1.0)
 
     # -- conveniences for tests ------------------------------------------------------------
 
@@ -107,13 +109,13 @@ async def start_stack(database_url: str, extra_env: dict[str, str] | None = None
     per_service_env = per_service_env or {}
     services: dict[str, RunningService] = {}
     try:
-        for name in ("affinity", "memory", "insight"):
-            services[name] = await start_service(name, Env({**base, **per_service_env.get(name, {})}), pool_size=5)
-        peers = {f"{name.upper()}_ADDR": services[name].address for name in ("affinity", "memory", "insight")}
-        services["orchestrator"] = await start_service(
-            "orchestrator", Env({**base, **peers, **per_service_env.get("orchestrator", {})}), pool_size=10)
-        gateway_env = {**base, **peers, "ORCHESTRATOR_ADDR": services["orchestrator"].address,
-                       "SUPABASE_JWT_SECRET": JWT_SECRET, **per_service_env.get("gateway", {})}
+        for spec in registry.start_order():
+            peers = {callee.address_var: services[callee.name].address for callee in registry.called_by(spec.name)}
+            env = Env({**base, **peers, **per_service_env.get(spec.name, {})})
+            pool_size = 10 if spec.name == "orchestrator" else 5  # the orchestrator runs the turns and the outbox
+            services[spec.name] = await start_service(spec.name, env, pool_size=pool_size)
+        peers = {callee.address_var: services[callee.name].address for callee in registry.called_by(registry.GATEWAY)}
+        gateway_env = {**base, **peers, "SUPABASE_JWT_SECRET": JWT_SECRET, **per_service_env.get("gateway", {})}
         gateway = await start_gateway(GatewaySettings.from_env(Env(gateway_env)), "127.0.0.1", 0)
     except BaseException:
         for service in reversed(list(services.values())):

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import registry
+
 
 class ConfigError(SystemExit):
     """A configuration value is missing or malformed; the message names the variable."""
@@ -107,16 +109,6 @@ def _range(lo: object, hi: object) -> str:
     return ""
 
 
-SERVICE_NAMES = ("orchestrator", "affinity", "memory", "insight")
-PEER_ADDRESS_VARS = {
-    "orchestrator": "ORCHESTRATOR_ADDR",
-    "affinity": "AFFINITY_ADDR",
-    "memory": "MEMORY_ADDR",
-    "insight": "INSIGHT_ADDR",
-}
-DEFAULT_PORTS = {"orchestrator": 50051, "affinity": 50052, "memory": 50053, "insight": 50054}
-
-
 @dataclass(frozen=True)
 class ServiceSettings:
     """What every gRPC service process needs: where to listen, its database, its shutdown grace."""
@@ -129,18 +121,20 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, name: str, env: Env | None = None) -> ServiceSettings:
         env = env or Env()
+        spec = registry.service(name)
         return cls(
             name=name,
-            bind_addr=env.address("BIND_ADDR", f"127.0.0.1:{DEFAULT_PORTS[name]}") or "",
+            bind_addr=env.address("BIND_ADDR", spec.default_address) or "",
             database_url=env.required("DATABASE_URL", "a postgresql:// URL (or run `rapport up`)"),
             grace_seconds=env.float("SHUTDOWN_GRACE_SECS", 10.0, 0.0, 300.0),
         )
 
 
 def peer_address(service: str, env: Env | None = None) -> str:
+    """Where to reach a registered service: its address variable, else its default port on loopback."""
     env = env or Env()
-    var = PEER_ADDRESS_VARS[service]
-    return env.address(var, f"127.0.0.1:{DEFAULT_PORTS[service]}") or ""
+    spec = registry.service(service)
+    return env.address(spec.address_var, spec.default_address) or ""
 
 
 def rapport_home(env: Env | None = None) -> Path:

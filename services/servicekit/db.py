@@ -1,6 +1,7 @@
 """The one database pool factory and the migrations runner.
 
-Every service owns one schema and keeps its SQL migrations in `services/<name>/migrations/NNN_name.sql`.
+Every service owns one schema and keeps its SQL migrations in `services/<name>/migrations/NNN_name.sql`
+(the folder its registry entry names).
 `rapport migrate` applies them in order, once each, recorded in `public.rapport_migrations`, under an
 advisory lock so two migrators never race.
 """
@@ -13,14 +14,14 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 from pgvector.asyncpg import register_vector
 
+from . import registry
+
 log = logging.getLogger("rapport.db")
 
-SERVICES_DIR = Path(__file__).resolve().parent.parent
 MIGRATION_LOCK_KEY = 0x52415050  # "RAPP"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -74,12 +75,13 @@ class Migration:
 
 
 def load_migrations(service: str, params: Mapping[str, object] | None = None) -> list[Migration]:
-    """The ordered migrations of one service; `{{NAME}}` placeholders are filled from params."""
-    folder = SERVICES_DIR / service / "migrations"
+    """The ordered migrations of a registered service; `{{NAME}}` placeholders are filled from params."""
+    folder = registry.service(service).migrations_dir
+    paths = sorted(folder.glob("*.sql"))
+    if not paths:
+        raise FileNotFoundError(f"service {service!r} has no migrations: expected {folder}/001_<name>.sql")
     migrations: list[Migration] = []
-    if not folder.is_dir():
-        return migrations
-    for path in sorted(folder.glob("*.sql")):
+    for path in paths:
         match = _MIGRATION_NAME.match(path.name)
         if not match:
             raise ValueError(f"migration file name must look like 001_name.sql: {path}")

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import asyncpg
 import grpc
 
+from . import registry
 from .config import Env, ServiceSettings
 from .db import create_pool
 from .grpc_runtime import RunningGrpcServer, run_until_stopped, start_grpc_server
+from .telemetry import setup_telemetry
 
 log = logging.getLogger("rapport.service")
 
@@ -42,6 +44,7 @@ class ServiceParts:
 @dataclass
 class RunningService:
     name: str
+    settings: ServiceSettings
     grpc: RunningGrpcServer
     pool: asyncpg.Pool
     tasks: list[asyncio.Task[None]]
@@ -53,6 +56,10 @@ class RunningService:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.grpc.stop(grace)
+        await self.release()
+
+    async def release(self) -> None:
+        """After the gRPC server has stopped: cancel the background loops, run the stop hooks, close the pool."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -74,18 +81,20 @@ async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(1.0)
 
 
-def service_module(name: str) -> str:
-    return f"services.{name}.server"
-
-
 async def start_service(name: str, env: Env | None = None, *, pool_size: int = 10) -> RunningService:
     env = env or Env()
+    spec = registry.service(name)
     settings = ServiceSettings.from_env(name, env)
     pool = await create_pool(settings.database_url, max_size=pool_size)
     try:
-        module = importlib.import_module(service_module(name))
+        module = importlib.import_module(spec.server_module)
         ctx = ServiceContext(name=name, env=env, settings=settings, pool=pool)
         parts: ServiceParts = await module.build(ctx)
+        if spec.proto_service not in parts.service_names:
+            # Health checks, probes and /readyz ask for the registry's name: fail here, not in a cluster.
+            raise RuntimeError(
+                f"{spec.server_module} serves {parts.service_names}, not {spec.proto_service} (services/servicekit/registry.py)"
+            )
         running_grpc = await start_grpc_server(
             bind_addr=settings.bind_addr, register=parts.register, service_names=parts.service_names
         )
@@ -93,26 +102,13 @@ async def start_service(name: str, env: Env | None = None, *, pool_size: int = 1
         await pool.close()
         raise
     tasks = [asyncio.create_task(_supervised(name, loop), name=f"{name}-background") for loop in parts.background]
-    return RunningService(name=name, grpc=running_grpc, pool=pool, tasks=tasks, parts=parts)
+    return RunningService(name=name, settings=settings, grpc=running_grpc, pool=pool, tasks=tasks, parts=parts)
 
 
 async def serve_forever(name: str) -> None:
-    """`rapport serve <name>`: one process, until SIGTERM/SIGINT."""
-    from .telemetry import setup_telemetry
-
+    """`rapport serve <name>`: one process, until SIGTERM/SIGINT (then SHUTDOWN_GRACE_SECS for in-flight calls)."""
     setup_telemetry(name)
-    env = Env()
-    running = await start_service(name, env)
+    running = await start_service(name)
     print(f"rapport {name} serving on {running.address}", flush=True)
-    grace = running_grace(env)
-    await run_until_stopped(running.grpc, grace)
-    for task in running.tasks:
-        task.cancel()
-    await asyncio.gather(*running.tasks, return_exceptions=True)
-    for hook in running.parts.on_stop:
-        await hook()
-    await running.pool.close()
-
-
-def running_grace(env: Env) -> float:
-    return env.float("SHUTDOWN_GRACE_SECS", 10.0, 0.0, 300.0)
+    await run_until_stopped(running.grpc, running.settings.grace_seconds)
+    await running.release()

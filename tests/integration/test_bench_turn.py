@@ -7,7 +7,7 @@ import os
 from datetime import UTC, datetime
 
 from services.offline_llm.server import build_llm_app, serve_llm
-from services.orchestrator.bench import (
+from tools.bench.turn import (  # the benchmark moved to tools/ (issue 9)
     BenchReport,
     BenchTarget,
     LevelResult,

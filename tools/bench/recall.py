@@ -44,6 +44,8 @@ from services.memory import domain, store
 from services.memory.server import MemorySettings, recall_memories
 from services.servicekit.config import Env
 from services.servicekit.db import apply_migrations, create_pool
+from services.servicekit.embedded_pg import EmbeddedPostgres
+from tools.bench.turn import merge_section
 
 log = logging.getLogger("rapport.memory.bench")
 
@@ -477,8 +479,6 @@ class BenchDatabase:
 
     async def __aenter__(self) -> str:
         if self.admin_url is None:
-            from services.servicekit.embedded_pg import EmbeddedPostgres
-
             self.home = Path(tempfile.mkdtemp(prefix="rapport-bench-recall-"))
             os.environ.setdefault("RAPPORT_PG_FSYNC_OFF", "1")
             self.server = EmbeddedPostgres(self.home)
@@ -676,8 +676,6 @@ def render_section(
 
 
 def write_section(path: Path, section: str) -> None:
-    from services.orchestrator.bench import merge_section
-
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else None
     path.write_text(merge_section(existing, section, SECTION_TITLE))

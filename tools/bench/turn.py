@@ -1,7 +1,7 @@
 """`rapport bench turn`: what the engine adds to time-to-first-token, and how many turns it serves.
 
 One run against real processes (`LocalStack`: embedded Postgres, the offline LLM responder, the
-four services and the gateway over loopback gRPC). For each concurrency level C:
+registered services and the gateway over loopback gRPC). For each concurrency level C:
 
 1. direct: C sessions stream completions straight from the offline LLM server with
    `openai.AsyncOpenAI` (persona system prompt + the session's history + the user line);
@@ -39,7 +39,9 @@ from typing import Protocol
 import asyncpg
 import httpx
 import openai
+import psutil
 
+from services.local_stack import LocalStack
 from services.servicekit.llm import OFFLINE_MODEL_ID
 
 SECTION_TITLE = "## Turn latency"
@@ -378,8 +380,6 @@ async def post_process_lag(database_url: str, user_ids: Sequence[str], timeout: 
 
 def machine_busy_seconds() -> float:
     """CPU time the whole machine has spent busy (all processes, all CPUs) since boot."""
-    import psutil
-
     times = psutil.cpu_times()
     return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
 
@@ -391,8 +391,6 @@ def _cpu_count() -> int:
 def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
     """CPU time (user + system) used so far by each named process with its children (Postgres
     backends), and by this process ("bench client")."""
-    import psutil
-
     usage: dict[str, float] = {}
     for name, pid in pids.items():
         try:
@@ -821,8 +819,6 @@ def bench_environment(home: Path) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    from services.local_stack import LocalStack
-
     args = parse_args(argv)
     machine = machine_description()  # before the stack adds its own load
     if float(machine["load"]) > 0.5 * int(machine["nproc"] or 1):
