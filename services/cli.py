@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         help="bearer token (default: the local user's, as `rapport token` prints)",
     )
     p_chat.add_argument("--new", action="store_true", help="start a new session instead of resuming")
+    p_chat.add_argument("--verbose", action="store_true", help="also show library logs (HTTP requests) on stderr")
     p_outbox = sub.add_parser("outbox", help="post-process queue: counts, and the dead jobs (or --retry-dead)")
     p_outbox.add_argument("--retry-dead", action="store_true", help="queue the dead jobs again")
     p_memory = sub.add_parser("memory", help="memory maintenance")
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 
             from services.chat_client import ChatError, run_chat
 
+            if not args.verbose:  # only the conversation on screen
+                logging.getLogger().setLevel(logging.WARNING)
             try:
                 return run_chat(args.url.rstrip("/"), args.token or token_for(env, None), args.persona, new=args.new)
             except (ChatError, OSError, httpx.HTTPError) as error:
