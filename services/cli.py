@@ -128,7 +128,11 @@ def up(args: argparse.Namespace) -> int:
     from services.local_stack import LocalStack
 
     port = args.port if args.port is not None else Env().int("RAPPORT_PORT", 8080, 1, 65535)
-    stack = LocalStack(dict(os.environ), port=port, announce=lambda line: print(line, flush=True))
+    # The screen shows the progress lines; every process's own log goes to <home>/logs/<name>.log.
+    if "LOG_LEVEL" not in os.environ:
+        logging.getLogger().setLevel(logging.WARNING)
+    logs = rapport_home(Env()) / "logs"
+    stack = LocalStack(dict(os.environ), port=port, log_dir=logs, announce=lambda line: print(line, flush=True))
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -146,15 +150,17 @@ def up(args: argparse.Namespace) -> int:
         print(f"  API docs:  {url}docs", flush=True)
         print(f"  token:     {token}", flush=True)
         print(f"  try:       curl -H 'Authorization: Bearer <token>' {url}comp/personas", flush=True)
+        print(f"  logs:      {logs}/", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested:
             for name, code in stack.exited_children().items():
-                print(f"{name} exited with code {code}; stopping", file=sys.stderr, flush=True)
+                print(f"{name} exited with code {code}; stopping (see {logs / name}.log)", file=sys.stderr, flush=True)
                 stop_requested = True
             time.sleep(0.2)
         return 0
     except (RuntimeError, ConfigError) as error:
-        print(f"rapport up: {error}", file=sys.stderr, flush=True)
+        where = f" (logs: {logs}/)" if isinstance(error, RuntimeError) else ""
+        print(f"rapport up: {error}{where}", file=sys.stderr, flush=True)
         return 1
     finally:
         print("stopping …", flush=True)
