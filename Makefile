@@ -12,10 +12,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 run: $(STAMP)  ## start everything locally and print the URL and a token
-	$(BIN)/rapport up
+	@$(BIN)/rapport up
 
 test: $(STAMP)  ## the whole suite: unit, integration (real Postgres + services), contracts, browser
 	@bash scripts/ensure-chromium.sh
+	@bash scripts/ensure-debian-tool.sh tmux tmux "the terminal chat test"
 	$(BIN)/python -m pytest
 
 protos: $(STAMP)  ## regenerate the committed Python code of protos/ with the pinned grpcio-tools

@@ -1,14 +1,26 @@
-"""`rapport chat`: a terminal client that streams a conversation through the gateway (REST + SSE)."""
+"""`rapport chat`: a terminal client that streams a conversation through the gateway (REST + SSE).
+
+The screen holds only the conversation: `you> ` prompts and `<persona>> ` replies, each reply's
+text written as its deltas arrive, a ghost shown as "(seen, no reply)", and a note under a reply
+naming the model that answered whenever it changes (the offline responder said to be one).
+Library logs go to stderr and `rapport chat` keeps them at WARNING unless `--verbose`.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 import httpx
+
+from services.offline_llm.responder import OFFLINE_MODEL_ID
+
+GHOST_TEXT = "(seen, no reply)"
+CUT_TEXT = " [cut; continuing with another model] "
+OFFLINE_NOTE = "the offline responder, not a language model: set OPENROUTER_API_KEY or LLM_BASE_URL for real replies"
 
 
 class ChatError(Exception):
@@ -26,6 +38,7 @@ def _check(response: httpx.Response) -> Any:
 
 
 def stream_frames(client: httpx.Client, session_id: str, content: str) -> Iterator[dict[str, Any]]:
+    """The SSE frames of one turn, each yielded as soon as its line arrives."""
     payload = {"content": content, "client_msg_id": "cli-" + uuid.uuid4().hex[:28]}
     with client.stream("POST", f"/comp/chat/{session_id}/message/stream", json=payload) as response:
         if response.status_code >= 400:
@@ -34,6 +47,59 @@ def stream_frames(client: httpx.Client, session_id: str, content: str) -> Iterat
         for line in response.iter_lines():
             if line.startswith("data:"):
                 yield json.loads(line[5:].strip())
+
+
+def model_note(models: list[str]) -> str:
+    """ "(answered by …)" for the models of one reply, in order (more than one when a cut reply was
+    continued by a fallback)."""
+    named = [f"{OFFLINE_MODEL_ID}, {OFFLINE_NOTE}" if model == OFFLINE_MODEL_ID else model for model in models]
+    return f"(answered by {', then '.join(named)})"
+
+
+class ReplyWriter:
+    """Writes the replies of one conversation to `out` as their frames arrive."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.models_shown: list[str] = []
+
+    def write_reply(self, persona_name: str, frames: Iterable[dict[str, Any]]) -> None:
+        """`<name>> ` then each delta at once; a ghost (the persona chose not to answer, or the model
+        returned nothing) as GHOST_TEXT; then the notes: the model when it changed, services that
+        were unavailable, an error."""
+        self._write(f"{persona_name}> ")
+        models: list[str] = []
+        notes: list[str] = []
+        said_something = ghost = False
+        for frame in frames:
+            kind = frame["type"]
+            if kind == "meta":
+                ghost = frame.get("action_type") == "ghost"
+                if frame.get("model") and frame["model"] not in models:
+                    models.append(frame["model"])
+            elif kind == "delta":
+                self._write(frame["content"])
+                said_something = said_something or bool(frame["content"].strip())
+            elif kind == "done" and frame.get("truncated"):
+                self._write(CUT_TEXT)
+            elif kind == "done":
+                ghost = ghost or bool(frame.get("ghost_fallback")) or not said_something
+            elif kind == "final" and frame.get("degraded"):
+                notes.append(f"(without: {', '.join(frame['degraded'])})")
+            elif kind == "error":
+                notes.append(f"error: {frame.get('user_message') or frame.get('message')}")
+        if ghost and not said_something:
+            self._write(GHOST_TEXT)
+        self._write("\n")
+        if models and models != self.models_shown[-1:]:
+            notes.insert(0, model_note(models))
+            self.models_shown = models
+        for note in notes:
+            self._write(f"  {note}\n")
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
 def run_chat(
@@ -67,25 +133,15 @@ def run_chat(
             file=out,
             flush=True,
         )
-        while True:
-            out.write("you> ")
-            out.flush()
-            line = stdin.readline()
-            if not line or not line.strip():
-                return 0
-            out.write(f"{name}> ")
-            for frame in stream_frames(client, chat["session_id"], line.strip()):
-                kind = frame["type"]
-                if kind == "delta":
-                    out.write(frame["content"])
-                    out.flush()
-                elif kind == "meta" and frame["action_type"] == "ghost":
-                    out.write("… (no reply)")
-                elif kind == "done" and frame.get("truncated"):
-                    out.write(" [cut; continuing with another model] ")
-                elif kind == "final" and frame["degraded"]:
-                    out.write(f"\n  (without: {', '.join(frame['degraded'])})")
-                elif kind == "error":
-                    out.write(f"\n  error: {frame['user_message']}")
+        writer = ReplyWriter(out)
+        try:
+            while True:
+                out.write("you> ")
+                out.flush()
+                line = stdin.readline()
+                if not line or not line.strip():
+                    return 0
+                writer.write_reply(name, stream_frames(client, chat["session_id"], line.strip()))
+        except KeyboardInterrupt:  # Ctrl-C quits too (a reply being written still finishes on the server)
             out.write("\n")
-            out.flush()
+            return 0

@@ -38,7 +38,11 @@ OTHER_PROCESSES = (registry.GATEWAY, "offline-llm")  # what `rapport serve` runs
 def up(args: argparse.Namespace) -> int:
     """Start the local stack, print where it is, wait for Ctrl-C (or a child exiting), stop it."""
     port = args.port if args.port is not None else Env().int("RAPPORT_PORT", 8080, 1, 65535)
-    stack = LocalStack(dict(os.environ), port=port, announce=lambda line: print(line, flush=True))
+    # The screen shows the progress lines; every process's own log goes to <home>/logs/<name>.log.
+    if "LOG_LEVEL" not in os.environ:
+        logging.getLogger().setLevel(logging.WARNING)
+    logs = rapport_home(Env()) / "logs"
+    stack = LocalStack(dict(os.environ), port=port, log_dir=logs, announce=lambda line: print(line, flush=True))
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -56,15 +60,17 @@ def up(args: argparse.Namespace) -> int:
         print(f"  API docs:  {url}docs", flush=True)
         print(f"  token:     {token}", flush=True)
         print(f"  try:       curl -H 'Authorization: Bearer <token>' {url}comp/personas", flush=True)
+        print(f"  logs:      {logs}/", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested:
             for name, code in stack.exited_children().items():
-                print(f"{name} exited with code {code}; stopping", file=sys.stderr, flush=True)
+                print(f"{name} exited with code {code}; stopping (see {logs / name}.log)", file=sys.stderr, flush=True)
                 stop_requested = True
             time.sleep(0.2)
         return 0
     except (RuntimeError, ConfigError) as error:
-        print(f"rapport up: {error}", file=sys.stderr, flush=True)
+        where = f" (logs: {logs}/)" if isinstance(error, RuntimeError) else ""
+        print(f"rapport up: {error}{where}", file=sys.stderr, flush=True)
         return 1
     finally:
         print("stopping …", flush=True)
@@ -159,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         help="bearer token (default: the local user's, as `rapport token` prints)",
     )
     p_chat.add_argument("--new", action="store_true", help="start a new session instead of resuming")
+    p_chat.add_argument("--verbose", action="store_true", help="also show library logs (HTTP requests) on stderr")
     p_outbox = sub.add_parser("outbox", help="post-process queue: counts, and the dead jobs (or --retry-dead)")
     p_outbox.add_argument("--retry-dead", action="store_true", help="queue the dead jobs again")
     p_memory = sub.add_parser("memory", help="memory maintenance")
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
             from services.chat_client import ChatError, run_chat
 
+            if not args.verbose:  # only the conversation on screen
+                logging.getLogger().setLevel(logging.WARNING)
             try:
                 return run_chat(
                     args.url.rstrip("/"), args.token or admin.token_for(env, None), args.persona, new=args.new

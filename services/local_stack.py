@@ -176,9 +176,12 @@ class LocalStack:
             "every service to report SERVING",
             SERVICES_TIMEOUT,
         )
+        for name in SERVICE_NAMES:
+            self.announce(f"rapport {name} serving on {self.addresses[name]}")
         self.port = self.port or free_port()
         self._spawn("gateway", {"BIND_ADDR": f"127.0.0.1:{self.port}", "OTEL_SERVICE_NAME": "rapport-gateway"})
         self._wait_until(lambda: http_ready(f"{self.gateway_url}/readyz"), "the gateway", GATEWAY_TIMEOUT)
+        self.announce(f"rapport gateway serving on {self.gateway_url}")
         return self
 
     def _spawn(self, name: str, extra_env: dict[str, str]) -> None:

