@@ -59,16 +59,17 @@ async def import_card(dsn: str, path: Path) -> tuple[str, bool]:
 
 
 def token_for(env: Env, user: str | None) -> str:
-    from gateway.auth import LocalIdentity, mint_token
+    from gateway.auth import DEFAULT_MAX_TOKEN_LIFETIME, LocalIdentity, max_token_lifetime, mint_token
 
+    ttl = max_token_lifetime(env) or DEFAULT_MAX_TOKEN_LIFETIME
     secret = env.str("SUPABASE_JWT_SECRET")
     if secret:
         user_id = uuid.UUID(user) if user else uuid.uuid4()
-        return mint_token(secret, user_id, audience=env.str("JWT_AUDIENCE"))
+        return mint_token(secret, user_id, ttl_seconds=ttl, audience=env.str("JWT_AUDIENCE"))
     identity = LocalIdentity.load_or_create(rapport_home(env))
     if user and uuid.UUID(user) != identity.user_id:
-        return mint_token(identity.secret, uuid.UUID(user))
-    return mint_token(identity.secret, identity.user_id)
+        return mint_token(identity.secret, uuid.UUID(user), ttl_seconds=ttl)
+    return mint_token(identity.secret, identity.user_id, ttl_seconds=ttl)
 
 
 async def manage_keys(dsn: str, args: argparse.Namespace) -> list[str]:
@@ -125,6 +126,7 @@ def database_url(env: Env) -> str:
 
 def up(args: argparse.Namespace) -> int:
     """Start the local stack, print where it is, wait for Ctrl-C (or a child exiting), stop it."""
+    from gateway.auth import auth_mode
     from services.local_stack import LocalStack
 
     port = args.port if args.port is not None else Env().int("RAPPORT_PORT", 8080, 1, 65535)
@@ -140,11 +142,12 @@ def up(args: argparse.Namespace) -> int:
     try:
         stack.start()
         url = f"{stack.gateway_url}/"
-        token = stack.token()
         print("\nRapport is running.", flush=True)
-        print(f"  web page:  {url}#token={token}", flush=True)
+        # Only the local mode's token is printed, never one signed with a real secret (`rapport token` mints one).
+        token = stack.token() if auth_mode(Env(stack.env)) == "local" else None
+        print(f"  web page:  {url}{f'#token={token}' if token else ''}", flush=True)
         print(f"  API docs:  {url}docs", flush=True)
-        print(f"  token:     {token}", flush=True)
+        print(f"  token:     {token or 'none printed with a real JWT secret: ask `rapport token`'}", flush=True)
         print(f"  try:       curl -H 'Authorization: Bearer <token>' {url}comp/personas", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested:
