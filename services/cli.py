@@ -121,6 +121,13 @@ def database_url(env: Env) -> str:
     return env.required("DATABASE_URL", "a postgresql:// URL (rapport up starts an embedded one when it is unset)")
 
 
+def db_url(env: Env) -> str:
+    """`rapport db url`: DATABASE_URL, else the DSN of the running embedded database (password included)."""
+    from services.servicekit.embedded_pg import running_dsn
+
+    return env.str("DATABASE_URL") or running_dsn(rapport_home(env))
+
+
 # ---- up ---------------------------------------------------------------------------------
 
 
@@ -225,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         help="bearer token (default: the local user's, as `rapport token` prints)",
     )
     p_chat.add_argument("--new", action="store_true", help="start a new session instead of resuming")
+    p_db = sub.add_parser("db", help="the database")
+    db_sub = p_db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("url", help="print the DSN (DATABASE_URL, or the embedded database while `rapport up` runs)")
     p_outbox = sub.add_parser("outbox", help="post-process queue: counts, and the dead jobs (or --retry-dead)")
     p_outbox.add_argument("--retry-dead", action="store_true", help="queue the dead jobs again")
     p_memory = sub.add_parser("memory", help="memory maintenance")
@@ -250,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             except (ChatError, OSError, httpx.HTTPError) as error:
                 print(f"rapport chat: {error}", file=sys.stderr)
                 return 1
+        if args.command == "db":
+            try:
+                print(db_url(env))
+            except RuntimeError as error:
+                print(f"rapport db url: {error}", file=sys.stderr)
+                return 1
+            return 0
         if args.command == "outbox":
             for line in asyncio.run(outbox_report(database_url(env), args.retry_dead)):
                 print(line)

@@ -16,7 +16,7 @@ import asyncpg
 import grpc
 
 from .config import Env, ServiceSettings
-from .db import create_pool
+from .db import DbTimeouts, create_pool
 from .grpc_runtime import RunningGrpcServer, run_until_stopped, start_grpc_server
 
 log = logging.getLogger("rapport.service")
@@ -81,7 +81,7 @@ def service_module(name: str) -> str:
 async def start_service(name: str, env: Env | None = None, *, pool_size: int = 10) -> RunningService:
     env = env or Env()
     settings = ServiceSettings.from_env(name, env)
-    pool = await create_pool(settings.database_url, max_size=pool_size)
+    pool = await create_pool(settings.database_url, max_size=pool_size, timeouts=DbTimeouts.from_env(env))
     try:
         module = importlib.import_module(service_module(name))
         ctx = ServiceContext(name=name, env=env, settings=settings, pool=pool)
