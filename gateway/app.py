@@ -40,14 +40,12 @@ from .conversation_api import conversation_router
 from .deps import SSE_PING_SECONDS, TURN_STREAM_TIMEOUT, Clients, User, clients, relay_frames, require_json
 from .errors import ApiError
 from .openai_api import openai_router
+from .request_limits import RequestLimits
 
 log = logging.getLogger("rapport.gateway")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
-MAX_BODY_BYTES = 64 * 1024
-MAX_TRANSCRIPT_BYTES = 4 * 1024 * 1024
-
 WATCH_STREAM_SECONDS = 3600  # a live affinity stream ends after this; the page reconnects
 # The services the gateway calls (and checks in /readyz), by name: their full gRPC service names.
 SERVICE_NAMES = {spec.name: spec.proto_service for spec in registry.called_by(registry.GATEWAY)}
@@ -142,41 +140,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 # ---- helpers -------------------------------------------------------------------------------
 
 
-async def unstorable_text(request: Request) -> str | None:
-    """Text that cannot be parsed or stored (invalid UTF-8, NUL characters) → why, else None."""
-    if "%00" in str(request.url):
-        return "the URL must not contain NUL characters"
-    if request.method not in ("POST", "PUT", "PATCH"):
-        return None
-    body = await request.body()
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        return "the body must be UTF-8"
-    if b"\\u0000" in body.lower():
-        return "text must not contain NUL (\\u0000) characters"
-    if b"\\ud" in body.lower():  # a JSON surrogate escape: a lone one cannot be encoded as UTF-8
-        try:
-            _encodable(json.loads(body))
-        except UnicodeEncodeError:
-            return "text must not contain unpaired UTF-16 surrogates"
-        except ValueError:
-            return None  # malformed JSON: the route answers that
-    return None
-
-
-def _encodable(value: Any) -> None:
-    if isinstance(value, str):
-        value.encode("utf-8")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _encodable(key)
-            _encodable(item)
-    elif isinstance(value, list):
-        for item in value:
-            _encodable(item)
-
-
 def same_user(user: uuid.UUID, path_user: uuid.UUID) -> None:
     if user != path_user:
         raise ApiError(403, "forbidden", "a user can only access their own data")
@@ -245,30 +208,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.add_exception_handler(Exception, errors.unhandled_error_handler)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        # OpenAI-style clients send the whole transcript on every request: a larger cap for /v1.
-        limit = MAX_TRANSCRIPT_BYTES if request.url.path.startswith("/v1/") else MAX_BODY_BYTES
-        if length and length.isdigit() and int(length) > limit:
-            return ApiError(413, "too_large", f"request body over {limit} bytes").response()
-        problem = await unstorable_text(request)
-        if problem:
-            error = ApiError(400, "invalid_payload", problem)
-            if request.url.path.startswith("/v1/"):
-                return JSONResponse(
-                    {
-                        "error": {
-                            "message": error.message,
-                            "type": "invalid_request_error",
-                            "code": error.code,
-                            "param": None,
-                        }
-                    },
-                    status_code=400,
-                )
-            return error.response()
-        return await call_next(request)  # type: ignore[no-any-return]
+    app.add_middleware(RequestLimits)  # bodies bounded and checked before anything reads them
 
     # -- health ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ gRPC status → HTTP status by a table, never "everything is 500" (STYLE 10).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -59,6 +60,27 @@ USER_MESSAGES = {
 }
 
 
+# What a transport failure says when no service of ours explained it (gRPC's own text names addresses).
+TRANSPORT_MESSAGES = {
+    503: "a backend service is unavailable",
+    504: "a backend service did not answer in time",
+}
+# Internal addresses in a message: gRPC targets (ipv4:…, unix:…), URLs, IPs and host:port pairs.
+_ADDRESS = re.compile(
+    r"\b(?:ipv4|ipv6|unix|unix-abstract|dns|vsock):\S+"
+    r"|\b[a-z][a-z0-9+.-]*://\S+"
+    r"|\[[0-9a-f:.]+\](?::\d+)?"
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"
+    r"|\b[a-z0-9-]*[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)*:\d{2,5}\b",
+    re.IGNORECASE,
+)
+
+
+def without_addresses(text: str) -> str:
+    """`text` with every internal address replaced by `<address>` (what clients may see)."""
+    return _ADDRESS.sub("<address>", text)
+
+
 class ApiError(Exception):
     def __init__(
         self,
@@ -93,9 +115,11 @@ def from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
     if trailing.get("rapport-field"):
         extra["field"] = trailing["rapport-field"]
     user_message = trailing.get("rapport-user-message")
-    message = error.details() or code
+    message = without_addresses(error.details() or code)
     if status == 500:
         message, user_message = "internal error", None
+    elif status in TRANSPORT_MESSAGES and user_message is None:  # the transport failed, not a service of ours
+        message = TRANSPORT_MESSAGES[status]
     headers = {"Retry-After": "2"} if status in (429, 503) else {}
     return ApiError(status, code, message, user_message, headers, extra)
 

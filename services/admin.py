@@ -16,13 +16,14 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway.auth import LocalIdentity, mint_token
+from gateway.auth import DEFAULT_MAX_TOKEN_LIFETIME, LocalIdentity, max_token_lifetime, mint_token
 from services.orchestrator import api_keys
 from services.orchestrator.outbox import list_jobs, outbox_counts, retry_dead_jobs
 from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR, load_card, load_persona_dir, upsert_specs
 from services.servicekit import registry
 from services.servicekit.config import Env, rapport_home
 from services.servicekit.db import apply_migrations, create_pool, load_migrations
+from services.servicekit.embedded_pg import running_dsn
 
 
 def database_url(env: Env) -> str:
@@ -76,14 +77,20 @@ async def import_card(dsn: str, path: Path) -> tuple[str, bool]:
 
 def token_for(env: Env, user: str | None) -> str:
     """A bearer token the gateway accepts: signed with SUPABASE_JWT_SECRET when set, else the local identity's."""
+    ttl = max_token_lifetime(env) or DEFAULT_MAX_TOKEN_LIFETIME
     secret = env.str("SUPABASE_JWT_SECRET")
     if secret:
         user_id = uuid.UUID(user) if user else uuid.uuid4()
-        return mint_token(secret, user_id, audience=env.str("JWT_AUDIENCE"))
+        return mint_token(secret, user_id, ttl_seconds=ttl, audience=env.str("JWT_AUDIENCE"))
     identity = LocalIdentity.load_or_create(rapport_home(env))
     if user and uuid.UUID(user) != identity.user_id:
-        return mint_token(identity.secret, uuid.UUID(user))
-    return mint_token(identity.secret, identity.user_id)
+        return mint_token(identity.secret, uuid.UUID(user), ttl_seconds=ttl)
+    return mint_token(identity.secret, identity.user_id, ttl_seconds=ttl)
+
+
+def db_url(env: Env) -> str:
+    """`rapport db url`: DATABASE_URL, else the DSN of the running embedded database (password included)."""
+    return env.str("DATABASE_URL") or running_dsn(rapport_home(env))
 
 
 # ---- API keys and the post-process queue: the lines `rapport keys` / `rapport outbox` print ----------

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.auth import auth_mode
 from services import admin
 
 # Two operations that moved to services/admin.py, at their old import path (tests import them from here).
@@ -24,7 +25,7 @@ from services.admin import migration_params as migration_params
 from services.admin import outbox_report as outbox_report
 from services.local_stack import LocalStack
 from services.servicekit import registry
-from services.servicekit.config import ConfigError, Env
+from services.servicekit.config import ConfigError, Env, rapport_home
 from services.servicekit.service import serve_forever
 
 CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
@@ -54,11 +55,12 @@ def up(args: argparse.Namespace) -> int:
     try:
         stack.start()
         url = f"{stack.gateway_url}/"
-        token = stack.token()
         print("\nRapport is running.", flush=True)
-        print(f"  web page:  {url}#token={token}", flush=True)
+        # Only the local mode's token is printed, never one signed with a real secret (`rapport token` mints one).
+        token = stack.token() if auth_mode(Env(stack.env)) == "local" else None
+        print(f"  web page:  {url}{f'#token={token}' if token else ''}", flush=True)
         print(f"  API docs:  {url}docs", flush=True)
-        print(f"  token:     {token}", flush=True)
+        print(f"  token:     {token or 'none printed with a real JWT secret: ask `rapport token`'}", flush=True)
         print(f"  try:       curl -H 'Authorization: Bearer <token>' {url}comp/personas", flush=True)
         print(f"  logs:      {logs}/", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
@@ -166,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_chat.add_argument("--new", action="store_true", help="start a new session instead of resuming")
     p_chat.add_argument("--verbose", action="store_true", help="also show library logs (HTTP requests) on stderr")
+    p_db = sub.add_parser("db", help="the database")
+    db_sub = p_db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("url", help="print the DSN (DATABASE_URL, or the embedded database while `rapport up` runs)")
     p_outbox = sub.add_parser("outbox", help="post-process queue: counts, and the dead jobs (or --retry-dead)")
     p_outbox.add_argument("--retry-dead", action="store_true", help="queue the dead jobs again")
     p_memory = sub.add_parser("memory", help="memory maintenance")
@@ -195,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
             except (ChatError, OSError, httpx.HTTPError) as error:
                 print(f"rapport chat: {error}", file=sys.stderr)
                 return 1
+        if args.command == "db":
+            try:
+                print(admin.db_url(env))
+            except RuntimeError as error:
+                print(f"rapport db url: {error}", file=sys.stderr)
+                return 1
+            return 0
         if args.command == "outbox":
             for line in asyncio.run(admin.outbox_report(admin.database_url(env), args.retry_dead)):
                 print(line)

@@ -176,7 +176,7 @@ class LocalStack:
             "every service to report SERVING",
             SERVICES_TIMEOUT,
         )
-        for name in SERVICE_NAMES:
+        for name in registry.service_names():
             self.announce(f"rapport {name} serving on {self.addresses[name]}")
         self.port = self.port or free_port()
         self._spawn("gateway", {"BIND_ADDR": f"127.0.0.1:{self.port}", "OTEL_SERVICE_NAME": "rapport-gateway"})

@@ -21,6 +21,11 @@ from services.affinity.domain import AXES, AffinityVector
 EVALUATOR_AXES: tuple[str, ...] = ("warmth", "trust", "intrigue", "intimacy", "tension")
 MAX_EVALUATOR_DELTA = 0.15
 MIN_USER_CHARS = 4
+# What the evaluators read of a message: its beginning, so one huge message costs what a long one does.
+MAX_ANALYSED_CHARS = 2000
+# VADER's cost grows with the square of the words it scores, and every emoji becomes words ("grinning
+# face"): 4,096 emoji took ~6 s whole, the first 128 words take ~5 ms (docs/reliability.md).
+MAX_SENTIMENT_WORDS = 128
 
 
 def cap_delta(value: float) -> float:
@@ -58,6 +63,11 @@ class Evaluation:
     def as_json(self) -> dict[str, Any]:
         """The evaluator JSON shape: the five deltas plus `reason`."""
         return {**self.deltas, "reason": self.reason}
+
+
+def analysed(text: str) -> str:
+    """The part of a message an evaluator reads (the first `MAX_ANALYSED_CHARS` characters)."""
+    return text[:MAX_ANALYSED_CHARS]
 
 
 def should_skip(user_text: str, reply_text: str) -> str | None:
@@ -182,8 +192,9 @@ class OfflineEvaluator:
         skip = should_skip(user_text, reply_text)
         if skip is not None:
             return Evaluation.zero(self.source, f"Not evaluated: {skip}.", skip_reason=skip)
-        found = [cue for cue in _CUES if cue.pattern.search(user_text)]
-        compound = self._sentiment.polarity_scores(user_text)["compound"]
+        text = analysed(user_text)
+        found = [cue for cue in _CUES if cue.pattern.search(text)]
+        compound = self._compound(text)
         names = {cue.name for cue in found}
         sympathetic = bool(names & {"personal disclosure", "a confided secret", "an apology"})
         deltas: dict[str, float] = {axis: 0.0 for axis in EVALUATOR_AXES}
@@ -196,6 +207,23 @@ class OfflineEvaluator:
             deltas["tension"] += _HOSTILE_TENSION * -compound
         rounded = {axis: round(delta, 4) for axis, delta in deltas.items()}
         return Evaluation(rounded, self._reason(persona_name, found, compound), self.source)
+
+    def _compound(self, text: str) -> float:
+        """VADER's compound score of the first `MAX_SENTIMENT_WORDS` words, emoji read as VADER reads them
+        (its description words); identical to VADER's own score for any shorter text."""
+        emojis = self._sentiment.emojis
+        described: list[str] = []
+        after_space = True
+        for char in text:  # VADER's own emoji replacement, done here so the words can be counted
+            description = emojis.get(char)
+            if description is None:
+                described.append(char)
+                after_space = char == " "
+            else:
+                described.append(description if after_space else " " + description)
+                after_space = False
+        words = "".join(described).split()[:MAX_SENTIMENT_WORDS]
+        return float(self._sentiment.polarity_scores(" ".join(words))["compound"])
 
     @staticmethod
     def _reason(persona_name: str, found: list[_Cue], compound: float) -> str:
@@ -227,7 +255,7 @@ def build_evaluation_messages(
 ) -> list[dict[str, str]]:
     """OpenAI chat messages for task `affinity_evaluation`, asking for the strict JSON shape."""
     state = ", ".join(f"{axis} {getattr(vector, axis):.2f}" for axis in AXES)
-    exchange = json.dumps({"user": user_text, persona_name: reply_text}, ensure_ascii=False)
+    exchange = json.dumps({"user": analysed(user_text), persona_name: analysed(reply_text)}, ensure_ascii=False)
     user = f"Persona: {persona_name}\nCurrent feelings: {state}\nExchange (JSON): {exchange}\nReturn the JSON object."
     return [{"role": "system", "content": _SYSTEM_PROMPT}, {"role": "user", "content": user}]
 

@@ -52,6 +52,7 @@ from services.affinity.evaluator import (
 )
 from services.affinity.watch import AffinityChanges, Resync
 from services.servicekit.config import Env
+from services.servicekit.cpu_work import run_cpu_bound
 from services.servicekit.grpc_errors import (
     InvalidArgument,
     NotFound,
@@ -246,7 +247,8 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
     async def _evaluate(self, persona_name: str, vector: AffinityVector, user_text: str, reply_text: str) -> Evaluation:
         if self.llm_evaluator is not None:
             return await self.llm_evaluator.evaluate(persona_name, vector, user_text, reply_text)
-        return self.offline_evaluator.evaluate(persona_name, vector, user_text, reply_text)
+        # CPU-bound (VADER and the cue rules, input capped): off the event loop, so other users' reads go on.
+        return await run_cpu_bound(self.offline_evaluator.evaluate, persona_name, vector, user_text, reply_text)
 
     @maps_errors
     async def OpenSession(

@@ -41,6 +41,7 @@ from services.insight.domain import (
 )
 from services.insight.extraction import extract_profile_updates
 from services.insight.snapshots import SnapshotSweeper, schedule_from_env
+from services.servicekit.cpu_work import run_cpu_bound
 from services.servicekit.grpc_errors import InvalidArgument, Unavailable, maps_errors, parse_uuid
 from services.servicekit.grpc_runtime import call_timeout
 from services.servicekit.service import ServiceContext, ServiceParts
@@ -249,7 +250,8 @@ class InsightServicer(pb_grpc.InsightServiceServicer):
         self, request: pb.ExtractTurnRequest, user_id: uuid.UUID, turn_id: str, message_id: str
     ) -> ExtractionRun:
         if self.extractor is None or not request.user_text.strip():
-            return extract_with_rules(request.user_text, message_id)
+            # CPU-bound (regex rules over up to MAX_USER_TEXT_CHARS): off the event loop, so other reads go on.
+            return await run_cpu_bound(extract_with_rules, request.user_text, message_id)
         current = await store.get_profile(self.pool, user_id)
         try:
             return await self.extractor.extract(request, message_id, current.insights if current else {})

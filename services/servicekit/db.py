@@ -4,6 +4,11 @@ Every service owns one schema and keeps its SQL migrations in `services/<name>/m
 (the folder its registry entry names).
 `rapport migrate` applies them in order, once each, recorded in `public.rapport_migrations`, under an
 advisory lock so two migrators never race.
+
+Every pooled connection runs with server-side timeouts (`DbTimeouts`): a statement that waits for a row
+or advisory lock longer than `DB_LOCK_TIMEOUT_SECS` (10) fails with PostgreSQL's `lock_not_available`,
+and one that runs longer than `DB_STATEMENT_TIMEOUT_SECS` (30) with `query_canceled` — a clear error in
+bounded time, where a locked row used to leave a client waiting with no byte. 0 disables either.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
 from pgvector.asyncpg import register_vector
 
 from . import registry
+from .config import Env
 
 log = logging.getLogger("rapport.db")
 
@@ -46,16 +52,50 @@ class PooledConnection(asyncpg.Connection):
         return ""
 
 
+@dataclass(frozen=True)
+class DbTimeouts:
+    """How long PostgreSQL lets one statement of a pooled connection run, and wait for a lock (seconds;
+    0 = no limit)."""
+
+    statement_secs: float = 30.0
+    lock_secs: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> DbTimeouts:
+        env = env or Env()
+        return cls(
+            statement_secs=env.float("DB_STATEMENT_TIMEOUT_SECS", cls.statement_secs, 0),
+            lock_secs=env.float("DB_LOCK_TIMEOUT_SECS", cls.lock_secs, 0),
+        )
+
+    def server_settings(self) -> dict[str, str]:
+        return {
+            "statement_timeout": str(round(self.statement_secs * 1000)),
+            "lock_timeout": str(round(self.lock_secs * 1000)),
+        }
+
+
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    command_timeout: float | None = None,
+    timeouts: DbTimeouts | None = None,
 ) -> asyncpg.Pool:
-    """An asyncpg pool with JSON codecs and pgvector registered on every connection."""
+    """An asyncpg pool with JSON codecs and pgvector registered on every connection, and the server-side
+    timeouts (`timeouts`, default from the environment; `command_timeout` overrides the statement one)."""
+    timeouts = timeouts or DbTimeouts.from_env()
+    if command_timeout is not None:
+        timeouts = replace(timeouts, statement_secs=command_timeout)
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
-        command_timeout=command_timeout,
+        # The client's own deadline comes a little after the server's, so PostgreSQL's error is the one seen.
+        command_timeout=timeouts.statement_secs + 1.0 if timeouts.statement_secs else None,
+        server_settings=timeouts.server_settings(),
         connection_class=PooledConnection,
     )
     assert pool is not None

@@ -4,6 +4,12 @@ No system Postgres, no Docker. Data lives in `<home>/pgdata` and survives restar
 server runs as the unprivileged `embedded_postgres` user (Postgres refuses to run as root). The
 server is our direct child listening on 127.0.0.1:<free port>, so stopping it is a signal and a wait:
 nothing is left behind.
+
+Nothing is trusted: every connection authenticates with a password (SCRAM-SHA-256). The password is
+generated once into `<home>/pg-password` (mode 0600, owned by whoever runs Rapport) and carried by the
+DSNs; the data and socket directories are 0700, owned by the server's user. A data directory created
+by an earlier version with `--auth=trust` is migrated on start: the password is set over the last
+trusted connection, pg_hba.conf's `trust` methods become `scram-sha-256`, and the server reloads it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -25,6 +33,51 @@ log = logging.getLogger("rapport.embedded_pg")
 
 SYSTEM_USER = "embedded_postgres"
 DATABASE = "rapport"
+SUPERUSER = "postgres"
+PASSWORD_FILE = "pg-password"
+_TRUST_METHOD = re.compile(r"^(\s*(?:local|host\w*)\s.*?)\btrust\b", re.MULTILINE)
+
+
+def password_path(home: Path) -> Path:
+    return home / PASSWORD_FILE
+
+
+def read_password(home: Path) -> str | None:
+    path = password_path(home)
+    return path.read_text().strip() if path.exists() else None
+
+
+def _password_or_create(home: Path) -> str:
+    """The superuser password kept under `home` (generated, 0600, on first use)."""
+    existing = read_password(home)
+    if existing:
+        return existing
+    password = secrets.token_urlsafe(32)  # URL-safe: goes into DSNs as is
+    tmp = password_path(home).with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    tmp.write_text(password)
+    tmp.replace(password_path(home))
+    return password
+
+
+def dsn_for(port: int, password: str, database: str = DATABASE) -> str:
+    return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{port}/{database}"
+
+
+def running_dsn(home: Path, database: str = DATABASE) -> str:
+    """The DSN of the embedded server running on `home` (what `rapport db url` prints)."""
+    pidfile = home / "pgdata" / "postmaster.pid"
+    password = read_password(home)
+    try:
+        lines = pidfile.read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        raise RuntimeError(f"the embedded PostgreSQL in {home} is not running (start it with `rapport up`)") from None
+    if password is None:
+        raise RuntimeError(f"no password file {password_path(home)}")
+    return dsn_for(port, password, database)
 
 
 @contextlib.contextmanager
@@ -95,8 +148,12 @@ class EmbeddedPostgres:
     def pgdata(self) -> Path:
         return self.home / "pgdata"
 
+    @property
+    def socket_dir(self) -> Path:
+        return self.home / "run"
+
     def dsn(self, database: str = DATABASE) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return dsn_for(self.port, _password_or_create(self.home), database)
 
     def _preexec(self):  # type: ignore[no-untyped-def]
         owner = self._owner
@@ -110,6 +167,7 @@ class EmbeddedPostgres:
         return demote
 
     def _command(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """A Postgres program run as the server's user."""
         return subprocess.run(
             [str(_bin_dir() / name), *args],
             check=check,
@@ -119,28 +177,50 @@ class EmbeddedPostgres:
             env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
         )
 
+    def _private_dir(self, path: Path) -> None:
+        """`path` exists, belongs to the server's user and is 0700."""
+        path.mkdir(parents=True, exist_ok=True)
+        if self._owner is not None:
+            os.chown(path, *self._owner)
+        path.chmod(0o700)
+
     def initdb(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self._owner = _run_as()
-        if (self.pgdata / "PG_VERSION").exists():
-            return
-        self.pgdata.mkdir(parents=True, exist_ok=True)
         if self._owner is not None:
             _make_traversable(self.home)
-            os.chown(self.pgdata, *self._owner)
-        self.pgdata.chmod(0o700)
+        self._private_dir(self.socket_dir)
+        if (self.pgdata / "PG_VERSION").exists():
+            self._private_dir(self.pgdata)
+            if not _TRUST_METHOD.search((self.pgdata / "pg_hba.conf").read_text()) and read_password(self.home) is None:
+                raise RuntimeError(
+                    f"{self.pgdata} requires a password and {password_path(self.home)} is missing: restore that "
+                    f"file, or remove {self.pgdata} to start with an empty database"
+                )
+            return
+        self._private_dir(self.pgdata)
         log.info("initialising PostgreSQL data in %s", self.pgdata)
-        result = self._command(
-            "initdb",
-            "-D",
-            str(self.pgdata),
-            "--auth=trust",
-            "-U",
-            "postgres",
-            "--encoding=UTF8",
-            "--no-instructions",
-            check=False,
-        )
+        # initdb runs as the server's user: it reads the password from a private copy in the socket dir.
+        pwfile = self.socket_dir / "initdb-password"
+        pwfile.write_text(_password_or_create(self.home))
+        pwfile.chmod(0o600)
+        if self._owner is not None:
+            os.chown(pwfile, *self._owner)
+        try:
+            result = self._command(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-U",
+                SUPERUSER,
+                "--encoding=UTF8",
+                "--no-instructions",
+                check=False,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
 
@@ -152,10 +232,6 @@ class EmbeddedPostgres:
             _stop_stale_postmaster(stale)
         if not self.port:
             self.port = free_port()
-        socket_dir = self.home / "run"
-        socket_dir.mkdir(exist_ok=True)
-        if self._owner is not None:
-            os.chown(socket_dir, *self._owner)
         log_file = open(self.home / "postgres.log", "ab")
         self.process = subprocess.Popen(
             [
@@ -167,7 +243,7 @@ class EmbeddedPostgres:
                 "-p",
                 str(self.port),
                 "-k",
-                str(socket_dir),
+                str(self.socket_dir),
                 "-c",
                 "max_connections=300",
                 "-c",
@@ -184,33 +260,45 @@ class EmbeddedPostgres:
             if self.process.poll() is not None:
                 tail = (self.home / "postgres.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"PostgreSQL exited during start-up (code {self.process.returncode}):\n{tail}")
-            ready = self._command("pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", check=False)
+            ready = self._command("pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, check=False)
             if ready.returncode == 0:
                 break
             time.sleep(0.1)
         else:
             self.stop()
             raise RuntimeError("PostgreSQL did not become ready in time")
+        self._require_passwords()
         self._ensure_database(DATABASE)
 
-    def _ensure_database(self, name: str) -> None:
-        psql = [
-            str(_bin_dir() / "psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-tAc",
-        ]
-        exists = subprocess.run(
-            [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], capture_output=True, text=True, check=True
+    def _psql(self, sql: str) -> str:
+        """One statement as the superuser, authenticated with the password, on the maintenance database."""
+        result = subprocess.run(
+            [str(_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", "postgres"]
+            + ["-v", "ON_ERROR_STOP=1", "-tAc", sql],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PGPASSWORD": _password_or_create(self.home)},
         )
-        if exists.stdout.strip() != "1":
-            subprocess.run([*psql, f'CREATE DATABASE "{name}"'], capture_output=True, text=True, check=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def _require_passwords(self) -> None:
+        """A data directory from a version that trusted local connections: set the password (over that
+        last trusted connection), switch pg_hba.conf's `trust` methods to `scram-sha-256`, reload."""
+        hba = self.pgdata / "pg_hba.conf"
+        rules = hba.read_text()
+        if not _TRUST_METHOD.search(rules):
+            return
+        password = _password_or_create(self.home)
+        self._psql(f"SET password_encryption = 'scram-sha-256'; ALTER ROLE {SUPERUSER} PASSWORD '{password}'")
+        hba.write_text(_TRUST_METHOD.sub(r"\1scram-sha-256", rules))  # in place: owner and mode are kept
+        self._psql("SELECT pg_reload_conf()")
+        log.warning("embedded PostgreSQL in %s: trust authentication replaced by scram-sha-256", self.pgdata)
+
+    def _ensure_database(self, name: str) -> None:
+        if self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":
+            self._psql(f'CREATE DATABASE "{name}"')
 
     def stop(self, timeout: float = 20.0) -> None:
         """Fast shutdown (SIGINT) and wait; SIGKILL as a last resort."""

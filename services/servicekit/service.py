@@ -17,7 +17,7 @@ import grpc
 
 from . import registry
 from .config import Env, ServiceSettings
-from .db import create_pool
+from .db import DbTimeouts, create_pool
 from .grpc_runtime import RunningGrpcServer, run_until_stopped, start_grpc_server
 from .telemetry import setup_telemetry
 
@@ -85,7 +85,7 @@ async def start_service(name: str, env: Env | None = None, *, pool_size: int = 1
     env = env or Env()
     spec = registry.service(name)
     settings = ServiceSettings.from_env(name, env)
-    pool = await create_pool(settings.database_url, max_size=pool_size)
+    pool = await create_pool(settings.database_url, max_size=pool_size, timeouts=DbTimeouts.from_env(env))
     try:
         module = importlib.import_module(spec.server_module)
         ctx = ServiceContext(name=name, env=env, settings=settings, pool=pool)
