@@ -1046,6 +1046,12 @@ _PERSONA_REACTION = re.compile(
     r"|good to know)\b",
     re.IGNORECASE,
 )
+# The persona asking the user to go on ("Tell me more about Lisbon.") says nothing about itself.
+_PERSONA_REQUEST = re.compile(
+    r"^(?:(?:so|oh|well|okay|ok|hi|hey|hello)[,!.]?\s+)*(?:please\s+)?"
+    r"(?:tell me|go on|say more|let me know|talk to me|show me|keep going|describe|explain|remind me)\b",
+    re.IGNORECASE,
+)
 _PERSONA_DISCLOSURE_START = re.compile(
     r"^(?:(?:oh|well|actually|honestly|funny enough|fun fact|to be honest|you know what|"
     r"back when i was (?:a kid|little|young|younger)|when i was (?:a kid|little|young|younger|\w+)|"
@@ -1097,6 +1103,7 @@ def persona_statements(reply_text: str, persona_name: str | None) -> list[Candid
             not _ends_with_question_mark(sentence)
             and (_PERSONA_DISCLOSURE_START.match(sentence) or _FIRST_PERSON.search(sentence))
             and not _PERSONA_REACTION.match(sentence)
+            and not _PERSONA_REQUEST.match(sentence)
             and not _PERSONA_REFERENCE.search(sentence)
         ):
             memory = _persona_memory(persona_name, "told you", sentence, "fact", 0.5)

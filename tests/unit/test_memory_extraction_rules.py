@@ -281,3 +281,15 @@ def test_one_ranking_across_layers_keeps_a_minimum_of_each_layer() -> None:
     profile, relationship = select_across_layers([*moments, _scored("p0", "profile", 0.1)], 3,
                                                  {"profile": 1, "relationship": 0})
     assert [m.id for m in profile] == ["p0"] and len(relationship) == 2
+
+
+@pytest.mark.parametrize("reply", [
+    "Tell me more about Lisbon.", "Hi, tell me more about this cat named Miso.", "Please tell me about your day.",
+    "Go on, I'm listening to every word.", "Let me know how the interview goes.",
+])
+def test_asking_the_user_to_go_on_is_not_a_persona_memory(reply: str) -> None:
+    """The offline responder's "Tell me more about Lisbon." became "Elena told you: …" (found by the
+    ownership test once both sides were remembered)."""
+    assert persona_statements(reply, "Elena") == []
+    assert persona_statements("Tell me more? My own mother grew up in Lisbon.", "Elena")[0].content == (
+        'Elena told you: "My own mother grew up in Lisbon."')
