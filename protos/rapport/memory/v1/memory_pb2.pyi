@@ -108,6 +108,7 @@ class Memory(_message.Message):
     RECALL_COUNT_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     user_id: _builtins.str
     instance_id: _builtins.str
@@ -118,6 +119,10 @@ class Memory(_message.Message):
     importance: _builtins.float
     recall_count: _builtins.int
     embedding_model: _builtins.str
+    hidden: _builtins.bool
+    """Every source message of this memory is off the active branch of its conversation (SetHiddenMessages):
+    it is not recalled until one of them is on the active branch again. Still the user's data (listed, exported).
+    """
     @_builtins.property
     def source_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -146,10 +151,11 @@ class Memory(_message.Message):
         recall_count: _builtins.int = ...,
         embedding_model: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        hidden: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "metadata", b"metadata", "occurred_at", b"occurred_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "created_at", b"created_at", "embedding_model", b"embedding_model", "id", b"id", "importance", b"importance", "instance_id", b"instance_id", "layer", b"layer", "metadata", b"metadata", "occurred_at", b"occurred_at", "recall_count", b"recall_count", "session_id", b"session_id", "source_message_ids", b"source_message_ids", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "created_at", b"created_at", "embedding_model", b"embedding_model", "hidden", b"hidden", "id", b"id", "importance", b"importance", "instance_id", b"instance_id", "layer", b"layer", "metadata", b"metadata", "occurred_at", b"occurred_at", "recall_count", b"recall_count", "session_id", b"session_id", "source_message_ids", b"source_message_ids", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
