@@ -230,8 +230,9 @@ def _event_refs(refs: Sequence[pb.AffinityEventRef], field: str) -> list[store.E
     return parsed
 
 
-def _check_branch_refs(events: list[store.EventRef], excluded: list[str], erase: list[store.EventRef]) -> None:
-    """A branch names each of its events once; excluded turns and erased events are not on it."""
+def _check_branch_refs(events: list[store.EventRef], excluded: list[str]) -> None:
+    """A branch names each of its events once, and excluded turns are not on it (an event both on the branch
+    and to erase is erased: the store leaves it out)."""
     if len(excluded) > MAX_BRANCH_EVENTS:
         raise InvalidArgument(f"excluded_turn_ids may hold at most {MAX_BRANCH_EVENTS} ids", field="excluded_turn_ids")
     if len(set(events)) != len(events):
@@ -239,8 +240,6 @@ def _check_branch_refs(events: list[store.EventRef], excluded: list[str], erase:
     on_branch = {ref.turn_id for ref in events if ref.turn_id is not None}
     if on_branch & set(excluded):
         raise InvalidArgument("a turn in excluded_turn_ids is also in events", field="excluded_turn_ids")
-    if set(erase) & set(events):
-        raise InvalidArgument("an event to erase is also in events", field="erase")
 
 
 def _scope(values: list[str]) -> frozenset[str]:
@@ -549,7 +548,7 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         events = _event_refs(request.events, "events")
         erase = _event_refs(request.erase, "erase")
         excluded = [_turn_id(value, f"excluded_turn_ids[{i}]") for i, value in enumerate(request.excluded_turn_ids)]
-        _check_branch_refs(events, excluded, erase)
+        _check_branch_refs(events, excluded)
 
         def replay(
             locked: store.SessionAffinity, start: AffinityVector, started_at: datetime, branch: list[ReplayEvent]

@@ -437,20 +437,29 @@ _NAMED_EVENTS = "(turn_id IN (SELECT unnest($2::text[])) OR id IN (SELECT unnest
 BranchReplay = Callable[[SessionAffinity, AffinityVector, datetime, list[ReplayEvent]], Change]
 
 
-async def _branch_events(
+async def _named_events(
     conn: asyncpg.Connection, session_id: uuid.UUID, refs: Sequence[EventRef]
-) -> list[ReplayEvent]:
-    """The session's events named by `refs`, in the refs' order (a turn's own events in the order they were
-    written). Names without a stored event are absent events; an event named twice is refused."""
+) -> list[asyncpg.Record]:
+    """The session's stored events named by `refs`, in the order they were written (names without a stored
+    event are absent events)."""
     turn_ids = [ref.turn_id for ref in refs if ref.turn_id is not None]
     event_ids = [ref.event_id for ref in refs if ref.event_id is not None]
-    rows = await conn.fetch(
+    if not turn_ids and not event_ids:
+        return []
+    return await conn.fetch(
         f"""SELECT id, kind, turn_id, created_at, {_DELTA_COLUMNS} FROM affinity.events
             WHERE session_id = $1 AND {_NAMED_EVENTS} ORDER BY seq""",
         session_id,
         turn_ids,
         event_ids,
     )
+
+
+def _in_branch_order(
+    rows: Sequence[asyncpg.Record], refs: Sequence[EventRef], erased: set[uuid.UUID]
+) -> list[ReplayEvent]:
+    """The branch's events in the refs' order (a turn's own events in the order they were written), without
+    the erased ones; an event named twice is refused."""
     by_turn: dict[str, list[asyncpg.Record]] = {}
     by_id = {}
     for row in rows:
@@ -468,31 +477,32 @@ async def _branch_events(
             if row["id"] in seen:
                 raise InvalidArgument(f"event {row['id']} is listed twice in events", field="events")
             seen.add(row["id"])
-            deltas = {axis: row[axis] for axis in AXES if row[axis] is not None}
-            events.append(ReplayEvent(row["kind"], row["created_at"], deltas))
+            if row["id"] not in erased:
+                deltas = {axis: row[axis] for axis in AXES if row[axis] is not None}
+                events.append(ReplayEvent(row["kind"], row["created_at"], deltas))
     return events
 
 
-async def _erase_events(conn: asyncpg.Connection, session_id: uuid.UUID, erase: Sequence[EventRef]) -> int:
-    """Delete the named events for good; their turns are tombstoned (a late write of one records nothing)."""
+async def _erase_events(
+    conn: asyncpg.Connection, session_id: uuid.UUID, doomed: Sequence[asyncpg.Record], erase: Sequence[EventRef]
+) -> int:
+    """Delete the events for good; the named turns and the events' turns are tombstoned (a late write of one
+    records nothing)."""
     if not erase:
         return 0
-    turn_ids = [ref.turn_id for ref in erase if ref.turn_id is not None]
-    deleted = await conn.fetch(
-        f"DELETE FROM affinity.events WHERE session_id = $1 AND {_NAMED_EVENTS} RETURNING turn_id",
-        session_id,
-        turn_ids,
-        [ref.event_id for ref in erase if ref.event_id is not None],
+    await conn.execute(
+        "DELETE FROM affinity.events WHERE id IN (SELECT unnest($1::uuid[]))", [row["id"] for row in doomed]
     )
-    tombstones = sorted({*turn_ids, *(row["turn_id"] for row in deleted if row["turn_id"] is not None)})
+    tombstones = {ref.turn_id for ref in erase if ref.turn_id is not None}
+    tombstones |= {row["turn_id"] for row in doomed if row["turn_id"] is not None}
     await conn.execute(
         """INSERT INTO affinity.off_branch_turns (session_id, erased) VALUES ($1, $2)
            ON CONFLICT (session_id) DO UPDATE
            SET erased = ARRAY(SELECT DISTINCT unnest(off_branch_turns.erased || EXCLUDED.erased))""",
         session_id,
-        tombstones,
+        sorted(tombstones),
     )
-    return len(deleted)
+    return len(doomed)
 
 
 async def _replace_excluded_turns(conn: asyncpg.Connection, session_id: uuid.UUID, turn_ids: Sequence[str]) -> None:
@@ -519,16 +529,19 @@ async def project_branch(
 ) -> BranchOutcome:
     """Under the row lock: read the branch's events, `replay` them from the session's starting vector and,
     unless `dry_run`, erase `erase`, make `excluded_turn_ids` the session's excluded turns and write the
-    branch's state (the one write: version + 1, NOTIFY)."""
+    branch's state (the one write: version + 1, NOTIFY). An event both on the branch and to erase is erased
+    (deleting a reply erases its turn while the user message it answered stays on the branch)."""
     async with locked_session(pool, session_id, user_id, now) as session:
         before = session.state
         start = AffinityVector.from_mapping(session.row["start_vector"])
-        branch = await _branch_events(session.conn, session_id, events)
+        doomed = await _named_events(session.conn, session_id, erase)
+        named = await _named_events(session.conn, session_id, events)
+        branch = _in_branch_order(named, events, {row["id"] for row in doomed})
         change = replay(before, start, session.row["started_at"], branch)
         if dry_run:
             projected = replace(before, vector=change.vector, book=change.book, updated_at=before.read_at)
             return BranchOutcome(before, projected, len(branch), 0)
-        erased = await _erase_events(session.conn, session_id, erase)
+        erased = await _erase_events(session.conn, session_id, doomed, erase)
         await _replace_excluded_turns(session.conn, session_id, excluded_turn_ids)
         outcome = await session.write(change)
         return BranchOutcome(before, outcome.state, len(branch), erased)
