@@ -7,10 +7,10 @@ Spec: /work/shared/spec/affinity.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 # The scope vocabulary is the turn request's contract; the affinity service's callers know these names here.
 from services.contracts.scopes import (  # noqa: F401
@@ -105,14 +105,23 @@ def apply_delta(vector: AffinityVector, deltas: Mapping[str, float], inertia: fl
 
     `inertia` must lie in [0, 1] (0 applies the delta in full, 1 changes nothing).
     """
+    _check_inertia(inertia)
+    values = vector.as_dict()
+    _ema_step(values, _checked_deltas(deltas), 1.0 - inertia)
+    return AffinityVector(**values)
+
+
+def _check_inertia(inertia: float) -> None:
     if not (0.0 <= inertia <= 1.0):
         raise ValueError(f"inertia must be within [0, 1], got {inertia!r}")
-    checked = _checked_deltas(deltas)
-    step = 1.0 - inertia
-    return replace(
-        vector,
-        **{axis: clamp_axis(axis, getattr(vector, axis) + step * d) for axis, d in checked.items()},
-    )
+
+
+def _ema_step(values: dict[str, float], deltas: Mapping[str, float], step: float) -> None:
+    """The EMA step on plain values, in place (checked axes): `axis ← clamp(axis + step·delta)`."""
+    for axis, delta in deltas.items():
+        lo, hi = AXIS_RANGES[axis]
+        value = values[axis] + step * delta
+        values[axis] = lo if value < lo else hi if value > hi else value
 
 
 SHORT_MESSAGE_MAX_CHARS = 3
@@ -155,13 +164,27 @@ def decay(vector: AffinityVector, elapsed: timedelta) -> AffinityVector:
 
     warmth, trust and intimacy do not decay; a negative elapsed time changes nothing.
     """
-    days = elapsed / timedelta(days=1)
+    days = elapsed / ONE_DAY
     if days <= 0:
         return vector
-    return replace(
-        vector,
-        **{axis: clamp_axis(axis, getattr(vector, axis) + rate * days) for axis, rate in DECAY_PER_DAY.items()},
-    )
+    values = vector.as_dict()
+    _decay_step(values, days)
+    return AffinityVector(**values)
+
+
+ONE_DAY = timedelta(days=1)
+
+
+_DECAYING: tuple[tuple[str, float, float, float], ...] = tuple(
+    (axis, rate, *AXIS_RANGES[axis]) for axis, rate in DECAY_PER_DAY.items()
+)
+
+
+def _decay_step(values: dict[str, float], days: float) -> None:
+    """The decay of `days` (> 0) on plain values, in place."""
+    for axis, rate, lo, hi in _DECAYING:
+        value = values[axis] + rate * days
+        values[axis] = lo if value < lo else hi if value > hi else value
 
 
 # --- composites and label ----------------------------------------------------------------------
@@ -404,3 +427,69 @@ def banded_axes(vector_values: Mapping[str, float]) -> dict[str, str]:
 def reset_streak(book: GhostBookkeeping) -> GhostBookkeeping:
     """A served reply resets the streak (total and last ghost time stay)."""
     return replace(book, ghost_streak=0)
+
+
+# --- branch projection -------------------------------------------------------------------------
+
+EventKindName = Literal["message", "ghost", "gift"]
+
+
+@dataclass(frozen=True)
+class ReplayEvent:
+    """One stored event as the projection replays it: what it did, when, with which raw deltas."""
+
+    kind: EventKindName
+    at: datetime
+    deltas: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BranchProjection:
+    """The state at the end of a branch: `vector` as of `at` (the last event's time, never earlier than the
+    start), and the ghost bookkeeping of the branch's events."""
+
+    vector: AffinityVector
+    book: GhostBookkeeping
+    at: datetime
+    replayed: int
+
+    def current(self, now: datetime) -> AffinityVector:
+        """The vector decayed from `at` to `now`."""
+        return decay(self.vector, now - self.at)
+
+
+def project_branch(
+    start: AffinityVector,
+    started_at: datetime,
+    events: Iterable[ReplayEvent],
+    *,
+    message_inertia: float,
+    gift_inertia: float,
+) -> BranchProjection:
+    """Replay a branch from the session's starting vector, in the given order, exactly as the incremental
+    writes did: the vector decays lazily from one event's time to the next (the clock never runs backwards,
+    as in the store), a message applies its deltas with the session's inertia and ends the ghost streak (a
+    reply was served), a gift applies its deltas with the global inertia, a ghost counts (streak, total,
+    last ghost time). Works on plain floats; the arithmetic is `apply_delta`'s and `decay`'s."""
+    _check_inertia(message_inertia)
+    _check_inertia(gift_inertia)
+    values = start.as_dict()
+    message_step, gift_step = 1.0 - message_inertia, 1.0 - gift_inertia
+    streak, total, last_ghost_at = 0, 0, None
+    clock = started_at
+    replayed = 0
+    for event in events:
+        if event.at > clock:
+            _decay_step(values, (event.at - clock) / ONE_DAY)
+            clock = event.at
+        if event.kind == "message":
+            _ema_step(values, event.deltas, message_step)
+            streak = 0
+        elif event.kind == "gift":
+            _ema_step(values, event.deltas, gift_step)
+        elif event.kind == "ghost":
+            streak, total, last_ghost_at = streak + 1, total + 1, event.at
+        else:
+            raise ValueError(f"unknown event kind {event.kind!r}")
+        replayed += 1
+    return BranchProjection(AffinityVector(**values), GhostBookkeeping(streak, total, last_ghost_at), clock, replayed)

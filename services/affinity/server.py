@@ -1,7 +1,8 @@
 """Affinity gRPC server: validates requests, runs the pure domain on the stored state, maps errors.
 
 Spec: /work/shared/spec/affinity.md. Every write goes through `store.write_locked` (row lock, lazy
-decay materialised, one event row, NOTIFY for watchers); reads decay the vector to now.
+decay materialised, one event row, NOTIFY for watchers); reads decay the vector to now. ProjectBranch
+replays a branch's events from the session's starting vector (domain.project_branch) and writes the result.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from services.affinity.domain import (
     AffinityScopeError,
     AffinityVector,
     GhostPolicy,
+    ReplayEvent,
     apply_delta,
     banded_axes,
     bond,
@@ -37,6 +39,7 @@ from services.affinity.domain import (
     judge_ghost_allowed,
     length_guidance,
     parse_affinity_scope,
+    project_branch,
     prompt_lines,
     record_ghost,
     relationship_label,
@@ -72,6 +75,7 @@ MAX_TURN_ID_CHARS = 200
 MAX_GIFT_LABEL_CHARS = 200
 DEFAULT_EVENTS_LIMIT = 50
 MAX_EVENTS_LIMIT = 10_000
+MAX_BRANCH_EVENTS = 50_000  # references per ProjectBranch list
 MAX_GIFTS_LISTED = 500
 WATCH_READY_SECONDS = 5.0
 
@@ -101,6 +105,15 @@ class AffinitySettings:
             ghost_max_streak=env.int("GHOST_MAX_STREAK", 1, 0, 1000),
             ghost_raised_window=timedelta(hours=env.float("GHOST_RAISED_WINDOW_HOURS", 24.0, 0.0, 24.0 * 365)),
         )
+
+    @property
+    def gift_inertia(self) -> float:
+        """A gift's EMA inertia: always the global one."""
+        return self.inertia
+
+    def message_inertia(self, is_demo: bool) -> float:
+        """A turn's EMA inertia: the demo one in a demo session."""
+        return self.demo_inertia if is_demo else self.inertia
 
     def ghost_policy(self, enabled: bool) -> GhostPolicy:
         return GhostPolicy(max_streak=self.ghost_max_streak, raised_window=self.ghost_raised_window, enabled=enabled)
@@ -195,11 +208,39 @@ def _owner_and_session(request: Any) -> tuple[uuid.UUID, uuid.UUID]:
     return parse_uuid(request.user_id, "user_id"), parse_uuid(request.session_id, "session_id")
 
 
-def _turn_id(value: str) -> str:
+def _turn_id(value: str, field: str = "turn_id") -> str:
     turn_id = value.strip()
     if not turn_id or len(turn_id) > MAX_TURN_ID_CHARS:
-        raise InvalidArgument(f"turn_id is required (1..{MAX_TURN_ID_CHARS} characters)", field="turn_id")
+        raise InvalidArgument(f"{field} is required (1..{MAX_TURN_ID_CHARS} characters)", field=field)
     return turn_id
+
+
+def _event_refs(refs: Sequence[pb.AffinityEventRef], field: str) -> list[store.EventRef]:
+    """Each reference names a turn or one event by id, never both."""
+    if len(refs) > MAX_BRANCH_EVENTS:
+        raise InvalidArgument(f"{field} may hold at most {MAX_BRANCH_EVENTS} references", field=field)
+    parsed = []
+    for i, ref in enumerate(refs):
+        where = f"{field}[{i}]"
+        if bool(ref.turn_id) == bool(ref.event_id):
+            raise InvalidArgument(f"{where} must name exactly one of turn_id and event_id", field=where)
+        if ref.turn_id:
+            parsed.append(store.EventRef(turn_id=_turn_id(ref.turn_id, f"{where}.turn_id")))
+        else:
+            parsed.append(store.EventRef(event_id=parse_uuid(ref.event_id, f"{where}.event_id")))
+    return parsed
+
+
+def _check_branch_refs(events: list[store.EventRef], excluded: list[str]) -> None:
+    """A branch names each of its events once, and excluded turns are not on it (an event both on the branch
+    and to erase is erased: the store leaves it out)."""
+    if len(excluded) > MAX_BRANCH_EVENTS:
+        raise InvalidArgument(f"excluded_turn_ids may hold at most {MAX_BRANCH_EVENTS} ids", field="excluded_turn_ids")
+    if len(set(events)) != len(events):
+        raise InvalidArgument("events names an event or turn twice", field="events")
+    on_branch = {ref.turn_id for ref in events if ref.turn_id is not None}
+    if on_branch & set(excluded):
+        raise InvalidArgument("a turn in excluded_turn_ids is also in events", field="excluded_turn_ids")
 
 
 def _scope(values: list[str]) -> frozenset[str]:
@@ -319,7 +360,7 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         state = await store.read_owned(self.pool, session_id, user_id)
         message_at = _timestamp(request, "user_message_at") or state.read_at
         # The persona answered this turn: its ghost streak ends (idempotent; also on a retry of the turn).
-        await self._end_ghost_streak(session_id, user_id, answered_message_at=message_at)
+        await self._end_ghost_streak(session_id, user_id, answered_message_at=message_at, turn_id=turn_id)
         if await store.has_event(self.pool, session_id, "message", turn_id):  # skip the evaluator on a retry
             return pb.ApplyTurnResponse(state=state_message(state), applied=False, reason="turn already applied")
         rules = rule_deltas(request.user_text, _timestamp(request, "previous_user_message_at"), message_at)
@@ -340,14 +381,20 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         )
 
         def apply_turn(locked: store.SessionAffinity) -> store.Change:
-            inertia = self.settings.demo_inertia if locked.is_demo else self.settings.inertia
+            inertia = self.settings.message_inertia(locked.is_demo)
             return store.Change(apply_delta(locked.current(), deltas, inertia), locked.book, event)
 
         outcome = await store.write_locked(self.pool, session_id, user_id, apply_turn, idempotency=("message", turn_id))
+        if outcome.off_branch and not outcome.applied:
+            reason = "turn erased"
+        elif outcome.off_branch:
+            reason = "recorded off the active branch"
+        else:
+            reason = evaluation.reason if outcome.applied else "turn already applied"
         return pb.ApplyTurnResponse(
             state=state_message(outcome.state),
             applied=outcome.applied,
-            reason=evaluation.reason if outcome.applied else "turn already applied",
+            reason=reason,
             event_id=str(outcome.event_id or ""),
         )
 
@@ -391,14 +438,20 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         self, request: pb.RecordReplyRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordReplyResponse:
         user_id, session_id = _owner_and_session(request)
-        outcome = await self._end_ghost_streak(session_id, user_id, answered_message_at=None)
+        outcome = await self._end_ghost_streak(session_id, user_id, answered_message_at=None, turn_id=None)
         return pb.RecordReplyResponse(state=state_message(outcome.state))
 
     async def _end_ghost_streak(
-        self, session_id: uuid.UUID, user_id: uuid.UUID, *, answered_message_at: datetime | None
+        self,
+        session_id: uuid.UUID,
+        user_id: uuid.UUID,
+        *,
+        answered_message_at: datetime | None,
+        turn_id: str | None,
     ) -> store.WriteOutcome:
-        """A reply was served: the ghost streak ends (a write of kind `reply`) — unless there is none, or the
-        persona ghosted a message later than the one answered (a late delivery must not end a newer streak)."""
+        """A reply was served: the ghost streak ends (a write of kind `reply`) — unless there is none, the
+        persona ghosted a message later than the one answered (a late delivery must not end a newer streak), or
+        the answered turn is off the active branch."""
 
         def reply(locked: store.SessionAffinity) -> store.Change | None:
             book = locked.book
@@ -407,7 +460,7 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
             later_ghost = answered_message_at is not None and book.last_ghost_at is not None
             if later_ghost and book.last_ghost_at > answered_message_at:  # type: ignore[operator]
                 return None
-            return store.Change(locked.current(), reset_streak(book), kind="reply")
+            return store.Change(locked.current(), reset_streak(book), kind="reply", turn_id=turn_id)
 
         return await store.write_locked(self.pool, session_id, user_id, reply)
 
@@ -423,7 +476,7 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
         event = store.EventDraft(kind="gift", deltas=deltas, reason=reason, label=label or None, metadata=metadata)
 
         def gift(locked: store.SessionAffinity) -> store.Change:
-            return store.Change(apply_delta(locked.current(), deltas, self.settings.inertia), locked.book, event)
+            return store.Change(apply_delta(locked.current(), deltas, self.settings.gift_inertia), locked.book, event)
 
         outcome = await store.write_locked(self.pool, session_id, user_id, gift)
         return pb.ApplyGiftResponse(
@@ -488,6 +541,45 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
                 yield pb.WatchAffinityResponse(
                     state=state_message(item.state), kind=EVENT_KINDS.get(item.kind, 0), event_id=item.event_id
                 )
+
+    @maps_errors
+    async def ProjectBranch(
+        self, request: pb.ProjectBranchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProjectBranchResponse:
+        user_id, session_id = _owner_and_session(request)
+        events = _event_refs(request.events, "events")
+        erase = _event_refs(request.erase, "erase")
+        excluded = [_turn_id(value, f"excluded_turn_ids[{i}]") for i, value in enumerate(request.excluded_turn_ids)]
+        _check_branch_refs(events, excluded)
+
+        def replay(
+            locked: store.SessionAffinity, start: AffinityVector, started_at: datetime, branch: list[ReplayEvent]
+        ) -> store.Change:
+            projection = project_branch(
+                start,
+                started_at,
+                branch,
+                message_inertia=self.settings.message_inertia(locked.is_demo),
+                gift_inertia=self.settings.gift_inertia,
+            )
+            return store.Change(projection.current(locked.read_at), projection.book, kind="projection")
+
+        outcome = await store.project_branch(
+            self.pool,
+            session_id,
+            user_id,
+            replay,
+            events=events,
+            excluded_turn_ids=excluded,
+            erase=erase,
+            dry_run=request.dry_run,
+        )
+        return pb.ProjectBranchResponse(
+            before=state_message(outcome.before),
+            state=state_message(outcome.state),
+            replayed=outcome.replayed,
+            erased=outcome.erased,
+        )
 
     @maps_errors
     async def DeleteUserData(

@@ -14,7 +14,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -454,6 +454,73 @@ def queryable_columns(profile: Mapping[str, Any]) -> dict[str, Any]:
         "mbti": values.get("mbti_guess"),
         "training_level": training_level(profile),
     }
+
+
+# ---------------------------------------------------------------------------
+# the active branch (issue 10): provenance decides what a branch sees
+
+
+def field_sources(entry: Mapping[str, Any]) -> list[str]:
+    sources = entry.get("sources") if isinstance(entry, Mapping) else None
+    return [str(source) for source in sources] if isinstance(sources, list) else []
+
+
+def profile_sources(profile: Mapping[str, Any]) -> set[str]:
+    """Every message id the profile's fields cite."""
+    return {source for entry in profile.values() for source in field_sources(entry)}
+
+
+def hidden_fields(profile: Mapping[str, Any], hidden_messages: Set[str]) -> list[str]:
+    """The fields whose every source message is hidden (off the active branch); a field without sources never is."""
+    return [
+        name
+        for name, entry in profile.items()
+        if (sources := field_sources(entry)) and all(source in hidden_messages for source in sources)
+    ]
+
+
+def visible_profile(profile: Mapping[str, Any], hidden_messages: Set[str]) -> Profile:
+    """The profile without its hidden fields: what GetProfile, its rendering and QueryProfiles see."""
+    hidden = set(hidden_fields(profile, hidden_messages))
+    return {name: dict(entry) for name, entry in profile.items() if name not in hidden}
+
+
+@dataclass(frozen=True)
+class ProfileErasure:
+    """A profile after erasing messages: fields whose every source was erased are removed, the others that
+    cited one lose it (their values stay: a value is not split by message)."""
+
+    profile: Profile
+    removed: list[str]
+    updated: list[str]
+
+
+def erase_sources(profile: Mapping[str, Any], erased: Set[str]) -> ProfileErasure:
+    kept: Profile = {}
+    removed: list[str] = []
+    updated: list[str] = []
+    for name, entry in profile.items():
+        sources = field_sources(entry)
+        remaining = [source for source in sources if source not in erased]
+        if sources and not remaining:
+            removed.append(name)
+            continue
+        kept[name] = dict(entry)
+        if len(remaining) < len(sources):
+            kept[name]["sources"] = remaining
+            updated.append(name)
+    return ProfileErasure(kept, removed, updated)
+
+
+def without_erased_sources(updates: Sequence[FieldUpdate], erased: Set[str]) -> list[FieldUpdate]:
+    """Proposed updates with erased messages dropped from their sources; one citing only erased messages is
+    dropped (a late extraction of an erased turn)."""
+    kept: list[FieldUpdate] = []
+    for update in updates:
+        sources = tuple(source for source in update.source_message_ids if source not in erased)
+        if sources or not update.source_message_ids:
+            kept.append(replace(update, source_message_ids=sources))
+    return kept
 
 
 # ---------------------------------------------------------------------------

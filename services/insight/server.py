@@ -56,6 +56,8 @@ MAX_ID_CHARS = 128
 MAX_USER_TEXT_CHARS = 16_000
 MAX_RAW_CHARS = 2_000  # of an unparseable model answer, kept in the event for debugging
 DEFAULT_SNAPSHOT_LIMIT, MAX_SNAPSHOT_LIMIT = 30, 366
+MAX_HIDDEN_MESSAGES = 100_000  # one session's messages off its active branch
+MAX_ERASED_MESSAGES = 10_000
 RENDER_MODES: Mapping[int, RenderMode] = {
     pb.RENDER_MODE_UNSPECIFIED: "neutral",  # the prompt default: neutral is the safe rendering
     pb.RENDER_MODE_FULL: "full",
@@ -191,6 +193,16 @@ def _required_text(value: str, field: str, limit: int) -> str:
     return text
 
 
+def _message_ids(values: Sequence[str], field: str, limit: int) -> list[str]:
+    """Message ids as the orchestrator sends them: 1..MAX_ID_CHARS characters each, at most `limit`."""
+    if len(values) > limit:
+        raise InvalidArgument(f"{field} may hold at most {limit} ids", field=field)
+    for i, value in enumerate(values):
+        if not value.strip() or len(value) > MAX_ID_CHARS:
+            raise InvalidArgument(f"{field}[{i}] must be 1-{MAX_ID_CHARS} characters", field=f"{field}[{i}]")
+    return list(values)
+
+
 def _limit(value: int, field: str, default: int, maximum: int) -> int:
     if value == 0:
         return default
@@ -288,6 +300,29 @@ class InsightServicer(pb_grpc.InsightServiceServicer):
         limit = _limit(request.limit, "limit", DEFAULT_SNAPSHOT_LIMIT, MAX_SNAPSHOT_LIMIT)
         rows = await store.list_snapshots(self.pool, user_id, limit)
         return pb.ListSnapshotsResponse(snapshots=[snapshot_message(row) for row in rows])
+
+    # -- the active branch (issue 10) ---------------------------------------------------------------
+
+    @maps_errors
+    async def SetHiddenMessages(
+        self, request: pb.SetHiddenMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetHiddenMessagesResponse:
+        user_id = parse_uuid(request.user_id, "user_id")
+        session_id = parse_uuid(request.session_id, "session_id")
+        message_ids = _message_ids(request.hidden_message_ids, "hidden_message_ids", MAX_HIDDEN_MESSAGES)
+        hidden = await store.set_hidden_messages(self.pool, user_id, session_id, message_ids)
+        return pb.SetHiddenMessagesResponse(hidden_fields=hidden)
+
+    @maps_errors
+    async def EraseMessages(
+        self, request: pb.EraseMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EraseMessagesResponse:
+        user_id = parse_uuid(request.user_id, "user_id")
+        message_ids = _message_ids(request.message_ids, "message_ids", MAX_ERASED_MESSAGES)
+        if not message_ids:
+            raise InvalidArgument("message_ids must name at least one message", field="message_ids")
+        outcome = await store.erase_messages(self.pool, user_id, message_ids, dry_run=request.dry_run)
+        return pb.EraseMessagesResponse(removed_fields=outcome.removed_fields, updated_fields=outcome.updated_fields)
 
     @maps_errors
     async def DeleteUserData(

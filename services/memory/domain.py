@@ -10,7 +10,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Literal, TypeVar
@@ -1381,3 +1381,23 @@ def informativeness(text: str) -> int:
 def merged_content(existing: str, new: str) -> str:
     """The text a merge keeps: the more informative one; on a tie the newer (a restatement)."""
     return existing if informativeness(existing) > informativeness(new) else new
+
+
+# --------------------------------------------------------------------------- branch visibility (issue 10)
+
+EraseEffect = Literal["delete", "strip", "keep"]
+
+
+def all_sources_hidden(sources: Iterable[str], hidden_messages: Set[str]) -> bool:
+    """A memory is hidden (not recalled) when it has sources and every one is hidden in some session."""
+    listed = list(sources)
+    return bool(listed) and all(source in hidden_messages for source in listed)
+
+
+def erase_effect(sources: Sequence[str], erased: Set[str]) -> EraseEffect:
+    """What erasing messages does to a memory: deleted when every source is erased, stripped of the erased
+    sources when only some are, kept as it is when none is."""
+    cited = [source for source in sources if source in erased]
+    if not cited:
+        return "keep"
+    return "delete" if len(cited) == len(sources) else "strip"

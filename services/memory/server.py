@@ -50,6 +50,9 @@ MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 100
 MAX_IMPORT_ITEMS = 20_000
 MAX_TOP = 50
+MAX_MESSAGE_ID_CHARS = 200
+MAX_HIDDEN_MESSAGES = 100_000  # one session's messages off its active branch
+MAX_ERASED_MESSAGES = 10_000
 LAYER_NAMES: dict[int, domain.Layer] = {pb.LAYER_PROFILE: "profile", pb.LAYER_RELATIONSHIP: "relationship"}
 LAYER_VALUES = {name: value for value, name in LAYER_NAMES.items()}
 INSIGHTS_MODES: dict[domain.InsightsMode, int] = {
@@ -179,6 +182,7 @@ def memory_message(row: Mapping[str, Any]) -> pb.Memory:
         speaker=row["speaker"],
         event_dates=[day.isoformat() for day in row["event_dates"]],
         merged_contents=list(row["merged_contents"]),
+        hidden=row["hidden"],
     )
 
 
@@ -676,6 +680,39 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
             self.pool, parse_uuid(request.user_id, "user_id"), _optional_uuid(request.instance_id, "instance_id")
         )
         return pb.DeleteUserDataResponse(deleted=deleted)
+
+    # -- the active branch (issue 10) ---------------------------------------------------------------
+
+    @maps_errors
+    async def SetHiddenMessages(
+        self, request: pb.SetHiddenMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetHiddenMessagesResponse:
+        user_id = parse_uuid(request.user_id, "user_id")
+        session_id = parse_uuid(request.session_id, "session_id")
+        message_ids = _message_ids(request.hidden_message_ids, "hidden_message_ids", MAX_HIDDEN_MESSAGES)
+        hidden = await store.set_hidden_messages(self.pool, user_id, session_id, message_ids)
+        return pb.SetHiddenMessagesResponse(hidden_memories=hidden)
+
+    @maps_errors
+    async def EraseMessages(
+        self, request: pb.EraseMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EraseMessagesResponse:
+        user_id = parse_uuid(request.user_id, "user_id")
+        message_ids = _message_ids(request.message_ids, "message_ids", MAX_ERASED_MESSAGES)
+        if not message_ids:
+            raise InvalidArgument("message_ids must name at least one message", field="message_ids")
+        plan = await store.erase_messages(self.pool, user_id, message_ids, dry_run=request.dry_run)
+        return pb.EraseMessagesResponse(deleted=[memory_message(row) for row in plan.deleted], updated=plan.updated)
+
+
+def _message_ids(values: Sequence[str], field: str, limit: int) -> list[str]:
+    """Message ids as the orchestrator sends them: 1..200 characters each, at most `limit`."""
+    if len(values) > limit:
+        raise InvalidArgument(f"{field} may hold at most {limit} ids", field=field)
+    for i, value in enumerate(values):
+        if not value.strip() or len(value) > MAX_MESSAGE_ID_CHARS:
+            raise InvalidArgument(f"{field}[{i}] must be 1-{MAX_MESSAGE_ID_CHARS} characters", field=f"{field}[{i}]")
+    return list(values)
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Literal
 
 import asyncpg
 import numpy as np
 
-from services.memory.domain import may_merge, merged_content, normalize_for_dedup
+from services.memory.domain import all_sources_hidden, erase_effect, may_merge, merged_content, normalize_for_dedup
 
 WriteOutcome = Literal["inserted", "merged", "unchanged"]
 VectorSearch = Literal["exact", "hnsw"]
@@ -23,7 +23,8 @@ USER_LOCK_NAMESPACE = 0x4D454D  # "MEM": pg_advisory_xact_lock(namespace, hashte
 
 MEMORY_COLUMNS = """id, user_id, instance_id, session_id, content, category, importance, embedding_model,
     source_message_ids, occurred_at, created_at, updated_at, recall_count, last_recalled_at, metadata,
-    speaker, event_dates, merged_contents"""
+    speaker, event_dates, merged_contents,
+    EXISTS (SELECT 1 FROM memory.hidden_memories h WHERE h.memory_id = memories.id) AS hidden"""
 MERGE_CANDIDATES = 3  # nearest memories above the threshold checked for being the same statement
 
 
@@ -188,10 +189,11 @@ async def write_memories(
 ) -> WriteResult:
     ids: list[uuid.UUID] = []
     outcomes: list[WriteOutcome] = []
-    for memory in memories:
+    for memory in await without_erased_sources(conn, memories):
         memory_id, outcome = await write_memory(conn, memory, model, merge_threshold)
         ids.append(memory_id)
         outcomes.append(outcome)
+    await refresh_visibility(conn, memories, ids)
     return WriteResult(ids, outcomes)
 
 
@@ -288,7 +290,7 @@ async def search_layer(
     """
     params: list[Any] = [user_id, vector, limit]
     layer = _layer_condition(instance_id, params)
-    scope = f"user_id = $1 AND {layer} AND deleted_at IS NULL"
+    scope = f"user_id = $1 AND {layer} AND deleted_at IS NULL AND {_NOT_HIDDEN}"
     if hide_recent is not None:
         params.extend(hide_recent)
         session, turns = f"${len(params) - 1}", f"${len(params)}"
@@ -466,14 +468,14 @@ async def delete_user_data(pool: asyncpg.Pool, user_id: uuid.UUID, instance_id: 
         await lock_user(conn, user_id)
         if instance_id is None:
             deleted = await conn.execute("DELETE FROM memory.memories WHERE user_id = $1", user_id)
-            for table in ("session_summaries", "distillations", "sessions", "ingested_turns"):
+            for table in (*BRANCH_TABLES, "session_summaries", "distillations", "sessions", "ingested_turns"):
                 await conn.execute(f"DELETE FROM memory.{table} WHERE user_id = $1", user_id)
         else:
             deleted = await conn.execute(
                 "DELETE FROM memory.memories WHERE user_id = $1 AND instance_id = $2", user_id, instance_id
             )
             sessions = "(SELECT session_id FROM memory.sessions WHERE user_id = $1 AND instance_id = $2)"
-            for table in ("session_summaries", "distillations"):
+            for table in ("hidden_messages", "session_summaries", "distillations"):
                 await conn.execute(
                     f"DELETE FROM memory.{table} WHERE user_id = $1 AND session_id IN {sessions}", user_id, instance_id
                 )
@@ -488,6 +490,200 @@ async def purge_deleted(pool: asyncpg.Pool, before: datetime) -> int:
     """Hard-delete memories soft-deleted before `before`."""
     result = await pool.execute("DELETE FROM memory.memories WHERE deleted_at < $1", before)
     return int(result.split()[-1])
+
+
+# --------------------------------------------------------------------------- branch visibility (issue 10)
+#
+# A memory is hidden (not recalled; memory.hidden_memories) when every one of its source messages is hidden in
+# some session of its user (memory.hidden_messages, one set per session, replaced by SetHiddenMessages; the rule
+# is domain.all_sources_hidden). Visibility is recomputed for the memories whose sources change visibility, and
+# for every memory written (write_memories), inside the user's advisory lock. Erased messages (EraseMessages)
+# are tombstoned in memory.erased_messages: memories citing only them are hard-deleted, the others lose them
+# (domain.erase_effect), later writes drop them as sources, and the service's transcript copy loses their text.
+#
+# The set logic runs here in Python over plain indexed reads (the user's memories' sources, the user's hidden
+# messages): its cost follows the user's rows and never depends on the planner's estimates for these tables,
+# which change wholesale with every branch switch.
+
+BRANCH_TABLES = ("hidden_memories", "hidden_messages", "erased_messages")
+
+# Recall's filter on memory.memories of user $1 (an anti-join on the user's hidden memories).
+_NOT_HIDDEN = "id NOT IN (SELECT memory_id FROM memory.hidden_memories WHERE user_id = $1)"
+
+
+@dataclass(frozen=True)
+class ErasePlan:
+    """What erasing messages does: memories to delete (every source erased) and how many lose sources."""
+
+    deleted: list[asyncpg.Record]
+    updated: int
+
+
+async def _user_sources(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[uuid.UUID, list[str]]:
+    """The source message ids of each live memory of the user."""
+    rows = await conn.fetch(
+        "SELECT id, source_message_ids FROM memory.memories WHERE user_id = $1 AND deleted_at IS NULL", user_id
+    )
+    return {row["id"]: row["source_message_ids"] for row in rows}
+
+
+async def _user_hidden_messages(conn: asyncpg.Connection, user_id: uuid.UUID) -> set[str]:
+    rows = await conn.fetch("SELECT message_id FROM memory.hidden_messages WHERE user_id = $1", user_id)
+    return {row["message_id"] for row in rows}
+
+
+async def _apply_visibility(
+    conn: asyncpg.Connection, user_id: uuid.UUID, sources: Mapping[uuid.UUID, Sequence[str]], hidden: set[str]
+) -> None:
+    """Make exactly those of `sources`' memories whose every source is in `hidden` the hidden ones."""
+    if not sources:
+        return
+    rows = await conn.fetch("SELECT memory_id FROM memory.hidden_memories WHERE user_id = $1", user_id)
+    currently = {row["memory_id"] for row in rows} & sources.keys()
+    wanted = {memory_id for memory_id, cited in sources.items() if all_sources_hidden(cited, hidden)}
+    if currently - wanted:
+        await conn.execute(
+            "DELETE FROM memory.hidden_memories WHERE memory_id IN (SELECT unnest($1::uuid[]))",
+            list(currently - wanted),
+        )
+    if wanted - currently:
+        await conn.execute(
+            """INSERT INTO memory.hidden_memories (memory_id, user_id) SELECT unnest($1::uuid[]), $2
+               ON CONFLICT DO NOTHING""",
+            list(wanted - currently),
+            user_id,
+        )
+
+
+async def refresh_visibility(conn: asyncpg.Connection, memories: Sequence[NewMemory], ids: Sequence[uuid.UUID]) -> None:
+    """After a write: whether each written memory (`ids`) is hidden. Nothing to do for a user who has no hidden
+    messages (then none of theirs is hidden)."""
+    if not memories:
+        return
+    user_id = memories[0].user_id
+    hidden = await _user_hidden_messages(conn, user_id)
+    if not hidden:
+        return
+    rows = await conn.fetch(
+        "SELECT id, source_message_ids FROM memory.memories WHERE id IN (SELECT unnest($1::uuid[]))", list(set(ids))
+    )
+    await _apply_visibility(conn, user_id, {row["id"]: row["source_message_ids"] for row in rows}, hidden)
+
+
+async def without_erased_sources(conn: asyncpg.Connection, memories: Sequence[NewMemory]) -> list[NewMemory]:
+    """The memories to write with erased messages dropped from their sources; one citing only erased messages
+    is not written at all (a late delivery of an erased turn)."""
+    cited = sorted({source for memory in memories for source in memory.source_message_ids})
+    if not cited:
+        return list(memories)
+    rows = await conn.fetch(
+        """SELECT user_id, message_id FROM memory.erased_messages
+           WHERE user_id = ANY($1::uuid[]) AND message_id IN (SELECT unnest($2::text[]))""",
+        list({memory.user_id for memory in memories}),
+        cited,
+    )
+    erased = {(row["user_id"], row["message_id"]) for row in rows}
+    if not erased:
+        return list(memories)
+    kept: list[NewMemory] = []
+    for memory in memories:
+        sources = tuple(s for s in memory.source_message_ids if (memory.user_id, s) not in erased)
+        if sources or not memory.source_message_ids:
+            kept.append(replace(memory, source_message_ids=sources))
+    return kept
+
+
+async def set_hidden_messages(
+    pool: asyncpg.Pool, user_id: uuid.UUID, session_id: uuid.UUID, message_ids: Sequence[str]
+) -> int:
+    """Make `message_ids` the session's hidden set and refresh the memories citing a message whose visibility
+    changed → how many live memories of the user are hidden now."""
+    wanted = set(message_ids)
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_user(conn, user_id)
+        rows = await conn.fetch(
+            "SELECT message_id FROM memory.hidden_messages WHERE user_id = $1 AND session_id = $2", user_id, session_id
+        )
+        before = {row["message_id"] for row in rows}
+        if before - wanted:
+            await conn.execute(
+                """DELETE FROM memory.hidden_messages WHERE user_id = $1 AND session_id = $2
+                   AND message_id IN (SELECT unnest($3::text[]))""",
+                user_id,
+                session_id,
+                list(before - wanted),
+            )
+        if wanted - before:
+            await conn.execute(
+                """INSERT INTO memory.hidden_messages (user_id, session_id, message_id)
+                   SELECT $1, $2, unnest($3::text[])""",
+                user_id,
+                session_id,
+                list(wanted - before),
+            )
+        changed = before ^ wanted
+        if changed:
+            sources = await _user_sources(conn, user_id)
+            affected = {memory_id: cited for memory_id, cited in sources.items() if not changed.isdisjoint(cited)}
+            await _apply_visibility(conn, user_id, affected, await _user_hidden_messages(conn, user_id))
+        return int(
+            await conn.fetchval(
+                """SELECT count(*) FROM memory.hidden_memories h JOIN memory.memories m ON m.id = h.memory_id
+                   WHERE h.user_id = $1 AND m.deleted_at IS NULL""",
+                user_id,
+            )
+        )
+
+
+async def erase_messages(
+    pool: asyncpg.Pool, user_id: uuid.UUID, message_ids: Sequence[str], *, dry_run: bool
+) -> ErasePlan:
+    """Memories of the user citing only these messages are hard-deleted (soft-deleted ones too), the others
+    lose them as sources; the messages leave the hidden sets, are tombstoned and their text leaves the
+    transcript copy. A dry run only reports (the live memories that would be deleted)."""
+    erased = set(message_ids)
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_user(conn, user_id)
+        rows = await conn.fetch(
+            "SELECT id, source_message_ids, deleted_at IS NULL AS live FROM memory.memories WHERE user_id = $1",
+            user_id,
+        )
+        effects = {row["id"]: erase_effect(row["source_message_ids"], erased) for row in rows}
+        doomed = [memory_id for memory_id, effect in effects.items() if effect == "delete"]
+        stripped = {row["id"]: row["source_message_ids"] for row in rows if effects[row["id"]] == "strip"}
+        deleted = await conn.fetch(
+            f"""SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE id IN (SELECT unnest($1::uuid[]))
+                AND deleted_at IS NULL ORDER BY created_at, id""",
+            doomed,
+        )
+        plan = ErasePlan(deleted, sum(1 for row in rows if row["live"] and row["id"] in stripped))
+        if dry_run:
+            return plan
+        await conn.execute("DELETE FROM memory.memories WHERE id IN (SELECT unnest($1::uuid[]))", doomed)
+        kept = {memory_id: [s for s in cited if s not in erased] for memory_id, cited in stripped.items()}
+        await conn.executemany(
+            "UPDATE memory.memories SET source_message_ids = $2, updated_at = now() WHERE id = $1", list(kept.items())
+        )
+        await conn.execute(
+            "DELETE FROM memory.hidden_messages WHERE user_id = $1 AND message_id IN (SELECT unnest($2::text[]))",
+            user_id,
+            list(erased),
+        )
+        await _apply_visibility(conn, user_id, kept, await _user_hidden_messages(conn, user_id))
+        await conn.execute(
+            """INSERT INTO memory.erased_messages (user_id, message_id) SELECT $1, unnest($2::text[])
+               ON CONFLICT DO NOTHING""",
+            user_id,
+            list(erased),
+        )
+        for column, text in (("user_message_id", "user_text"), ("reply_message_id", "reply_text")):
+            await conn.execute(
+                f"""UPDATE memory.ingested_turns SET {text} = '' WHERE user_id = $1 AND {column} IN
+                    (SELECT unnest($2::text[]))""",
+                user_id,
+                list(erased),
+            )
+        return plan
 
 
 # --------------------------------------------------------------------------- dreaming sweeper

@@ -1181,7 +1181,7 @@ class ProjectBranchRequest(_message.Message):
 
     @_builtins.property
     def erase(self) -> _containers.RepeatedCompositeFieldContainer[Global___AffinityEventRef]:
-        """Events to delete for good (they must not be in `events`)."""
+        """Events to delete for good (an event both listed in `events` and here is erased: erase wins)."""
 
     def __init__(
         self,

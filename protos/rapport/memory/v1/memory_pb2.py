@@ -26,61 +26,61 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erapport/memory/v1/memory.proto\x12\x11rapport.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x03\n\x06Memory\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\'\n\x05layer\x18\x05 \x01(\x0e\x32\x18.rapport.memory.v1.Layer\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x07 \x01(\t\x12\x12\n\nimportance\x18\x08 \x01(\x01\x12\x1a\n\x12source_message_ids\x18\t \x03(\t\x12/\n\x0boccurred_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crecall_count\x18\r \x01(\x05\x12\x17\n\x0f\x65mbedding_model\x18\x0e \x01(\t\x12)\n\x08metadata\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07speaker\x18\x10 \x01(\t\x12\x13\n\x0b\x65vent_dates\x18\x11 \x03(\t\x12\x17\n\x0fmerged_contents\x18\x12 \x03(\t\"\xbc\x02\n\x0eRecalledMemory\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05layer\x18\x02 \x01(\x0e\x32\x18.rapport.memory.v1.Layer\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x14\n\x0cvector_score\x18\x06 \x01(\x01\x12\x12\n\ntext_score\x18\x07 \x01(\x01\x12\x12\n\nimportance\x18\x08 \x01(\x01\x12/\n\x0boccurred_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12source_message_ids\x18\n \x03(\t\x12\x0f\n\x07speaker\x18\x0b \x01(\t\x12\x13\n\x0b\x65vent_dates\x18\x0c \x03(\t\x12\x12\n\nsession_id\x18\r \x01(\t\"\x9e\x01\n\x0eSessionSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x1b\n\x13\x66irst_message_index\x18\x03 \x01(\x05\x12\x1a\n\x12last_message_index\x18\x04 \x01(\x05\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd8\x01\n\rRecallRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12\x14\n\x0cmemory_scope\x18\x05 \x01(\t\x12\x13\n\x0bprofile_top\x18\x06 \x01(\x05\x12\x18\n\x10relationship_top\x18\x07 \x01(\x05\x12\x16\n\x0ehistory_window\x18\x08 \x01(\x05\x12\x14\n\x0crecent_turns\x18\t \x03(\t\x12\x0b\n\x03top\x18\n \x01(\x05\"\x89\x02\n\x0eRecallResponse\x12\x32\n\x07profile\x18\x01 \x03(\x0b\x32!.rapport.memory.v1.RecalledMemory\x12\x37\n\x0crelationship\x18\x02 \x03(\x0b\x32!.rapport.memory.v1.RecalledMemory\x12\x32\n\x07summary\x18\x03 \x01(\x0b\x32!.rapport.memory.v1.SessionSummary\x12\x10\n\x08\x65mbed_ms\x18\x04 \x01(\x01\x12\x11\n\tsearch_ms\x18\x05 \x01(\x01\x12\x31\n\x08insights\x18\x06 \x01(\x0e\x32\x1f.rapport.memory.v1.InsightsMode\"\xff\x01\n\x11IngestTurnRequest\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x05 \x01(\t\x12\x18\n\x10reply_message_id\x18\x06 \x01(\t\x12\x11\n\tuser_text\x18\x07 \x01(\t\x12\x12\n\nreply_text\x18\x08 \x01(\t\x12/\n\x0boccurred_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpersona_name\x18\n \x01(\t\"I\n\x12IngestTurnResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x12\n\nmemory_ids\x18\x02 \x03(\t\x12\x0e\n\x06merged\x18\x03 \x01(\x05\"\xa3\x01\n\x13ListMemoriesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\'\n\x05layer\x18\x02 \x01(\x0e\x32\x18.rapport.memory.v1.Layer\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x07 \x01(\t\"X\n\x14ListMemoriesResponse\x12+\n\x08memories\x18\x01 \x03(\x0b\x32\x19.rapport.memory.v1.Memory\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"9\n\x13\x44\x65leteMemoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tmemory_id\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteMemoryResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"(\n\x15\x45xportMemoriesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"C\n\x16\x45xportMemoriesResponse\x12)\n\x06memory\x18\x01 \x01(\x0b\x32\x19.rapport.memory.v1.Memory\"S\n\x15ImportMemoriesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x06memory\x18\x02 \x01(\x0b\x32\x19.rapport.memory.v1.Memory\"K\n\x16ImportMemoriesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x05\x12\x0e\n\x06merged\x18\x02 \x01(\x05\x12\x0f\n\x07skipped\x18\x03 \x01(\x05\"=\n\x15\x44\x65leteUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\")\n\x16\x44\x65leteUserDataResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"[\n\x18SetHiddenMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x1a\n\x12hidden_message_ids\x18\x03 \x03(\t\"4\n\x19SetHiddenMessagesResponse\x12\x17\n\x0fhidden_memories\x18\x01 \x01(\x05\"M\n\x14\x45raseMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"T\n\x15\x45raseMessagesResponse\x12*\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\x19.rapport.memory.v1.Memory\x12\x0f\n\x07updated\x18\x02 \x01(\x05*I\n\x05Layer\x12\x15\n\x11LAYER_UNSPECIFIED\x10\x00\x12\x11\n\rLAYER_PROFILE\x10\x01\x12\x16\n\x12LAYER_RELATIONSHIP\x10\x02*\xe7\x01\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMORY_SCOPE_FULL\x10\x01\x12)\n%MEMORY_SCOPE_NEUTRAL_AND_RELATIONSHIP\x10\x02\x12\"\n\x1eMEMORY_SCOPE_RELATIONSHIP_ONLY\x10\x03\x12\x1d\n\x19MEMORY_SCOPE_NEUTRAL_ONLY\x10\x04\x12\x1e\n\x1aMEMORY_SCOPE_INSIGHTS_ONLY\x10\x05\x12\x15\n\x11MEMORY_SCOPE_NONE\x10\x06*w\n\x0cInsightsMode\x12\x1d\n\x19INSIGHTS_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11INSIGHTS_MODE_OFF\x10\x01\x12\x19\n\x15INSIGHTS_MODE_NEUTRAL\x10\x02\x12\x16\n\x12INSIGHTS_MODE_FULL\x10\x03\x32\x88\x07\n\rMemoryService\x12M\n\x06Recall\x12 .rapport.memory.v1.RecallRequest\x1a!.rapport.memory.v1.RecallResponse\x12Y\n\nIngestTurn\x12$.rapport.memory.v1.IngestTurnRequest\x1a%.rapport.memory.v1.IngestTurnResponse\x12_\n\x0cListMemories\x12&.rapport.memory.v1.ListMemoriesRequest\x1a\'.rapport.memory.v1.ListMemoriesResponse\x12_\n\x0c\x44\x65leteMemory\x12&.rapport.memory.v1.DeleteMemoryRequest\x1a\'.rapport.memory.v1.DeleteMemoryResponse\x12g\n\x0e\x45xportMemories\x12(.rapport.memory.v1.ExportMemoriesRequest\x1a).rapport.memory.v1.ExportMemoriesResponse0\x01\x12g\n\x0eImportMemories\x12(.rapport.memory.v1.ImportMemoriesRequest\x1a).rapport.memory.v1.ImportMemoriesResponse(\x01\x12\x65\n\x0e\x44\x65leteUserData\x12(.rapport.memory.v1.DeleteUserDataRequest\x1a).rapport.memory.v1.DeleteUserDataResponse\x12n\n\x11SetHiddenMessages\x12+.rapport.memory.v1.SetHiddenMessagesRequest\x1a,.rapport.memory.v1.SetHiddenMessagesResponse\x12\x62\n\rEraseMessages\x12\'.rapport.memory.v1.EraseMessagesRequest\x1a(.rapport.memory.v1.EraseMessagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erapport/memory/v1/memory.proto\x12\x11rapport.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x04\n\x06Memory\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\'\n\x05layer\x18\x05 \x01(\x0e\x32\x18.rapport.memory.v1.Layer\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x07 \x01(\t\x12\x12\n\nimportance\x18\x08 \x01(\x01\x12\x1a\n\x12source_message_ids\x18\t \x03(\t\x12/\n\x0boccurred_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crecall_count\x18\r \x01(\x05\x12\x17\n\x0f\x65mbedding_model\x18\x0e \x01(\t\x12)\n\x08metadata\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07speaker\x18\x10 \x01(\t\x12\x13\n\x0b\x65vent_dates\x18\x11 \x03(\t\x12\x17\n\x0fmerged_contents\x18\x12 \x03(\t\x12\x0e\n\x06hidden\x18\x13 \x01(\x08\"\xbc\x02\n\x0eRecalledMemory\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05layer\x18\x02 \x01(\x0e\x32\x18.rapport.memory.v1.Layer\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x14\n\x0cvector_score\x18\x06 \x01(\x01\x12\x12\n\ntext_score\x18\x07 \x01(\x01\x12\x12\n\nimportance\x18\x08 \x01(\x01\x12/\n\x0boccurred_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12source_message_ids\x18\n \x03(\t\x12\x0f\n\x07speaker\x18\x0b \x01(\t\x12\x13\n\x0b\x65vent_dates\x18\x0c \x03(\t\x12\x12\n\nsession_id\x18\r \x01(\t\"\x9e\x01\n\x0eSessionSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x1b\n\x13\x66irst_message_index\x18\x03 \x01(\x05\x12\x1a\n\x12last_message_index\x18\x04 \x01(\x05\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd8\x01\n\rRecallRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12\x14\n\x0cmemory_scope\x18\x05 \x01(\t\x12\x13\n\x0bprofile_top\x18\x06 \x01(\x05\x12\x18\n\x10relationship_top\x18\x07 \x01(\x05\x12\x16\n\x0ehistory_window\x18\x08 \x01(\x05\x12\x14\n\x0crecent_turns\x18\t \x03(\t\x12\x0b\n\x03top\x18\n \x01(\x05\"\x89\x02\n\x0eRecallResponse\x12\x32\n\x07profile\x18\x01 \x03(\x0b\x32!.rapport.memory.v1.RecalledMemory\x12\x37\n\x0crelationship\x18\x02 \x03(\x0b\x32!.rapport.memory.v1.RecalledMemory\x12\x32\n\x07summary\x18\x03 \x01(\x0b\x32!.rapport.memory.v1.SessionSummary\x12\x10\n\x08\x65mbed_ms\x18\x04 \x01(\x01\x12\x11\n\tsearch_ms\x18\x05 \x01(\x01\x12\x31\n\x08insights\x18\x06 \x01(\x0e\x32\x1f.rapport.memory.v1.InsightsMode\"\xff\x01\n\x11IngestTurnRequest\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x05 \x01(\t\x12\x18\n\x10reply_message_id\x18\x06 \x01(\t\x12\x11\n\tuser_text\x18\x07 \x01(\t\x12\x12\n\nreply_text\x18\x08 \x01(\t\x12/\n\x0boccurred_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpersona_name\x18\n \x01(\t\"I\n\x12IngestTurnResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x12\n\nmemory_ids\x18\x02 \x03(\t\x12\x0e\n\x06merged\x18\x03 \x01(\x05\"\xa3\x01\n\x13ListMemoriesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\'\n\x05layer\x18\x02 \x01(\x0e\x32\x18.rapport.memory.v1.Layer\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x07 \x01(\t\"X\n\x14ListMemoriesResponse\x12+\n\x08memories\x18\x01 \x03(\x0b\x32\x19.rapport.memory.v1.Memory\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"9\n\x13\x44\x65leteMemoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tmemory_id\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteMemoryResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"(\n\x15\x45xportMemoriesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"C\n\x16\x45xportMemoriesResponse\x12)\n\x06memory\x18\x01 \x01(\x0b\x32\x19.rapport.memory.v1.Memory\"S\n\x15ImportMemoriesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x06memory\x18\x02 \x01(\x0b\x32\x19.rapport.memory.v1.Memory\"K\n\x16ImportMemoriesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x05\x12\x0e\n\x06merged\x18\x02 \x01(\x05\x12\x0f\n\x07skipped\x18\x03 \x01(\x05\"=\n\x15\x44\x65leteUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\")\n\x16\x44\x65leteUserDataResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"[\n\x18SetHiddenMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x1a\n\x12hidden_message_ids\x18\x03 \x03(\t\"4\n\x19SetHiddenMessagesResponse\x12\x17\n\x0fhidden_memories\x18\x01 \x01(\x05\"M\n\x14\x45raseMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"T\n\x15\x45raseMessagesResponse\x12*\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\x19.rapport.memory.v1.Memory\x12\x0f\n\x07updated\x18\x02 \x01(\x05*I\n\x05Layer\x12\x15\n\x11LAYER_UNSPECIFIED\x10\x00\x12\x11\n\rLAYER_PROFILE\x10\x01\x12\x16\n\x12LAYER_RELATIONSHIP\x10\x02*\xe7\x01\n\x0bMemoryScope\x12\x1c\n\x18MEMORY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMORY_SCOPE_FULL\x10\x01\x12)\n%MEMORY_SCOPE_NEUTRAL_AND_RELATIONSHIP\x10\x02\x12\"\n\x1eMEMORY_SCOPE_RELATIONSHIP_ONLY\x10\x03\x12\x1d\n\x19MEMORY_SCOPE_NEUTRAL_ONLY\x10\x04\x12\x1e\n\x1aMEMORY_SCOPE_INSIGHTS_ONLY\x10\x05\x12\x15\n\x11MEMORY_SCOPE_NONE\x10\x06*w\n\x0cInsightsMode\x12\x1d\n\x19INSIGHTS_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11INSIGHTS_MODE_OFF\x10\x01\x12\x19\n\x15INSIGHTS_MODE_NEUTRAL\x10\x02\x12\x16\n\x12INSIGHTS_MODE_FULL\x10\x03\x32\x88\x07\n\rMemoryService\x12M\n\x06Recall\x12 .rapport.memory.v1.RecallRequest\x1a!.rapport.memory.v1.RecallResponse\x12Y\n\nIngestTurn\x12$.rapport.memory.v1.IngestTurnRequest\x1a%.rapport.memory.v1.IngestTurnResponse\x12_\n\x0cListMemories\x12&.rapport.memory.v1.ListMemoriesRequest\x1a\'.rapport.memory.v1.ListMemoriesResponse\x12_\n\x0c\x44\x65leteMemory\x12&.rapport.memory.v1.DeleteMemoryRequest\x1a\'.rapport.memory.v1.DeleteMemoryResponse\x12g\n\x0e\x45xportMemories\x12(.rapport.memory.v1.ExportMemoriesRequest\x1a).rapport.memory.v1.ExportMemoriesResponse0\x01\x12g\n\x0eImportMemories\x12(.rapport.memory.v1.ImportMemoriesRequest\x1a).rapport.memory.v1.ImportMemoriesResponse(\x01\x12\x65\n\x0e\x44\x65leteUserData\x12(.rapport.memory.v1.DeleteUserDataRequest\x1a).rapport.memory.v1.DeleteUserDataResponse\x12n\n\x11SetHiddenMessages\x12+.rapport.memory.v1.SetHiddenMessagesRequest\x1a,.rapport.memory.v1.SetHiddenMessagesResponse\x12\x62\n\rEraseMessages\x12\'.rapport.memory.v1.EraseMessagesRequest\x1a(.rapport.memory.v1.EraseMessagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rapport.memory.v1.memory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LAYER']._serialized_start=2966
-  _globals['_LAYER']._serialized_end=3039
-  _globals['_MEMORYSCOPE']._serialized_start=3042
-  _globals['_MEMORYSCOPE']._serialized_end=3273
-  _globals['_INSIGHTSMODE']._serialized_start=3275
-  _globals['_INSIGHTSMODE']._serialized_end=3394
+  _globals['_LAYER']._serialized_start=2982
+  _globals['_LAYER']._serialized_end=3055
+  _globals['_MEMORYSCOPE']._serialized_start=3058
+  _globals['_MEMORYSCOPE']._serialized_end=3289
+  _globals['_INSIGHTSMODE']._serialized_start=3291
+  _globals['_INSIGHTSMODE']._serialized_end=3410
   _globals['_MEMORY']._serialized_start=117
-  _globals['_MEMORY']._serialized_end=617
-  _globals['_RECALLEDMEMORY']._serialized_start=620
-  _globals['_RECALLEDMEMORY']._serialized_end=936
-  _globals['_SESSIONSUMMARY']._serialized_start=939
-  _globals['_SESSIONSUMMARY']._serialized_end=1097
-  _globals['_RECALLREQUEST']._serialized_start=1100
-  _globals['_RECALLREQUEST']._serialized_end=1316
-  _globals['_RECALLRESPONSE']._serialized_start=1319
-  _globals['_RECALLRESPONSE']._serialized_end=1584
-  _globals['_INGESTTURNREQUEST']._serialized_start=1587
-  _globals['_INGESTTURNREQUEST']._serialized_end=1842
-  _globals['_INGESTTURNRESPONSE']._serialized_start=1844
-  _globals['_INGESTTURNRESPONSE']._serialized_end=1917
-  _globals['_LISTMEMORIESREQUEST']._serialized_start=1920
-  _globals['_LISTMEMORIESREQUEST']._serialized_end=2083
-  _globals['_LISTMEMORIESRESPONSE']._serialized_start=2085
-  _globals['_LISTMEMORIESRESPONSE']._serialized_end=2173
-  _globals['_DELETEMEMORYREQUEST']._serialized_start=2175
-  _globals['_DELETEMEMORYREQUEST']._serialized_end=2232
-  _globals['_DELETEMEMORYRESPONSE']._serialized_start=2234
-  _globals['_DELETEMEMORYRESPONSE']._serialized_end=2273
-  _globals['_EXPORTMEMORIESREQUEST']._serialized_start=2275
-  _globals['_EXPORTMEMORIESREQUEST']._serialized_end=2315
-  _globals['_EXPORTMEMORIESRESPONSE']._serialized_start=2317
-  _globals['_EXPORTMEMORIESRESPONSE']._serialized_end=2384
-  _globals['_IMPORTMEMORIESREQUEST']._serialized_start=2386
-  _globals['_IMPORTMEMORIESREQUEST']._serialized_end=2469
-  _globals['_IMPORTMEMORIESRESPONSE']._serialized_start=2471
-  _globals['_IMPORTMEMORIESRESPONSE']._serialized_end=2546
-  _globals['_DELETEUSERDATAREQUEST']._serialized_start=2548
-  _globals['_DELETEUSERDATAREQUEST']._serialized_end=2609
-  _globals['_DELETEUSERDATARESPONSE']._serialized_start=2611
-  _globals['_DELETEUSERDATARESPONSE']._serialized_end=2652
-  _globals['_SETHIDDENMESSAGESREQUEST']._serialized_start=2654
-  _globals['_SETHIDDENMESSAGESREQUEST']._serialized_end=2745
-  _globals['_SETHIDDENMESSAGESRESPONSE']._serialized_start=2747
-  _globals['_SETHIDDENMESSAGESRESPONSE']._serialized_end=2799
-  _globals['_ERASEMESSAGESREQUEST']._serialized_start=2801
-  _globals['_ERASEMESSAGESREQUEST']._serialized_end=2878
-  _globals['_ERASEMESSAGESRESPONSE']._serialized_start=2880
-  _globals['_ERASEMESSAGESRESPONSE']._serialized_end=2964
-  _globals['_MEMORYSERVICE']._serialized_start=3397
-  _globals['_MEMORYSERVICE']._serialized_end=4301
+  _globals['_MEMORY']._serialized_end=633
+  _globals['_RECALLEDMEMORY']._serialized_start=636
+  _globals['_RECALLEDMEMORY']._serialized_end=952
+  _globals['_SESSIONSUMMARY']._serialized_start=955
+  _globals['_SESSIONSUMMARY']._serialized_end=1113
+  _globals['_RECALLREQUEST']._serialized_start=1116
+  _globals['_RECALLREQUEST']._serialized_end=1332
+  _globals['_RECALLRESPONSE']._serialized_start=1335
+  _globals['_RECALLRESPONSE']._serialized_end=1600
+  _globals['_INGESTTURNREQUEST']._serialized_start=1603
+  _globals['_INGESTTURNREQUEST']._serialized_end=1858
+  _globals['_INGESTTURNRESPONSE']._serialized_start=1860
+  _globals['_INGESTTURNRESPONSE']._serialized_end=1933
+  _globals['_LISTMEMORIESREQUEST']._serialized_start=1936
+  _globals['_LISTMEMORIESREQUEST']._serialized_end=2099
+  _globals['_LISTMEMORIESRESPONSE']._serialized_start=2101
+  _globals['_LISTMEMORIESRESPONSE']._serialized_end=2189
+  _globals['_DELETEMEMORYREQUEST']._serialized_start=2191
+  _globals['_DELETEMEMORYREQUEST']._serialized_end=2248
+  _globals['_DELETEMEMORYRESPONSE']._serialized_start=2250
+  _globals['_DELETEMEMORYRESPONSE']._serialized_end=2289
+  _globals['_EXPORTMEMORIESREQUEST']._serialized_start=2291
+  _globals['_EXPORTMEMORIESREQUEST']._serialized_end=2331
+  _globals['_EXPORTMEMORIESRESPONSE']._serialized_start=2333
+  _globals['_EXPORTMEMORIESRESPONSE']._serialized_end=2400
+  _globals['_IMPORTMEMORIESREQUEST']._serialized_start=2402
+  _globals['_IMPORTMEMORIESREQUEST']._serialized_end=2485
+  _globals['_IMPORTMEMORIESRESPONSE']._serialized_start=2487
+  _globals['_IMPORTMEMORIESRESPONSE']._serialized_end=2562
+  _globals['_DELETEUSERDATAREQUEST']._serialized_start=2564
+  _globals['_DELETEUSERDATAREQUEST']._serialized_end=2625
+  _globals['_DELETEUSERDATARESPONSE']._serialized_start=2627
+  _globals['_DELETEUSERDATARESPONSE']._serialized_end=2668
+  _globals['_SETHIDDENMESSAGESREQUEST']._serialized_start=2670
+  _globals['_SETHIDDENMESSAGESREQUEST']._serialized_end=2761
+  _globals['_SETHIDDENMESSAGESRESPONSE']._serialized_start=2763
+  _globals['_SETHIDDENMESSAGESRESPONSE']._serialized_end=2815
+  _globals['_ERASEMESSAGESREQUEST']._serialized_start=2817
+  _globals['_ERASEMESSAGESREQUEST']._serialized_end=2894
+  _globals['_ERASEMESSAGESRESPONSE']._serialized_start=2896
+  _globals['_ERASEMESSAGESRESPONSE']._serialized_end=2980
+  _globals['_MEMORYSERVICE']._serialized_start=3413
+  _globals['_MEMORYSERVICE']._serialized_end=4317
 # @@protoc_insertion_point(module_scope)

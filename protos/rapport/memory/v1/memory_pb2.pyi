@@ -111,6 +111,7 @@ class Memory(_message.Message):
     SPEAKER_FIELD_NUMBER: _builtins.int
     EVENT_DATES_FIELD_NUMBER: _builtins.int
     MERGED_CONTENTS_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     user_id: _builtins.str
     instance_id: _builtins.str
@@ -123,6 +124,10 @@ class Memory(_message.Message):
     embedding_model: _builtins.str
     speaker: _builtins.str
     """Who said what the memory remembers: "user", "persona" or "both" (a plan, a shared laugh)."""
+    hidden: _builtins.bool
+    """Every source message of this memory is off the active branch of its conversation (SetHiddenMessages):
+    it is not recalled until one of them is on the active branch again. Still the user's data (listed, exported).
+    """
     @_builtins.property
     def source_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -164,10 +169,11 @@ class Memory(_message.Message):
         speaker: _builtins.str = ...,
         event_dates: _abc.Iterable[_builtins.str] | None = ...,
         merged_contents: _abc.Iterable[_builtins.str] | None = ...,
+        hidden: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "metadata", b"metadata", "occurred_at", b"occurred_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "created_at", b"created_at", "embedding_model", b"embedding_model", "event_dates", b"event_dates", "id", b"id", "importance", b"importance", "instance_id", b"instance_id", "layer", b"layer", "merged_contents", b"merged_contents", "metadata", b"metadata", "occurred_at", b"occurred_at", "recall_count", b"recall_count", "session_id", b"session_id", "source_message_ids", b"source_message_ids", "speaker", b"speaker", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "content", b"content", "created_at", b"created_at", "embedding_model", b"embedding_model", "event_dates", b"event_dates", "hidden", b"hidden", "id", b"id", "importance", b"importance", "instance_id", b"instance_id", "layer", b"layer", "merged_contents", b"merged_contents", "metadata", b"metadata", "occurred_at", b"occurred_at", "recall_count", b"recall_count", "session_id", b"session_id", "source_message_ids", b"source_message_ids", "speaker", b"speaker", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
