@@ -411,13 +411,15 @@ class ChatCompletions:
 async def continued_session(
     conn: asyncpg.Connection, instance_id: uuid.UUID, transcript: ClientTranscript
 ) -> uuid.UUID | None:
-    """A fingerprinted session this transcript continues although its fingerprint changed: a client that
-    trims its oldest messages to fit its context no longer sends the first user message. The most recently
-    active fingerprinted session of the instance that holds the client's first user message."""
+    """A fingerprinted session this transcript continues although its fingerprint changed: a client that trims
+    its oldest messages no longer sends the first user message, and one whose user fixed a typo in it sends
+    another. The most recently active fingerprinted session of the instance holding the client's first user
+    message or one of the character's replies it sends (Rapport wrote those: they name the conversation)."""
     first_user = next((m.content for m in transcript.chat if m.role == "user"), "")
     if len(transcript.chat) < CONTINUATION_MIN_MESSAGES or not first_user:
         return None
-    return await sessions.fingerprinted_session_holding(conn, instance_id, normalized(first_user))
+    replies = [normalized(m.content) for m in transcript.chat if m.role == "assistant" and m.content.strip()]
+    return await sessions.fingerprinted_session_holding(conn, instance_id, [normalized(first_user), *replies])
 
 
 async def refuse_while_generating(conn: asyncpg.Connection, session_id: uuid.UUID, except_turn: str = "") -> None:

@@ -81,16 +81,17 @@ async def create_client_session(conn: Conn, user_id: uuid.UUID, instance_id: uui
     )
 
 
-async def fingerprinted_session_holding(conn: Conn, instance_id: uuid.UUID, first_user: str) -> uuid.UUID | None:
-    """The most recently active fingerprinted session of the instance that holds this (normalized) user message."""
+async def fingerprinted_session_holding(conn: Conn, instance_id: uuid.UUID, texts: Sequence[str]) -> uuid.UUID | None:
+    """The most recently active fingerprinted session of the instance that holds one of these (normalized)
+    chat messages."""
     return await conn.fetchval(  # type: ignore[no-any-return]
         r"""SELECT s.id FROM chat.sessions s
             WHERE s.instance_id = $1 AND s.client_key LIKE 'fingerprint:%' AND EXISTS (
-                SELECT 1 FROM chat.messages m WHERE m.session_id = s.id AND m.role = 'user'
-                AND regexp_replace(btrim(m.content), '\s+', ' ', 'g') = $2)
+                SELECT 1 FROM chat.messages m WHERE m.session_id = s.id AND m.role IN ('user', 'assistant')
+                AND m.deleted_at IS NULL AND regexp_replace(btrim(m.content), '\s+', ' ', 'g') = ANY($2::text[]))
             ORDER BY s.last_active_at DESC LIMIT 1""",
         instance_id,
-        first_user,
+        list(texts),
     )
 
 
