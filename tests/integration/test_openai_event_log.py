@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the `harness` fixture is imported, then requested by name)
 """SillyTavern's three data-losing scenarios (issue 10), replayed through `/v1` with the real `openai` client:
 every earlier message id of every chat survives (ids, not counts)."""
 
