@@ -29,7 +29,12 @@ from services.servicekit.config import ConfigError, Env, rapport_home
 from services.servicekit.service import serve_forever
 
 CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = {"recall": "tools.bench.recall", "turn": "tools.bench.turn", "memory": "tools.bench.memory"}
+BENCHMARKS = {
+    "recall": "tools.bench.recall",
+    "turn": "tools.bench.turn",
+    "memory": "tools.bench.memory",
+    "event-log": "tools.bench.event_log",
+}
 OTHER_PROCESSES = (registry.GATEWAY, "offline-llm")  # what `rapport serve` runs besides the gRPC services
 
 

@@ -43,8 +43,14 @@ class LoadedConversation:
 
 async def load(conn: asyncpg.Connection | asyncpg.Pool, session_id: uuid.UUID) -> LoadedConversation:
     conversation = Conversation()
+    turn_of_message: dict[str, str] = {}
+    gift_events: dict[str, str] = {}
     for node in await conversations.session_tree(conn, session_id):
         conversation.nodes[node.id] = Node(node.id, node.parent_id, node.role, node.kind, node.deleted)
+        if node.role == "assistant" and node.turn_id:
+            turn_of_message[node.id] = node.turn_id
+        elif node.kind == "gift" and node.gift_event:
+            gift_events[node.id] = node.gift_event
     active = await conversations.active_branch(conn, session_id)
     for branch in await conversations.list_branches(conn, session_id):
         conversation.heads[str(branch.id)] = branch.head_id
@@ -55,14 +61,7 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool, session_id: uuid.UUID) -
         turns_by_message.setdefault(turn.user_message_id, []).append(turn.turn_id)
         if turn.status == "running":
             running.add(turn.turn_id)
-    produced = await conversations.produced_links(conn, session_id)
-    return LoadedConversation(
-        conversation,
-        turns_by_message,
-        {p.message_id: p.turn_id for p in produced if p.turn_id and p.kind != "gift"},
-        {p.message_id: p.gift_event for p in produced if p.kind == "gift" and p.gift_event},
-        running,
-    )
+    return LoadedConversation(conversation, turns_by_message, turn_of_message, gift_events, running)
 
 
 def affinity_refs(loaded: LoadedConversation, path: list[Node]) -> list[affinity_pb2.AffinityEventRef]:
@@ -131,11 +130,20 @@ def branch_state_jobs(loaded: LoadedConversation, session: SessionRow) -> list[O
     ]
 
 
-async def follow_active_branch(conn: asyncpg.Connection, session: SessionRow, event_id: str) -> None:
-    """Recount the session on its active branch and queue the peers' state for it (keyed by the event that
-    changed the branch), in the caller's transaction."""
-    await conversations.recount_session(conn, session.id)
-    loaded = await load(conn, session.id)
+async def follow_active_branch(
+    conn: asyncpg.Connection, session: SessionRow, event_id: str, loaded: LoadedConversation | None = None
+) -> None:
+    """Count the session on its active branch and queue the peers' state for it (keyed by the event that
+    changed the branch), in the caller's transaction. `loaded`: the conversation as it is now, when the caller
+    has it (else it is read)."""
+    loaded = loaded or await load(conn, session.id)
+    shown = loaded.conversation.history()
+    await conversations.set_counts(
+        conn,
+        session.id,
+        messages=sum(1 for n in shown if n.kind == "chat" and n.role in ("user", "assistant")),
+        user_messages=sum(1 for n in shown if n.role == "user"),
+    )
     await outbox.insert_jobs(
         conn,
         turn_id=event_id,
@@ -229,7 +237,8 @@ async def activate_branch(pool: asyncpg.Pool, session: SessionRow, branch_id: st
             actor="user",
             branch_id=wanted,
         )
-        await follow_active_branch(conn, session, event_id)
+        loaded.conversation.active = str(wanted)  # the only change: no need to read the tree again
+        await follow_active_branch(conn, session, event_id, loaded)
     return branch_id
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from .rows import ApiKeyInfo, Conn, row_to
+from .rows import ApiKeyInfo, Conn, row_to, rows_to
 
 _COLUMNS = "id, user_id, name, prefix, created_at, last_used_at, revoked_at"
 
@@ -23,7 +23,7 @@ async def insert_api_key(conn: Conn, user_id: uuid.UUID, name: str, prefix: str,
 
 async def list_api_keys(conn: Conn, user_id: uuid.UUID) -> list[ApiKeyInfo]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM chat.api_keys WHERE user_id = $1 ORDER BY created_at, id", user_id)
-    return [row_to(ApiKeyInfo, row) for row in rows]
+    return rows_to(ApiKeyInfo, rows)
 
 
 async def revoke_api_key(conn: Conn, key_id: uuid.UUID) -> ApiKeyInfo | None:

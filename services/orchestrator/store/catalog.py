@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from .rows import Conn, InstanceRow, PersonaRow, row_to
+from .rows import Conn, InstanceRow, PersonaRow, row_to, rows_to
 
 _PERSONA_COLUMNS = "id, name, system_prompt, tip_personality, art_metadata, card, source"
 
@@ -42,7 +42,7 @@ async def upsert_persona(
 
 async def list_personas(conn: Conn) -> list[PersonaRow]:
     rows = await conn.fetch(f"SELECT {_PERSONA_COLUMNS} FROM chat.personas ORDER BY name")
-    return [row_to(PersonaRow, row) for row in rows]
+    return rows_to(PersonaRow, rows)
 
 
 async def get_persona(conn: Conn, persona_id: uuid.UUID) -> PersonaRow | None:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from . import new_message_id
-from .rows import BranchRow, Conn, EventRow, MessageRow, ProducedLink, TreeNode, TurnLink, row_to
+from .rows import BranchRow, Conn, EventRow, MessageRow, TreeNode, TurnLink, row_to, rows_to
 
 _MESSAGE_COLUMNS = "id, role, kind, content, sent_at, client_msg_id, parent_id, deleted_at, turn_id, model"
 
@@ -51,7 +51,7 @@ async def events_page(conn: Conn, session_id: uuid.UUID, after_seq: int, limit: 
         after_seq,
         limit,
     )
-    return [row_to(EventRow, row) for row in rows]
+    return rows_to(EventRow, rows)
 
 
 async def all_events(conn: Conn, session_id: uuid.UUID) -> list[EventRow]:
@@ -60,7 +60,7 @@ async def all_events(conn: Conn, session_id: uuid.UUID) -> list[EventRow]:
         "WHERE session_id = $1 ORDER BY seq",
         session_id,
     )
-    return [row_to(EventRow, row) for row in rows]
+    return rows_to(EventRow, rows)
 
 
 # -- branches ---------------------------------------------------------------------------------------
@@ -92,13 +92,18 @@ async def active_branch(conn: Conn, session_id: uuid.UUID, *, lock: bool = False
     )
     if row is not None:
         return row_to(BranchRow, row)  # type: ignore[no-any-return]
-    branch_id = await create_branch(conn, session_id, None, None)
-    await conn.execute(
-        "UPDATE chat.sessions SET active_branch_id = $2 WHERE id = $1 AND active_branch_id IS NULL",
-        session_id,
-        branch_id,
-    )
+    # A session is created with its first branch (`first_branch`); this only repairs one that has none.
+    await conn.execute("SELECT 1 FROM chat.sessions WHERE id = $1 FOR UPDATE", session_id)
+    if await conn.fetchval("SELECT active_branch_id FROM chat.sessions WHERE id = $1", session_id) is None:
+        await first_branch(conn, session_id)
     return await active_branch(conn, session_id, lock=lock)
+
+
+async def first_branch(conn: Conn, session_id: uuid.UUID) -> uuid.UUID:
+    """A new session's branch, empty and active."""
+    branch_id = await create_branch(conn, session_id, None, None)
+    await conn.execute("UPDATE chat.sessions SET active_branch_id = $2 WHERE id = $1", session_id, branch_id)
+    return branch_id
 
 
 async def list_branches(conn: Conn, session_id: uuid.UUID) -> list[BranchRow]:
@@ -107,7 +112,7 @@ async def list_branches(conn: Conn, session_id: uuid.UUID) -> list[BranchRow]:
         "ORDER BY created_at, id",
         session_id,
     )
-    return [row_to(BranchRow, row) for row in rows]
+    return rows_to(BranchRow, rows)
 
 
 async def set_head(conn: Conn, branch_id: uuid.UUID, head_id: str | None) -> None:
@@ -145,17 +150,18 @@ async def path_to(conn: Conn, head_id: str | None, *, max_depth: int | None = No
         head_id,
         max_depth,
     )
-    return [row_to(MessageRow, row) for row in rows]
+    return rows_to(MessageRow, rows)
 
 
 async def session_tree(conn: Conn, session_id: uuid.UUID) -> list[TreeNode]:
     """Every message of the session with its parent (the shape of the tree, no text)."""
     rows = await conn.fetch(
-        "SELECT id, parent_id, role, kind, deleted_at IS NOT NULL AS deleted, turn_id FROM chat.messages "
+        "SELECT id, parent_id, role, kind, deleted_at IS NOT NULL AS deleted, turn_id, "
+        "CASE WHEN kind = 'gift' THEN usage->>'affinity_event_id' END AS gift_event FROM chat.messages "
         "WHERE session_id = $1 ORDER BY id",
         session_id,
     )
-    return [row_to(TreeNode, row) for row in rows]
+    return rows_to(TreeNode, rows)
 
 
 async def children_of(conn: Conn, session_id: uuid.UUID, parent_ids: Sequence[str]) -> list[TreeNode]:
@@ -165,7 +171,7 @@ async def children_of(conn: Conn, session_id: uuid.UUID, parent_ids: Sequence[st
         session_id,
         list(parent_ids),
     )
-    return [row_to(TreeNode, row) for row in rows]
+    return rows_to(TreeNode, rows)
 
 
 async def erase_messages(conn: asyncpg.Connection, session_id: uuid.UUID, message_ids: Sequence[str]) -> None:
@@ -223,6 +229,15 @@ async def count_history(conn: Conn, head_id: str | None) -> tuple[int, int]:
     return int(row["messages"]), int(row["user_messages"])
 
 
+async def set_counts(conn: Conn, session_id: uuid.UUID, *, messages: int, user_messages: int) -> None:
+    await conn.execute(
+        "UPDATE chat.sessions SET message_count = $2, user_message_count = $3, last_active_at = now() WHERE id = $1",
+        session_id,
+        messages,
+        user_messages,
+    )
+
+
 async def recount_session(conn: Conn, session_id: uuid.UUID) -> None:
     """The session's counters are those of its active branch."""
     branch = await active_branch(conn, session_id)
@@ -240,17 +255,7 @@ async def turn_links(conn: Conn, session_id: uuid.UUID) -> list[TurnLink]:
     rows = await conn.fetch(
         "SELECT id AS turn_id, user_message_id, status FROM chat.turns WHERE session_id = $1 ORDER BY id", session_id
     )
-    return [row_to(TurnLink, row) for row in rows]
-
-
-async def produced_links(conn: Conn, session_id: uuid.UUID) -> list[ProducedLink]:
-    """The session's replies and gifts: the turn that produced each reply, the affinity event of each gift."""
-    rows = await conn.fetch(
-        "SELECT id AS message_id, turn_id, kind, usage->>'affinity_event_id' AS gift_event FROM chat.messages "
-        "WHERE session_id = $1 AND (role = 'assistant' OR kind = 'gift')",
-        session_id,
-    )
-    return [row_to(ProducedLink, row) for row in rows]
+    return rows_to(TurnLink, rows)
 
 
 async def branch_made_by_request(conn: Conn, session_id: uuid.UUID, client_request_id: str) -> uuid.UUID | None:

@@ -13,7 +13,7 @@ import asyncpg
 from google.protobuf.message import Message
 
 from . import conversations
-from .rows import Conn, row_to
+from .rows import Conn, rows_to
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ async def claim(conn: Conn, batch_size: int, lease_seconds: float) -> list[Claim
         batch_size,
         lease_seconds,
     )
-    return [row_to(ClaimedJob, row) for row in rows]
+    return rows_to(ClaimedJob, rows)
 
 
 async def mark_done(pool: asyncpg.Pool, job: ClaimedJob, effects: dict[str, Any] | None = None) -> float:
@@ -140,7 +140,7 @@ async def list_jobs(conn: Conn, status: str, limit: int = 50) -> list[JobListing
         status,
         limit,
     )
-    return [row_to(JobListing, row) for row in rows]
+    return rows_to(JobListing, rows)
 
 
 async def retry_dead(conn: Conn) -> int:

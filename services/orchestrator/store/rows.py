@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,6 +84,7 @@ class TreeNode:
     kind: str
     deleted: bool
     turn_id: str | None = None
+    gift_event: str | None = None  # a gift's affinity event
 
 
 @dataclass(frozen=True)
@@ -90,14 +92,6 @@ class TurnLink:
     turn_id: str
     user_message_id: str
     status: str
-
-
-@dataclass(frozen=True)
-class ProducedLink:
-    message_id: str
-    turn_id: str | None
-    kind: str
-    gift_event: str | None
 
 
 @dataclass(frozen=True)
@@ -172,5 +166,18 @@ def row_to(cls: type, record: asyncpg.Record | None) -> Any:
     """A record as a row dataclass, taking only the dataclass's fields (None stays None)."""
     if record is None:
         return None
-    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
-    return cls(**{name: record[name] for name in names if name in record.keys()})
+    return cls(**{name: record[name] for name in _shared_fields(cls, tuple(record.keys()))})
+
+
+def rows_to(cls: type, records: list[asyncpg.Record]) -> list[Any]:
+    """Many records of one query as row dataclasses."""
+    if not records:
+        return []
+    names = _shared_fields(cls, tuple(records[0].keys()))
+    return [cls(**{name: record[name] for name in names}) for record in records]
+
+
+@functools.cache
+def _shared_fields(cls: type, columns: tuple[str, ...]) -> tuple[str, ...]:
+    present = set(columns)
+    return tuple(name for name in cls.__dataclass_fields__ if name in present)  # type: ignore[attr-defined]

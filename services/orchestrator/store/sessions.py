@@ -11,7 +11,7 @@ import asyncpg
 from ulid import ULID
 
 from . import conversations, new_message_id
-from .rows import Conn, MessageRow, SessionListing, SessionRow, row_to
+from .rows import Conn, MessageRow, SessionListing, SessionRow, row_to, rows_to
 
 _SESSION_SELECT = """
     SELECT s.id, s.user_id, s.instance_id, i.persona_id, p.name AS persona_name, s.is_demo, s.message_count,
@@ -32,12 +32,15 @@ async def latest_session(conn: Conn, instance_id: uuid.UUID) -> uuid.UUID | None
 
 
 async def create_session(conn: Conn, user_id: uuid.UUID, instance_id: uuid.UUID, is_demo: bool) -> uuid.UUID:
-    return await conn.fetchval(  # type: ignore[no-any-return]
+    """A new session with its first (empty, active) branch; call it in a transaction."""
+    session_id: uuid.UUID = await conn.fetchval(
         "INSERT INTO chat.sessions (user_id, instance_id, is_demo) VALUES ($1, $2, $3) RETURNING id",
         user_id,
         instance_id,
         is_demo,
     )
+    await conversations.first_branch(conn, session_id)
+    return session_id
 
 
 async def delete_session(conn: Conn, session_id: uuid.UUID) -> None:
@@ -54,7 +57,7 @@ async def list_sessions(conn: Conn, user_id: uuid.UUID, limit: int) -> list[Sess
         user_id,
         limit,
     )
-    return [row_to(SessionListing, row) for row in rows]
+    return rows_to(SessionListing, rows)
 
 
 async def touch_session(conn: Conn, session_id: uuid.UUID) -> None:
@@ -71,14 +74,18 @@ async def session_by_client_key(conn: Conn, instance_id: uuid.UUID, key: str) ->
 
 
 async def create_client_session(conn: Conn, user_id: uuid.UUID, instance_id: uuid.UUID, key: str) -> uuid.UUID | None:
-    """A session named by the client's conversation key; None when a concurrent request created it first."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
+    """A session named by the client's conversation key, with its first branch; None when a concurrent request
+    created it first."""
+    session_id: uuid.UUID | None = await conn.fetchval(
         """INSERT INTO chat.sessions (user_id, instance_id, client_key) VALUES ($1, $2, $3)
            ON CONFLICT (instance_id, client_key) WHERE client_key IS NOT NULL DO NOTHING RETURNING id""",
         user_id,
         instance_id,
         key,
     )
+    if session_id is not None:
+        await conversations.first_branch(conn, session_id)
+    return session_id
 
 
 async def fingerprinted_session_holding(conn: Conn, instance_id: uuid.UUID, texts: Sequence[str]) -> uuid.UUID | None:

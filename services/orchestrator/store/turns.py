@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from . import conversations, new_message_id, outbox
-from .rows import AssistantMessage, BranchRow, Conn, TurnAttempt, TurnRow, row_to
+from .rows import AssistantMessage, BranchRow, Conn, TurnAttempt, TurnRow, row_to, rows_to
 
 _TURN_COLUMNS = (
     "id, session_id, user_id, client_msg_id, user_message_id, status, frames, explain, error, started_at, "
@@ -373,7 +373,7 @@ async def turns_answering(conn: Conn, session_id: uuid.UUID, user_message_id: st
         session_id,
         user_message_id,
     )
-    return [row_to(TurnAttempt, row) for row in rows]
+    return rows_to(TurnAttempt, rows)
 
 
 async def other_turn_running(conn: Conn, session_id: uuid.UUID, except_turn: str = "") -> bool:
