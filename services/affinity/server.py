@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +25,6 @@ from rapport.affinity.v1 import affinity_pb2_grpc as pb_grpc
 from services.affinity import store
 from services.affinity.domain import (
     AXES,
-    AffinityScopeError,
     AffinityVector,
     GhostPolicy,
     ReplayEvent,
@@ -38,7 +37,6 @@ from services.affinity.domain import (
     feelings_lines,
     judge_ghost_allowed,
     length_guidance,
-    parse_affinity_scope,
     project_branch,
     prompt_lines,
     record_ghost,
@@ -54,6 +52,7 @@ from services.affinity.evaluator import (
     should_skip,
 )
 from services.affinity.watch import AffinityChanges, Resync
+from services.contracts.scopes import AffinityScopeError, parse_affinity_scope
 from services.servicekit.config import Env
 from services.servicekit.cpu_work import run_cpu_bound
 from services.servicekit.grpc_errors import (
@@ -539,7 +538,9 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
                     continue  # already reflected in what this subscriber was sent
                 seen = item.state.version
                 yield pb.WatchAffinityResponse(
-                    state=state_message(item.state), kind=EVENT_KINDS.get(item.kind, 0), event_id=item.event_id
+                    state=state_message(item.state),
+                    kind=EVENT_KINDS.get(item.kind, pb.EVENT_KIND_UNSPECIFIED),
+                    event_id=item.event_id,
                 )
 
     @maps_errors
@@ -595,7 +596,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     llm = llm_for_task(ctx.env, "affinity_evaluation")
     changes = AffinityChanges(ctx.settings.database_url)
     servicer = AffinityServicer(ctx.pool, settings, changes, LlmEvaluator(llm) if llm is not None else None)
-    on_stop = [llm.client.close] if llm is not None else []
+    on_stop: list[Callable[[], Awaitable[None]]] = [llm.client.close] if llm is not None else []
     return ServiceParts(
         register=[lambda server: pb_grpc.add_AffinityServiceServicer_to_server(servicer, server)],
         service_names=[pb.DESCRIPTOR.services_by_name["AffinityService"].full_name],

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import asyncpg
 
@@ -26,7 +26,7 @@ from services.servicekit.grpc_errors import InvalidArgument, NotFound, Permissio
 CHANGES_CHANNEL = "affinity_changes"
 EVENT_KINDS = ("message", "ghost", "gift")
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ class LockedSession:
         """`excluded` or `erased` when the turn is not on the session's active branch, else None."""
         if turn_id is None:
             return None
-        return await self.conn.fetchval(
+        return await self.conn.fetchval(  # type: ignore[no-any-return]
             """SELECT CASE WHEN $2 = ANY(erased) THEN 'erased' WHEN $2 = ANY(excluded) THEN 'excluded' END
                FROM affinity.off_branch_turns WHERE session_id = $1""",
             self.state.session_id,
@@ -387,7 +387,7 @@ async def list_events(
 ) -> list[asyncpg.Record]:
     """Events of a session (optionally of one kind), newest first unless `oldest_first`."""
     order = "ASC" if oldest_first else "DESC"
-    return await db.fetch(
+    return await db.fetch(  # type: ignore[no-any-return]
         f"""SELECT * FROM affinity.events WHERE session_id = $1 AND ($2::text IS NULL OR kind = $2)
             ORDER BY seq {order} LIMIT $3""",
         session_id,
@@ -446,7 +446,7 @@ async def _named_events(
     event_ids = [ref.event_id for ref in refs if ref.event_id is not None]
     if not turn_ids and not event_ids:
         return []
-    return await conn.fetch(
+    return await conn.fetch(  # type: ignore[no-any-return]
         f"""SELECT id, kind, turn_id, created_at, {_DELTA_COLUMNS} FROM affinity.events
             WHERE session_id = $1 AND {_NAMED_EVENTS} ORDER BY seq""",
         session_id,

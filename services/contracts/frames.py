@@ -10,13 +10,13 @@ tier, retries, degraded, trace_id}, error {code, retryable, message, user_messag
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from google.protobuf.json_format import MessageToDict
 
 from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 
-Frame = pb.SendMessageResponse
+Frame: TypeAlias = pb.SendMessageResponse
 FRAME_TYPES = ("meta", "delta", "done", "final", "error")
 
 

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 from services.contracts.scopes import (  # noqa: F401 (memory's callers know the names here)
     DEFAULT_MEMORY_SCOPE,
@@ -538,8 +538,11 @@ def parse_extraction(answer: str) -> list[CandidateMemory]:
             raise ExtractionFormatError(f"{where}.category and .layer must be strings")
         try:
             candidate = CandidateMemory(
-                _collapse_whitespace(content), item["category"], float(importance), item["layer"]
-            )  # type: ignore[arg-type]
+                _collapse_whitespace(content),
+                cast(Category, item["category"]),  # CandidateMemory checks it
+                float(importance),
+                cast(Layer, item["layer"]),
+            )
         except ValueError as error:
             raise ExtractionFormatError(f"{where}: {error}") from None
         found.setdefault(normalize_for_dedup(candidate.content), candidate)

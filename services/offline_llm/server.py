@@ -45,7 +45,7 @@ def build_llm_app(mode: Literal["offline", "script"] = "offline", script: Any = 
     if mode == "offline":
         return openai_compatible_app(answer_offline, lambda: [OFFLINE_MODEL_ID])
     if mode == "script":
-        return _llm_stub().build_scripted_app(script)
+        return _llm_stub().build_scripted_app(script)  # type: ignore[no-any-return]
     raise ValueError(f"mode must be 'offline' or 'script', got {mode!r}")
 
 

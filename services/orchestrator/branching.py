@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import grpc
@@ -325,7 +326,7 @@ async def delete_message(
             message_id=message_id,
             data={"message_ids": erased},
         )
-        common = {"user_id": str(session.user_id)}
+        common: dict[str, Any] = {"user_id": str(session.user_id)}
         await outbox.insert_jobs(
             conn,
             turn_id=event_id,

@@ -36,8 +36,12 @@ class FrameLog:
     async def follow(self) -> AsyncIterator[Frame]:
         index = 0
         while True:
+
+            def more(seen: int = index) -> bool:
+                return seen < len(self.frames) or self.closed
+
             async with self._changed:
-                await self._changed.wait_for(lambda seen=index: seen < len(self.frames) or self.closed)
+                await self._changed.wait_for(more)
                 pending = self.frames[index:]
                 finished = self.closed
             for frame in pending:

@@ -52,7 +52,7 @@ METRICS = OutboxMetrics()
 
 def backoff_seconds(attempts: int, base: float = 0.5, cap: float = 300.0) -> float:
     """Delay before attempt `attempts + 1`: base·2^(attempts−1), capped."""
-    return min(cap, base * (2 ** max(0, attempts - 1)))
+    return float(min(cap, base * (2 ** max(0, attempts - 1))))
 
 
 def current_trace_context() -> dict[str, str]:

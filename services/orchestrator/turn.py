@@ -340,7 +340,8 @@ class TurnEngine:
             filter_prompt, brief, [(m.role, m.content) for m in recent], banded, signals, turn.request.content
         )
         run_id = new_message_id()
-        text, usage, model, status = "", {}, "", "ok"
+        usage: dict[str, Any] = {}
+        text, model, status = "", "", "ok"
         try:
             text, usage, model = await self.judge.complete(messages, json_mode=True)
             verdict, status = pde.parse_judge_output(text)
@@ -640,7 +641,7 @@ def post_process_jobs(
 ) -> list[OutboxJob]:
     """A turn's effects after the reply, as outbox jobs: affinity (the turn's deltas, and the end of a ghost
     streak: a reply was served), memory and insight. Also used for messages a client's transcript brought in."""
-    common = {"turn_id": turn_id, "user_id": str(session.user_id), "session_id": str(session.id)}
+    common: dict[str, Any] = {"turn_id": turn_id, "user_id": str(session.user_id), "session_id": str(session.id)}
     affinity = affinity_pb2.ApplyTurnRequest(
         **common, persona_name=session.persona_name, user_text=user_text, reply_text=reply_text
     )

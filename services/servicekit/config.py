@@ -6,6 +6,7 @@ variable and the expected form (STYLE 6: fail fast on configuration).
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,26 +27,28 @@ class ConfigError(SystemExit):
 class Env:
     """Typed, validated reads from an environment mapping (os.environ by default)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[builtins.str, builtins.str] | None = None) -> None:
         self.environ = os.environ if environ is None else environ
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: builtins.str) -> builtins.str | None:
         value = self.environ.get(name)
         if value is None or value.strip() == "":
             return None
         return value.strip()
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def str(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
         value = self.raw(name)
         return default if value is None else value
 
-    def required(self, name: str, expected: str = "set") -> str:
+    def required(self, name: builtins.str, expected: builtins.str = "set") -> builtins.str:
         value = self.raw(name)
         if value is None:
             raise ConfigError(name, expected)
         return value
 
-    def int(self, name: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, lo: builtins.int | None = None, hi: builtins.int | None = None
+    ) -> builtins.int:
         value = self.raw(name)
         if value is None:
             return default
@@ -57,7 +60,13 @@ class Env:
             raise ConfigError(name, f"an integer{_range(lo, hi)}", value)
         return parsed
 
-    def float(self, name: str, default: float, lo: float | None = None, hi: float | None = None) -> float:
+    def float(
+        self,
+        name: builtins.str,
+        default: builtins.float,
+        lo: builtins.float | None = None,
+        hi: builtins.float | None = None,
+    ) -> builtins.float:
         value = self.raw(name)
         if value is None:
             return default
@@ -69,7 +78,7 @@ class Env:
             raise ConfigError(name, f"a number{_range(lo, hi)}", value)
         return parsed
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
         value = self.raw(name)
         if value is None:
             return default
@@ -80,7 +89,7 @@ class Env:
             return False
         raise ConfigError(name, "a boolean (1/0, true/false, yes/no, on/off)", value)
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+    def choice(self, name: builtins.str, choices: tuple[builtins.str, ...], default: builtins.str) -> builtins.str:
         value = self.raw(name)
         if value is None:
             return default
@@ -88,7 +97,7 @@ class Env:
             raise ConfigError(name, f"one of {', '.join(choices)}", value)
         return value
 
-    def address(self, name: str, default: str | None = None) -> str | None:
+    def address(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
         """host:port (port 0 = ephemeral)."""
         value = self.raw(name)
         if value is None:

@@ -40,7 +40,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await register_vector(conn)
 
 
-class PooledConnection(asyncpg.Connection):
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
     """A pooled connection released without asyncpg's reset query (one round trip saved per use).
 
     asyncpg still ends any open transaction and drops listeners on release; our pooled connections hold

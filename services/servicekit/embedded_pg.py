@@ -25,7 +25,7 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +155,7 @@ class EmbeddedPostgres:
     def dsn(self, database: str = DATABASE) -> str:
         return dsn_for(self.port, _password_or_create(self.home), database)
 
-    def _preexec(self):  # type: ignore[no-untyped-def]
+    def _preexec(self) -> Callable[[], None]:
         owner = self._owner
 
         def demote() -> None:

@@ -66,7 +66,7 @@ async def serve_asgi(
         log_level=log_level,
         access_log=False,
         lifespan=lifespan,  # type: ignore[arg-type]
-        timeout_graceful_shutdown=timeout_graceful_shutdown,
+        timeout_graceful_shutdown=round(timeout_graceful_shutdown),
         ws="none",
     )
     server = _InLoopServer(config)

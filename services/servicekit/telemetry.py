@@ -33,7 +33,7 @@ def _exporter_from_env() -> SpanExporter | None:
         if protocol.startswith("http"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-            return HttpExporter()
+            return HttpExporter()  # type: ignore[no-any-return]
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
@@ -82,7 +82,7 @@ def setup_telemetry(service_name: str, extra_exporter: SpanExporter | None = Non
         try:
             from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-            AsyncPGInstrumentor().instrument()
+            AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
         except Exception:  # instrumentation is optional: never stop a service for it
             log.warning("asyncpg instrumentation unavailable", exc_info=True)
         _configured = True

@@ -52,9 +52,10 @@ def card_to_persona(card: Any) -> PersonaSpec:
     if spec is None:
         fields = card  # V1: flat
     elif spec in CARD_SPECS:
-        fields = card.get("data")
-        if not isinstance(fields, dict):
+        data = card.get("data")
+        if not isinstance(data, dict):
             raise CardError(f"{spec} card has no 'data' object")
+        fields = data
     else:
         raise CardError(f"unsupported card spec {spec!r} (expected {', '.join(CARD_SPECS)} or a V1 card)")
 

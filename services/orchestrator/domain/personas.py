@@ -106,7 +106,7 @@ def _age(source: str, key: str, value: Any) -> int:
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if not is_int or not MIN_PERSONA_AGE <= value <= MAX_PERSONA_AGE:
         raise PersonaError(source, key, f"expected an integer from {MIN_PERSONA_AGE} (personas are adults)")
-    return value
+    return int(value)
 
 
 def _mbti(source: str, key: str, value: Any) -> str:
