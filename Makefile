@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test protos openapi lock dist-check clean
+.PHONY: run test check protos openapi lock dist-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)  ## start everything locally and print the URL and a token
 	@$(BIN)/rapport up
+
+check: $(STAMP)  ## lint, format and types: ruff and mypy (strict on every domain, the kit and the contracts)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy services gateway
 
 test: $(STAMP)  ## the whole suite: unit, integration (real Postgres + services), contracts, browser
 	@bash scripts/ensure-chromium.sh
