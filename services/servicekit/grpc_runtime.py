@@ -244,6 +244,7 @@ class RunningGrpcServer:
     service_names: tuple[str, ...]
     health: health.aio.HealthServicer
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    health_server: grpc.aio.Server | None = None  # GRPC_HEALTH_BIND_ADDR: health only, plaintext
 
     @property
     def address(self) -> str:
@@ -259,6 +260,8 @@ class RunningGrpcServer:
         """NOT_SERVING, stop accepting, let in-flight calls finish within the grace period, then run hooks."""
         await self.set_serving(False)
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         for hook in self.on_stop:
             await hook()
 
@@ -304,7 +307,15 @@ async def start_grpc_server(
     if port == 0:
         raise RuntimeError(f"could not bind gRPC server to {bind_addr}")
     await server.start()
-    running = RunningGrpcServer(server, port, tuple(service_names), health_servicer)
+    health_server = None
+    if security.health_bind_addr:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        if health_server.add_insecure_port(security.health_bind_addr) == 0:
+            await server.stop(0)
+            raise RuntimeError(f"could not bind the health address {security.health_bind_addr}")
+        await health_server.start()
+    running = RunningGrpcServer(server, port, tuple(service_names), health_servicer, health_server=health_server)
     await running.set_serving(True)
     log.info("serving %s on port %d", ", ".join(service_names), port)
     return running

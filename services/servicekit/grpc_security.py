@@ -12,7 +12,9 @@ and every channel of Rapport share (docs/grpc.md).
 - **TLS** (`GrpcTls`): `GRPC_TLS_CERT_FILE` + `GRPC_TLS_KEY_FILE` make a server speak TLS; with
   `GRPC_TLS_CA_FILE` it asks callers for a client certificate signed by that CA (required on internal
   services: mTLS; optional on the public API), and channels verify servers against it and present the
-  certificate. Plaintext is served only on a loopback address unless `GRPC_ALLOW_PLAINTEXT=true`.
+  certificate. Plaintext is served only on a loopback address unless `GRPC_ALLOW_PLAINTEXT=true`;
+  `GRPC_HEALTH_BIND_ADDR` adds a plaintext address that serves health only (for probes that cannot
+  speak TLS).
 """
 
 from __future__ import annotations
@@ -188,6 +190,8 @@ class ServerSecurity:
     tls: GrpcTls
     reflection: bool
     allow_plaintext: bool
+    # A plaintext address serving only grpc.health.v1, for probes that cannot speak TLS (the kubelet's).
+    health_bind_addr: str | None = None
 
     @classmethod
     def from_env(cls, env: Env) -> ServerSecurity:
@@ -196,6 +200,7 @@ class ServerSecurity:
             tls=GrpcTls.from_env(env),
             reflection=env.bool("GRPC_REFLECTION", False),
             allow_plaintext=env.bool("GRPC_ALLOW_PLAINTEXT", False),
+            health_bind_addr=env.address("GRPC_HEALTH_BIND_ADDR"),
         )
 
     def check_bind(self, bind_addr: str, credentials: grpc.ServerCredentials | None) -> None:
