@@ -35,7 +35,7 @@ from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR
 from services.servicekit import registry
 from services.servicekit.config import Env, rapport_home
 from services.servicekit.embedded_pg import EmbeddedPostgres, free_port
-from services.servicekit.grpc_security import INTERNAL_TOKEN_FILE, ensure_internal_token
+from services.servicekit.grpc_security import INTERNAL_TOKEN_FILE, GrpcTls, ensure_internal_token
 
 SERVICES_TIMEOUT = 90.0
 GATEWAY_TIMEOUT = 60.0
@@ -48,9 +48,10 @@ def _silent(line: str) -> None:
     """The default announcer: say nothing."""
 
 
-def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+def grpc_serving(address: str, timeout: float = 1.0, tls: GrpcTls | None = None) -> bool:
     """True when the gRPC health service at `address` reports SERVING (blocking; no event loop needed)."""
-    with grpc.insecure_channel(address) as channel:
+    credentials = tls.channel_credentials() if tls is not None else None
+    with grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError:
@@ -196,6 +197,7 @@ class LocalStack:
             raise RuntimeError(
                 f"{self.grpc_address} (the gRPC API) is in use: pass --grpc-port or set RAPPORT_GRPC_PORT"
             )
+        tls = GrpcTls.from_env(Env(self.env))  # the health checks speak TLS when the services do
         for spec in registry.SERVICES:
             self._spawn(
                 spec.name,
@@ -205,7 +207,7 @@ class LocalStack:
                 },
             )
         self._wait_until(
-            lambda: all(grpc_serving(address) for address in self.addresses.values()),
+            lambda: all(grpc_serving(address, tls=tls) for address in self.addresses.values()),
             "every service to report SERVING",
             SERVICES_TIMEOUT,
         )

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from services.servicekit.config import Env
+from services.servicekit.config import ConfigError, Env
 from services.servicekit.grpc_errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from services.servicekit.grpc_security import ACTING_USER_KEY, INTERNAL_TOKEN_KEY, InternalToken
 from services.servicekit.identity import AuthError, TokenVerifier, auth_mode, verifier_from_env
@@ -185,10 +185,13 @@ class PublicApiGuard:
 
 
 def _identity_configured(env: Env) -> bool:
+    """Whether an identity provider is configured (a malformed setting still stops the process)."""
     try:
         auth_mode(env)
-    except SystemExit:  # ConfigError: no identity provider; the public API then takes service keys only
-        return False
+    except ConfigError as error:
+        if error.variable != "SUPABASE_JWT_SECRET":
+            raise
+        return False  # none: the public API takes service keys (and the internal token) only
     return True
 
 
