@@ -33,6 +33,7 @@ from rapport.orchestrator.v1 import orchestrator_pb2_grpc as orch_grpc
 from services.servicekit import registry
 from services.servicekit.config import Env, peer_address
 from services.servicekit.grpc_runtime import open_channel, peer_serving
+from services.servicekit.grpc_security import ChannelSecurity
 
 from . import errors
 from .auth import TokenVerifier, verifier_from_env
@@ -57,6 +58,8 @@ class GatewaySettings:
     expose_affinity_debug: bool
     verifier: TokenVerifier
     auth_mode: str
+    # The internal credential (and TLS) its channels to the services carry; None only in offline checks.
+    channel_security: ChannelSecurity | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
@@ -67,6 +70,7 @@ class GatewaySettings:
             expose_affinity_debug=env.bool("EXPOSE_AFFINITY_DEBUG", False),
             verifier=verifier,
             auth_mode=mode,
+            channel_security=ChannelSecurity.from_env(env),
         )
 
 
@@ -177,7 +181,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channels = {name: open_channel(address, default_timeout=30.0) for name, address in settings.addresses.items()}
+        channels = {
+            name: open_channel(address, default_timeout=30.0, security=settings.channel_security)
+            for name, address in settings.addresses.items()
+        }
         app.state.clients = Clients(
             orchestrator=orch_grpc.OrchestratorServiceStub(channels["orchestrator"]),
             affinity=affinity_pb2_grpc.AffinityServiceStub(channels["affinity"]),
@@ -219,7 +226,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         names = list(settings.addresses)
-        states = await asyncio.gather(*(peer_serving(settings.addresses[n], SERVICE_NAMES[n]) for n in names))
+        states = await asyncio.gather(
+            *(peer_serving(settings.addresses[n], SERVICE_NAMES[n], security=settings.channel_security) for n in names)
+        )
         peers = {name: ("SERVING" if ok else "NOT_SERVING") for name, ok in zip(names, states, strict=True)}
         if all(states):
             return JSONResponse({"status": "ready", "peers": peers})

@@ -14,20 +14,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.servicekit.grpc_errors import ERROR_CODES, RETRY_AFTER_SECONDS
+
+# gRPC status → HTTP status; the code strings are the services' (services/servicekit/grpc_errors.py), so a
+# gRPC caller's ErrorInfo.reason and an HTTP caller's `code` say the same thing.
+_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+}
 GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_payload"),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_payload"),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_payload"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "unauthorized"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "conflict"),
-    grpc.StatusCode.ABORTED: (409, "conflict"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limited"),
-    grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
-    grpc.StatusCode.CANCELLED: (499, "cancelled"),
-    grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented"),
+    code: (status, ERROR_CODES[code]) for code, status in _HTTP_STATUS.items()
 }
 
 HTTP_CODES = {
@@ -120,7 +127,7 @@ def from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
         message, user_message = "internal error", None
     elif status in TRANSPORT_MESSAGES and user_message is None:  # the transport failed, not a service of ours
         message = TRANSPORT_MESSAGES[status]
-    headers = {"Retry-After": "2"} if status in (429, 503) else {}
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else {}
     return ApiError(status, code, message, user_message, headers, extra)
 
 

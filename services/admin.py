@@ -16,7 +16,6 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway.auth import DEFAULT_MAX_TOKEN_LIFETIME, LocalIdentity, max_token_lifetime, mint_token
 from services.orchestrator import api_keys
 from services.orchestrator.outbox import list_jobs, outbox_counts, retry_dead_jobs
 from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR, load_card, load_persona_dir, upsert_specs
@@ -24,6 +23,7 @@ from services.servicekit import registry
 from services.servicekit.config import Env, rapport_home
 from services.servicekit.db import apply_migrations, create_pool, load_migrations
 from services.servicekit.embedded_pg import running_dsn
+from services.servicekit.identity import DEFAULT_MAX_TOKEN_LIFETIME, LocalIdentity, max_token_lifetime, mint_token
 
 
 def database_url(env: Env) -> str:
@@ -114,11 +114,31 @@ async def list_keys(dsn: str, user: str) -> list[str]:
 
 
 async def revoke_key(dsn: str, key_id: str) -> list[str]:
+    """Revoke an API key or a service key by id."""
     async with _admin_pool(dsn) as pool:
-        revoked = await api_keys.revoke_api_key(pool, uuid.UUID(key_id))
+        revoked = await api_keys.revoke_api_key(pool, uuid.UUID(key_id)) or await api_keys.revoke_service_key(
+            pool, uuid.UUID(key_id)
+        )
     if revoked is None:
-        raise ValueError(f"no API key with id {key_id}")
+        raise ValueError(f"no API key or service key with id {key_id}")
     return [f"revoked {revoked.id} ({revoked.prefix}…)"]
+
+
+async def create_service_key(dsn: str, service: str, scopes: str) -> list[str]:
+    async with _admin_pool(dsn) as pool:
+        key, info = await api_keys.create_service_key(pool, service, api_keys.parse_scopes(scopes))
+    return [key, f"id {info.id} ({info.prefix}…) for {info.service}, scopes {','.join(info.scopes)}: shown once"]
+
+
+async def list_service_keys(dsn: str, service: str | None) -> list[str]:
+    async with _admin_pool(dsn) as pool:
+        keys = await api_keys.list_service_keys(pool, service or None)
+    return [
+        f"{k.id}  {k.prefix}…  {k.service}  scopes {','.join(k.scopes)}  created {k.created_at:%Y-%m-%d %H:%M}  "
+        f"last used {f'{k.last_used_at:%Y-%m-%d %H:%M}' if k.last_used_at else 'never'}"
+        f"{'  REVOKED' if k.revoked_at else ''}"
+        for k in keys
+    ] or ["no service keys"]
 
 
 async def outbox_report(dsn: str, retry_dead: bool) -> list[str]:

@@ -17,15 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.auth import auth_mode
 from services import admin
 
 # Two operations that moved to services/admin.py, at their old import path (tests import them from here).
 from services.admin import migration_params as migration_params
 from services.admin import outbox_report as outbox_report
-from services.local_stack import LocalStack
+from services.local_stack import DEFAULT_GRPC_PORT, LocalStack
 from services.servicekit import registry
 from services.servicekit.config import ConfigError, Env, rapport_home
+from services.servicekit.identity import auth_mode
 from services.servicekit.service import serve_forever
 
 CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
@@ -44,11 +44,16 @@ OTHER_PROCESSES = (registry.GATEWAY, "offline-llm")  # what `rapport serve` runs
 def up(args: argparse.Namespace) -> int:
     """Start the local stack, print where it is, wait for Ctrl-C (or a child exiting), stop it."""
     port = args.port if args.port is not None else Env().int("RAPPORT_PORT", 8080, 1, 65535)
+    grpc_port = (
+        args.grpc_port if args.grpc_port is not None else Env().int("RAPPORT_GRPC_PORT", DEFAULT_GRPC_PORT, 1, 65535)
+    )
     # The screen shows the progress lines; every process's own log goes to <home>/logs/<name>.log.
     if "LOG_LEVEL" not in os.environ:
         logging.getLogger().setLevel(logging.WARNING)
     logs = rapport_home(Env()) / "logs"
-    stack = LocalStack(dict(os.environ), port=port, log_dir=logs, announce=lambda line: print(line, flush=True))
+    stack = LocalStack(
+        dict(os.environ), port=port, grpc_port=grpc_port, log_dir=logs, announce=lambda line: print(line, flush=True)
+    )
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -67,6 +72,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"  API docs:  {url}docs", flush=True)
         print(f"  token:     {token or 'none printed with a real JWT secret: ask `rapport token`'}", flush=True)
         print(f"  try:       curl -H 'Authorization: Bearer <token>' {url}comp/personas", flush=True)
+        print(f"  gRPC API:  {stack.grpc_address} (for backends: rapport keys create --service NAME)", flush=True)
         print(f"  logs:      {logs}/", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested:
@@ -128,10 +134,16 @@ def bench(which: str, argv: list[str]) -> int:
 
 
 async def manage_keys(dsn: str, args: argparse.Namespace) -> list[str]:
-    """`rapport keys create|list|revoke`: the lines to print."""
+    """`rapport keys create|list|revoke`: the lines to print (API keys with --user, service keys with --service)."""
     if args.keys_command == "create":
+        if args.service is not None:
+            return await admin.create_service_key(dsn, args.service, args.scope or "chat")
+        if args.scope is not None:
+            raise ValueError("--scope applies to service keys (--service NAME)")
         return await admin.create_key(dsn, args.user, args.name or "")
     if args.keys_command == "list":
+        if args.user is None:
+            return await admin.list_service_keys(dsn, args.service)
         return await admin.list_keys(dsn, args.user)
     return await admin.revoke_key(dsn, args.id)
 
@@ -146,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument(
         "--port", type=int, default=None, help="gateway port on 127.0.0.1 (default: $RAPPORT_PORT or 8080)"
     )
+    p_up.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help=f"port of the public gRPC API on 127.0.0.1 (default: $RAPPORT_GRPC_PORT or {DEFAULT_GRPC_PORT})",
+    )
     p_serve = sub.add_parser("serve", help="run one process (what a container runs)")
     p_serve.add_argument("service", choices=[*registry.service_names(), *OTHER_PROCESSES])
     p_migrate = sub.add_parser("migrate", help="apply SQL migrations (idempotent)")
@@ -156,12 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     p_card.add_argument("file", type=Path)
     p_token = sub.add_parser("token", help="print a bearer token for the local user (or --user)")
     p_token.add_argument("--user")
-    p_keys = sub.add_parser("keys", help="API keys for the OpenAI-compatible API (/v1)")
+    p_keys = sub.add_parser(
+        "keys",
+        help="API keys for the OpenAI-compatible API (/v1, --user) and service keys for the gRPC API (--service)",
+    )
     keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
-    p_keys_create = keys_sub.add_parser("create", help="issue a key for a user (printed once)")
-    p_keys_create.add_argument("--user", required=True, help="the user's UUID")
-    p_keys_create.add_argument("--name", help="a label to recognise the key by")
-    keys_sub.add_parser("list", help="a user's keys").add_argument("--user", required=True, help="the user's UUID")
+    p_keys_create = keys_sub.add_parser("create", help="issue a key for a user or a backend (printed once)")
+    owner = p_keys_create.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--user", help="the user's UUID: an API key acting for that user")
+    owner.add_argument("--service", help="a backend's name: a service key that may act for any user")
+    p_keys_create.add_argument("--name", help="a label to recognise an API key by")
+    p_keys_create.add_argument("--scope", help="a service key's scopes, comma-separated: chat, data (default chat)")
+    p_keys_list = keys_sub.add_parser("list", help="a user's API keys, or the service keys")
+    listed = p_keys_list.add_mutually_exclusive_group(required=True)
+    listed.add_argument("--user", help="the user's UUID")
+    listed.add_argument("--service", nargs="?", const="", help="service keys (of one backend, when named)")
     keys_sub.add_parser("revoke", help="revoke a key").add_argument("id", help="the key's id (from `keys list`)")
     p_chat = sub.add_parser("chat", help="chat in the terminal through the gateway (streams replies)")
     p_chat.add_argument("--persona", help="persona name or id (default: the first)")

@@ -3,8 +3,10 @@
 
 `LocalStack.start()` brings up, in order: the embedded PostgreSQL (unless `DATABASE_URL` is set),
 migrations and the example personas, the offline LLM responder (unless a provider is configured),
-every service of the registry on a free port (`python -m services.cli serve <name>`, waiting until
-each reports SERVING) and the gateway (waiting for `/readyz`). `stop()` sends SIGTERM to every child, waits,
+every service of the registry (`python -m services.cli serve <name>`, waiting until each reports
+SERVING) — the orchestrator, whose gRPC API backends call, on `grpc_port` (default 50051), the others on
+free ports — and the gateway (waiting for `/readyz`). The services call each other with the internal
+token of `$RAPPORT_HOME/internal-token` (generated once) and serve reflection (`GRPC_REFLECTION`). `stop()` sends SIGTERM to every child, waits,
 kills what is left, and stops Postgres last: no process outlives the stack. As a context manager
 it starts on enter and stops on exit (also when start-up fails half-way).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,25 +35,40 @@ from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR
 from services.servicekit import registry
 from services.servicekit.config import Env, rapport_home
 from services.servicekit.embedded_pg import EmbeddedPostgres, free_port
+from services.servicekit.grpc_security import INTERNAL_TOKEN_FILE, GrpcTls, ensure_internal_token
 
 SERVICES_TIMEOUT = 90.0
 GATEWAY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 OFFLINE_LLM_NOTE = "set OPENROUTER_API_KEY or LLM_BASE_URL for a real model"
+DEFAULT_GRPC_PORT = registry.service("orchestrator").default_port  # the public gRPC API
 
 
 def _silent(line: str) -> None:
     """The default announcer: say nothing."""
 
 
-def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+def grpc_serving(address: str, timeout: float = 1.0, tls: GrpcTls | None = None) -> bool:
     """True when the gRPC health service at `address` reports SERVING (blocking; no event loop needed)."""
-    with grpc.insecure_channel(address) as channel:
+    credentials = tls.channel_credentials() if tls is not None else None
+    with grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError:
             return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def port_free(address: str) -> bool:
+    """Whether a TCP port on this machine can be bound (nothing listens there)."""
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
 
 
 def http_ready(url: str, timeout: float = 1.0) -> bool:
@@ -64,7 +82,8 @@ class LocalStack:
     """Postgres, offline LLM, the registered services and the gateway as child processes of this one.
 
     `env` is the environment the children start from (default: this process's); `port` the
-    gateway's port (default: a free one, chosen at start); `log_dir` sends each child's output to `<name>.log` there
+    gateway's port (default: a free one, chosen at start); `grpc_port` the public gRPC API's (the
+    orchestrator's; default: a free one; `ORCHESTRATOR_ADDR` wins when set); `log_dir` sends each child's output to `<name>.log` there
     instead of this process's stdout/stderr; `announce` receives the progress lines `rapport up`
     prints.
     """
@@ -74,11 +93,13 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         *,
         port: int | None = None,
+        grpc_port: int | None = None,
         log_dir: Path | None = None,
         announce: Callable[[str], None] = _silent,
     ) -> None:
         self.env: dict[str, str] = dict(os.environ if env is None else env)
         self.port = port  # None: a free port, chosen just before the gateway starts (no time for a clash)
+        self.grpc_port = grpc_port
         self.log_dir = log_dir
         self.announce = announce
         self.children: dict[str, subprocess.Popen[bytes]] = {}
@@ -97,6 +118,11 @@ class LocalStack:
         if self.port is None:
             raise RuntimeError("the gateway has no port until the stack is started")
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """The public gRPC API (the orchestrator): what backends dial."""
+        return self.addresses["orchestrator"]
 
     @property
     def database_url(self) -> str:
@@ -144,6 +170,9 @@ class LocalStack:
         self.announce(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
         seeded = asyncio.run(seed_personas(self.database_url, EXAMPLE_PERSONAS_DIR))
         self.announce(f"personas: {', '.join(name for name, _ in seeded)}")
+        ensure_internal_token(home)
+        self.env.setdefault("RAPPORT_INTERNAL_TOKEN_FILE", str(home / INTERNAL_TOKEN_FILE))
+        self.env.setdefault("GRPC_REFLECTION", "true")  # grpcurl and other tools can list the API
         if not env.str("SUPABASE_JWT_SECRET") and not env.str("SUPABASE_URL") and not env.str("SUPABASE_JWKS_URL"):
             self.env["AUTH_MODE"] = "local"
             # Single-user local mode: the web page shows the live relationship meters.
@@ -161,8 +190,14 @@ class LocalStack:
             )
             self.announce(f"LLM: offline responder ({OFFLINE_MODEL_ID}) — {OFFLINE_LLM_NOTE}")
         for spec in registry.SERVICES:
-            self.addresses[spec.name] = self.env.get(spec.address_var) or f"127.0.0.1:{free_port()}"
+            port = self.grpc_port if spec.name == "orchestrator" and self.grpc_port else free_port()
+            self.addresses[spec.name] = self.env.get(spec.address_var) or f"127.0.0.1:{port}"
             self.env[spec.address_var] = self.addresses[spec.name]
+        if not port_free(self.grpc_address):
+            raise RuntimeError(
+                f"{self.grpc_address} (the gRPC API) is in use: pass --grpc-port or set RAPPORT_GRPC_PORT"
+            )
+        tls = GrpcTls.from_env(Env(self.env))  # the health checks speak TLS when the services do
         for spec in registry.SERVICES:
             self._spawn(
                 spec.name,
@@ -172,7 +207,7 @@ class LocalStack:
                 },
             )
         self._wait_until(
-            lambda: all(grpc_serving(address) for address in self.addresses.values()),
+            lambda: all(grpc_serving(address, tls=tls) for address in self.addresses.values()),
             "every service to report SERVING",
             SERVICES_TIMEOUT,
         )

@@ -14,12 +14,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.admin import migrate, seed_personas
 from services.orchestrator.persona_catalog import EXAMPLE_PERSONAS_DIR
+from services.servicekit.embedded_pg import free_port
 from services.servicekit.telemetry import setup_telemetry
 
 from .stack import Stack, start_stack
 
 TEMPLATE_DB = "rapport_test_template"
 SPANS = InMemorySpanExporter()
+# `rapport up` serves the public gRPC API on 50051 by default; the stacks the tests start take a free port,
+# so that runs side by side (and a running `rapport up`) do not collide.
+os.environ.setdefault("RAPPORT_GRPC_PORT", str(free_port()))
 
 
 def _with_database(url: str, name: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import httpx
 
 from gateway.app import GatewaySettings
@@ -20,10 +21,21 @@ from gateway.auth import mint_token
 from gateway.server import start_gateway
 from services.servicekit import registry
 from services.servicekit.config import Env
+from services.servicekit.grpc_runtime import outbound_interceptors
 from services.servicekit.http_runtime import RunningHttpServer
 from services.servicekit.service import RunningService, start_service
 
 JWT_SECRET = "test-secret-for-rapport-integration-tests-0123456789"
+# The credential Rapport's services call each other with (services/servicekit/grpc_security.py).
+INTERNAL_TOKEN = "test-internal-token-for-rapport-integration-tests-0123456789"
+INTERNAL_ENV = {"RAPPORT_INTERNAL_TOKEN": INTERNAL_TOKEN}
+INTERNAL_METADATA = (("x-rapport-internal-token", INTERNAL_TOKEN),)
+
+
+def internal_channel(address: str) -> grpc.aio.Channel:
+    """A plaintext channel to a service whose every call carries the internal credential (what the tests
+    used `grpc.aio.insecure_channel` for before the services required it)."""
+    return grpc.aio.insecure_channel(address, interceptors=outbound_interceptors(None, INTERNAL_METADATA))
 
 
 @dataclass
@@ -105,7 +117,7 @@ def reply_text(frames: list[dict[str, Any]]) -> str:
 async def start_stack(database_url: str, extra_env: dict[str, str] | None = None,
                       per_service_env: dict[str, dict[str, str]] | None = None) -> Stack:
     base = {"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", "SHUTDOWN_GRACE_SECS": "1",
-            "DREAMING_DISABLED": "1", "SNAPSHOT_DISABLED": "1", **(extra_env or {})}
+            "DREAMING_DISABLED": "1", "SNAPSHOT_DISABLED": "1", **INTERNAL_ENV, **(extra_env or {})}
     per_service_env = per_service_env or {}
     services: dict[str, RunningService] = {}
     try:

@@ -26,8 +26,8 @@ from google.protobuf.message import Message
 from rapport.affinity.v1 import affinity_pb2, affinity_pb2_grpc
 from rapport.insight.v1 import insight_pb2, insight_pb2_grpc
 from rapport.memory.v1 import memory_pb2, memory_pb2_grpc
-from services.servicekit.config import Env, peer_address
-from services.servicekit.grpc_runtime import call_timeout, open_channel
+from services.servicekit.config import Env
+from services.servicekit.grpc_runtime import call_timeout, open_peer_channel
 from services.servicekit.telemetry import meter
 
 log = logging.getLogger("rapport.peers")
@@ -71,7 +71,7 @@ class Peers:
 
     @classmethod
     def connect(cls, env: Env) -> Peers:
-        return cls({name: open_channel(peer_address(name, env)) for name in ("affinity", "memory", "insight")})
+        return cls({name: open_peer_channel(name, env) for name in ("affinity", "memory", "insight")})
 
     async def close(self) -> None:
         for channel in self.channels.values():

@@ -27,12 +27,14 @@ from services.servicekit.grpc_errors import (
     maps_errors,
     parse_uuid,
 )
+from services.servicekit.grpc_runtime import detached_from_call
 from services.servicekit.llm import OFFLINE_MODEL_ID, LlmClient, LlmEndpoint, llm_endpoint_from_env
 from services.servicekit.model_config import ModelConfig
 from services.servicekit.service import ServiceContext, ServiceParts
 from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 
 from . import api_keys, branching
+from .access import PublicApiGuard
 from .domain.admission import admit
 from .domain.turn_request import TurnRequest, TurnRequestError, validate_turn_request
 from .live_turns import FrameLog, LiveTurns, TooManyTurns
@@ -386,17 +388,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         if begin is None and not lock.locked():
             # Nothing else runs on this session: read affinity, memory, insight, persona and history while
             # the user message is being persisted (the reads see the session as it will be after it).
-            prefetch = asyncio.create_task(
-                self.engine.read_context(
-                    TurnInput(
-                        turn_id="",
-                        user_message_id="",
-                        session=prefetch_session(session),
-                        request=turn_request,
-                        sampling=sampling,
+            with detached_from_call():  # the turn keeps its own timeouts, whatever the caller's deadline
+                prefetch = asyncio.create_task(
+                    self.engine.read_context(
+                        TurnInput(
+                            turn_id="",
+                            user_message_id="",
+                            session=prefetch_session(session),
+                            request=turn_request,
+                            sampling=sampling,
+                        )
                     )
                 )
-            )
             prefetch.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             if begin is None:
@@ -451,7 +454,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             finally:
                 self.live.release(user_key)
 
-        return self.live.start(turn_id, work).follow()
+        # Generation is detached from the call: a cancel or an expired deadline only stops this listener.
+        with detached_from_call():
+            return self.live.start(turn_id, work).follow()
 
     def _admitted(self, existing: TurnRow) -> AsyncIterator[Frame] | None:
         """The frames for a request whose turn is already stored, or None when it must be (re)generated."""
@@ -643,4 +648,5 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         service_names=[pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name],
         background=[outbox.run],
         on_stop=[stop],
+        public_api=PublicApiGuard.from_env(ctx.pool, ctx.security.token, env),
     )

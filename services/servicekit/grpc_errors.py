@@ -1,4 +1,14 @@
-"""Domain errors → gRPC status, in one place, so every server maps errors the same way."""
+"""Domain errors → gRPC status, in one place, so every server maps errors the same way.
+
+Every error a service ends a call with carries, besides its status code and message:
+
+- `google.rpc.Status` details (the `grpc-status-details-bin` trailer, read with `grpc_status.rpc_status`):
+  an `ErrorInfo` whose `reason` is the error contract's code (`ERROR_CODES`: the same strings as the
+  HTTP error contract, e.g. `not_found`, `rate_limited`, `duplicate_in_progress`; domain `rapport.dev`;
+  `metadata` holds `field` and the error's extra values), a `LocalizedMessage` with the text safe to
+  show a person, and a `RetryInfo` on RESOURCE_EXHAUSTED and UNAVAILABLE;
+- the same facts as `rapport-*` trailing metadata, which the gateway reads (`trailing_details`).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +21,34 @@ from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 log = logging.getLogger("rapport.grpc.errors")
+
+
+ERROR_DOMAIN = "rapport.dev"
+RETRY_AFTER_SECONDS = 2  # what RetryInfo (and the gateway's Retry-After) suggests
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+# The error contract's code of each status: the `code` of an HTTP error body (gateway/errors.py) and the
+# `reason` of a gRPC error's ErrorInfo. A status not listed is `internal`.
+ERROR_CODES: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_payload",
+    grpc.StatusCode.FAILED_PRECONDITION: "invalid_payload",
+    grpc.StatusCode.OUT_OF_RANGE: "invalid_payload",
+    grpc.StatusCode.UNAUTHENTICATED: "unauthorized",
+    grpc.StatusCode.PERMISSION_DENIED: "forbidden",
+    grpc.StatusCode.NOT_FOUND: "not_found",
+    grpc.StatusCode.ALREADY_EXISTS: "conflict",
+    grpc.StatusCode.ABORTED: "conflict",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "rate_limited",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
+    grpc.StatusCode.CANCELLED: "cancelled",
+    grpc.StatusCode.UNIMPLEMENTED: "not_implemented",
+}
+RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 
 
 class ServiceError(Exception):
@@ -35,6 +71,13 @@ class ServiceError(Exception):
         self.user_message = user_message or message
         self.field = field
         self.reason = reason
+        self.retry_after: float | None = None
+
+
+class Unauthenticated(ServiceError):
+    """No credentials, or credentials that are not valid (missing, malformed, expired, revoked)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class InvalidArgument(ServiceError):
@@ -69,6 +112,29 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+def error_code(error: ServiceError) -> str:
+    """The error contract's code: the error's own reason (e.g. `duplicate_in_progress`), else its status's."""
+    return error.reason or ERROR_CODES.get(error.code, "internal")
+
+
+def rich_status(error: ServiceError) -> status_pb2.Status:
+    """The `google.rpc.Status` of an error: ErrorInfo, LocalizedMessage and (when retryable) RetryInfo."""
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    metadata = {key.replace("-", "_"): value for key, value in error.extra.items()}
+    if error.field:
+        metadata["field"] = error.field
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=error_code(error), domain=ERROR_DOMAIN, metadata=metadata)
+    )
+    status.details.add().Pack(error_details_pb2.LocalizedMessage(locale="en", message=error.user_message))
+    if error.code in RETRYABLE:
+        delay = error.retry_after if error.retry_after is not None else RETRY_AFTER_SECONDS
+        retry = duration_pb2.Duration()
+        retry.FromNanoseconds(int(delay * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=retry))
+    return status
+
+
 def trailing_details(error: ServiceError) -> tuple[tuple[str, str], ...]:
     md = [("rapport-user-message", error.user_message.encode("ascii", "backslashreplace").decode())]
     if error.field:
@@ -94,20 +160,35 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) ->
     ServiceError → its status and details; a peer's failure → its status and details passed on; text
     PostgreSQL cannot store or a ValueError → INVALID_ARGUMENT."""
     if isinstance(error, ServiceError):
-        context.set_trailing_metadata(trailing_details(error))
-        await context.abort(error.code, error.message)
+        await _abort(context, error)
     if isinstance(error, grpc.aio.AioRpcError):
-        details = tuple((k, v) for k, v in (error.trailing_metadata() or ()) if k.startswith("rapport-"))
-        if details:
-            context.set_trailing_metadata(details)
-        await context.abort(error.code(), error.details() or "peer call failed")
+        passed_on = tuple(
+            (k, v) for k, v in (error.trailing_metadata() or ()) if k.startswith("rapport-") or k == STATUS_DETAILS_KEY
+        )
+        if any(k == STATUS_DETAILS_KEY for k, _ in passed_on):
+            await context.abort(error.code(), error.details() or "", trailing_metadata=passed_on)
+        # No details of ours (a transport failure): the status and message are passed on, with details added.
+        peer_failure = ServiceError(
+            error.details() or "peer call failed", user_message="A backend service failed. Please try again."
+        )
+        peer_failure.code = error.code()
+        await _abort(context, peer_failure, passed_on)
     if isinstance(error, asyncpg.exceptions.DataError):
-        context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid value: {error}")
+        await _abort(context, InvalidArgument(f"invalid value: {error}", user_message=str(error)))
     if isinstance(error, ValueError):
-        context.set_trailing_metadata(trailing_details(InvalidArgument(str(error))))
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        await _abort(context, InvalidArgument(str(error)))
     raise error
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, error: ServiceError, metadata: tuple[tuple[str, str], ...] | None = None
+) -> None:
+    details = trailing_details(error) if metadata is None else metadata
+    await context.abort(
+        error.code,
+        error.message,
+        trailing_metadata=(*details, (STATUS_DETAILS_KEY, rich_status(error).SerializeToString())),  # type: ignore[arg-type]
+    )
 
 
 _MAPPED = (ServiceError, grpc.aio.AioRpcError, asyncpg.exceptions.DataError, ValueError)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent
+PUBLIC_CLIENT_LABEL = ("rapport.dev/client", "true")  # a namespace whose backends may call the public API
 GATEWAY = "gateway"  # the HTTP process in front of the services; a caller, not a gRPC service
 
 
@@ -39,6 +40,9 @@ class ServiceSpec:
     callers: tuple[str, ...]  # the processes allowed to call it (gateway or service names)
     # "module:function" returning the values of the `{{NAME}}` placeholders of its migrations
     migration_params: str | None = None
+    # Its API is public: backends outside Rapport call it too, authenticated per call (docs/grpc.md); in
+    # Kubernetes, pods of namespaces labelled PUBLIC_CLIENT_LABEL.
+    public: bool = False
 
     @property
     def package(self) -> str:
@@ -75,6 +79,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         proto_service="rapport.orchestrator.v1.OrchestratorService",
         default_port=50051,
         callers=(GATEWAY,),
+        public=True,
     ),
     ServiceSpec(
         name="affinity",

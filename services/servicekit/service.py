@@ -1,7 +1,9 @@
 """The one service bootstrap: settings → pool → servicers → gRPC server → background loops → graceful stop.
 
 A service module provides `async def build(ctx: ServiceContext) -> ServiceParts`; everything else
-(pool, health, reflection, tracing, signals, grace period) is here, so a fifth service is a page.
+(pool, health, reflection, tracing, who may call it, TLS, signals, grace period) is here, so a fifth
+service is a page. A service accepts only Rapport's own processes (the internal credential) unless its
+parts give a `public_api` guard of their own (the orchestrator: backends with tokens and service keys).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from . import registry
 from .config import Env, ServiceSettings
 from .db import DbTimeouts, create_pool
 from .grpc_runtime import RunningGrpcServer, run_until_stopped, start_grpc_server
+from .grpc_security import CallGuard, InternalCallersOnly, ServerSecurity
 from .telemetry import setup_telemetry
 
 log = logging.getLogger("rapport.service")
@@ -30,6 +33,7 @@ class ServiceContext:
     env: Env
     settings: ServiceSettings
     pool: asyncpg.Pool
+    security: ServerSecurity
 
 
 @dataclass
@@ -39,6 +43,8 @@ class ServiceParts:
     # Long-running loops (sweepers, outbox workers); cancelled on stop.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Who else may call it (backends, on the public API); None: only Rapport's own processes.
+    public_api: CallGuard | None = None
 
 
 @dataclass
@@ -85,10 +91,11 @@ async def start_service(name: str, env: Env | None = None, *, pool_size: int = 1
     env = env or Env()
     spec = registry.service(name)
     settings = ServiceSettings.from_env(name, env)
+    security = ServerSecurity.from_env(env)
     pool = await create_pool(settings.database_url, max_size=pool_size, timeouts=DbTimeouts.from_env(env))
     try:
         module = importlib.import_module(spec.server_module)
-        ctx = ServiceContext(name=name, env=env, settings=settings, pool=pool)
+        ctx = ServiceContext(name=name, env=env, settings=settings, pool=pool, security=security)
         parts: ServiceParts = await module.build(ctx)
         if spec.proto_service not in parts.service_names:
             # Health checks, probes and /readyz ask for the registry's name: fail here, not in a cluster.
@@ -96,7 +103,12 @@ async def start_service(name: str, env: Env | None = None, *, pool_size: int = 1
                 f"{spec.server_module} serves {parts.service_names}, not {spec.proto_service} (services/servicekit/registry.py)"
             )
         running_grpc = await start_grpc_server(
-            bind_addr=settings.bind_addr, register=parts.register, service_names=parts.service_names
+            bind_addr=settings.bind_addr,
+            register=parts.register,
+            service_names=parts.service_names,
+            security=security,
+            guard=parts.public_api or InternalCallersOnly(security.token),
+            public=parts.public_api is not None,
         )
     except BaseException:
         await pool.close()

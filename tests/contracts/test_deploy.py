@@ -535,7 +535,9 @@ def test_network_policies_deny_ingress_by_default(overlay: Manifests) -> None:
 
 
 def test_only_the_gateway_reaches_the_orchestrator_and_only_they_reach_the_peers(overlay: Manifests) -> None:
-    assert ingress_sources(overlay, "orchestrator", GRPC_PORTS["orchestrator"]) == {"gateway"}
+    # Issue 14: backends in namespaces labelled rapport.dev/client=true reach the public gRPC API too.
+    assert ingress_sources(overlay, "orchestrator", GRPC_PORTS["orchestrator"]) == {
+        "gateway", "namespace:{'rapport.dev/client': 'true'}"}
     for peer in ("affinity", "memory", "insight"):
         # The gateway is their client too (profile, memories, affinity view, /readyz).
         assert ingress_sources(overlay, peer, GRPC_PORTS[peer]) == {"orchestrator", "gateway"}, peer

@@ -124,9 +124,11 @@ def manifest_problems(spec: ServiceSpec, manifests: Manifests, where: str) -> li
         problems.append(f"{prefix}: rapport-config {spec.address_var} is {address!r}, expected '{name}:{port}'"
                         " (deploy/k8s/base/config/rapport.env)")
     admitted = ingress_sources(manifests, name, port)
-    if admitted != set(spec.callers):
+    label, value = registry.PUBLIC_CLIENT_LABEL
+    public = {f"namespace:{ {label: value} }"} if spec.public else set()
+    if admitted != set(spec.callers) | public:
         problems.append(f"{prefix}: the NetworkPolicies let {sorted(admitted)} call it, the registry says "
-                        f"{sorted(spec.callers)} (its {name}-ingress policy)")
+                        f"{sorted(set(spec.callers) | public)} (its {name}-ingress policy)")
     problems += [f"{prefix}: the NetworkPolicies keep its caller {caller} from reaching it (egress)"
                  for caller in spec.callers if manifests.has("Deployment", caller)
                  and not egress_allowed(manifests, caller, port, to=name)]
@@ -244,9 +246,10 @@ def test_a_network_policy_that_disagrees_with_the_callers_is_reported() -> None:
         "base: memory: the NetworkPolicies let ['gateway', 'orchestrator'] call it, the registry says "
         "['orchestrator'] (its memory-ingress policy)"]
     more = replace(registry.service("orchestrator"), callers=(GATEWAY, "memory"))
+    public = "\"namespace:{'rapport.dev/client': 'true'}\""  # issue 14: its API is public
     assert manifest_problems(more, manifests, "base") == [
-        "base: orchestrator: the NetworkPolicies let ['gateway'] call it, the registry says ['gateway', 'memory'] "
-        "(its orchestrator-ingress policy)"]
+        f"base: orchestrator: the NetworkPolicies let ['gateway', {public}] call it, the registry says "
+        f"['gateway', 'memory', {public}] (its orchestrator-ingress policy)"]
 
 
 def test_an_unregistered_service_folder_is_reported(tmp_path: Path) -> None:

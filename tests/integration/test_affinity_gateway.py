@@ -8,13 +8,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
 from rapport.affinity.v1 import affinity_pb2 as pb
 from rapport.affinity.v1 import affinity_pb2_grpc as pb_grpc
 
 from services.affinity.domain import AXES, AffinityVector, ghost_score
-from tests.stack import Stack, reply_text, start_stack, wait_for
+from tests.stack import Stack, internal_channel, reply_text, start_stack, wait_for
 
 DEBUG_FIELDS = {*AXES, "bond", "chemistry", "label", "ghost_streak", "total_ghosts"}
 SOURING_GIFT = {"intrigue": -1.0, "patience": -1.0, "tension": 1.0}
@@ -116,7 +115,7 @@ async def test_soured_mood_ghosts_the_next_message_then_answers_and_a_watcher_se
     user = uuid.uuid4()
     chat = await stack.start_chat(user)
     session_id = chat["session_id"]
-    channel = grpc.aio.insecure_channel(stack.address("affinity"))
+    channel = internal_channel(stack.address("affinity"))
     stub = pb_grpc.AffinityServiceStub(channel)
     seen: list[pb.WatchAffinityResponse] = []
     watch = stub.WatchAffinity(pb.WatchAffinityRequest(user_id=str(user), session_id=session_id))

@@ -35,7 +35,7 @@ from services.offline_llm.server import (
 from services.servicekit.config import ConfigError, Env
 from services.servicekit.db import create_pool
 from services.servicekit.service import RunningService, start_service
-from tests.stack import wait_for
+from tests.stack import INTERNAL_ENV, internal_channel, wait_for
 
 PERSONA = "Mara"
 LONG_TEXT = "I spent the whole afternoon repainting the kitchen walls."  # ≥ 30 chars, no relational cue
@@ -59,9 +59,9 @@ class Affinity:
 
 
 async def start_affinity(database_url: str, **env: str) -> Affinity:
-    service = await start_service("affinity", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0",
+    service = await start_service("affinity", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **INTERNAL_ENV,
                                                    "SHUTDOWN_GRACE_SECS": "1", **env}), pool_size=10)
-    return Affinity(service, grpc.aio.insecure_channel(service.address))
+    return Affinity(service, internal_channel(service.address))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from rapport.affinity.v1 import affinity_pb2_grpc as pb_grpc
 from services.servicekit.config import Env
 from services.servicekit.db import DbTimeouts, create_pool
 from services.servicekit.service import start_service
+from tests.stack import INTERNAL_ENV, internal_channel
 
 
 async def test_pooled_connections_carry_the_timeouts(database_url: str) -> None:
@@ -45,10 +46,10 @@ async def test_a_long_statement_is_cancelled_by_the_server(database_url: str) ->
 
 
 async def test_a_locked_row_fails_the_write_within_the_lock_timeout(database_url: str) -> None:
-    service = await start_service("affinity", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0",
+    service = await start_service("affinity", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **INTERNAL_ENV,
                                                    "SHUTDOWN_GRACE_SECS": "1", "DB_LOCK_TIMEOUT_SECS": "0.5"}),
                                   pool_size=3)
-    channel = grpc.aio.insecure_channel(service.address)
+    channel = internal_channel(service.address)
     stub = pb_grpc.AffinityServiceStub(channel)
     holder = await asyncpg.connect(database_url)
     try:

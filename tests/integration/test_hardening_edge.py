@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 import pytest
 from rapport.affinity.v1 import affinity_pb2 as affinity_pb
 from rapport.affinity.v1 import affinity_pb2_grpc as affinity_grpc
@@ -21,7 +20,7 @@ from services.insight import server as insight_server
 from services.insight.server import extract_with_rules
 from services.servicekit.config import Env
 from services.servicekit.service import start_service
-from tests.stack import Stack, new_client_msg_id
+from tests.stack import INTERNAL_ENV, Stack, internal_channel, new_client_msg_id
 
 CHUNK = 64 * 1024
 
@@ -192,9 +191,9 @@ async def read_latencies(read: Callable[[], Awaitable[object]], work: list[async
 
 
 async def test_a_pathological_message_does_not_stall_another_users_affinity_reads(database_url: str) -> None:
-    service = await start_service("affinity", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0",
+    service = await start_service("affinity", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **INTERNAL_ENV,
                                                    "SHUTDOWN_GRACE_SECS": "1"}), pool_size=5)
-    channel = grpc.aio.insecure_channel(service.address)
+    channel = internal_channel(service.address)
     stub = affinity_grpc.AffinityServiceStub(channel)
     try:
         sessions = {}
@@ -236,9 +235,9 @@ async def test_rule_extraction_runs_off_the_event_loop(database_url: str, monkey
         return extract_with_rules(user_text, message_id)
 
     monkeypatch.setattr(insight_server, "extract_with_rules", observed)
-    service = await start_service("insight", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0",
+    service = await start_service("insight", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **INTERNAL_ENV,
                                                   "SNAPSHOT_DISABLED": "1", "SHUTDOWN_GRACE_SECS": "1"}), pool_size=5)
-    channel = grpc.aio.insecure_channel(service.address)
+    channel = internal_channel(service.address)
     try:
         reply = await insight_grpc.InsightServiceStub(channel).ExtractTurn(insight_pb.ExtractTurnRequest(
             turn_id="t-1", user_id=str(uuid.uuid4()), session_id=str(uuid.uuid4()), user_message_id="m-1",

@@ -26,8 +26,8 @@ from services.insight.snapshots import SnapshotSweeper
 from services.offline_llm.server import LlmScript, ScriptedResponse, build_llm_app, serve_llm
 from services.servicekit.config import Env
 from services.servicekit.db import create_pool
-from services.servicekit.grpc_runtime import open_channel
 from services.servicekit.service import RunningService, start_service
+from tests.stack import INTERNAL_ENV, internal_channel
 
 EXTRACTOR_MODEL = "test/insight-extractor"
 OCCURRED_AT = datetime(2025, 5, 4, 10, 30, tzinfo=UTC)
@@ -70,9 +70,9 @@ async def start_insight(database_url: str) -> AsyncIterator[StartInsight]:
     started: list[Insight] = []
 
     async def start(**env: str) -> Insight:
-        service = await start_service("insight", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0",
+        service = await start_service("insight", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **INTERNAL_ENV,
                                                       "SNAPSHOT_DISABLED": "1", **env}), pool_size=5)
-        channel = open_channel(service.address)
+        channel = internal_channel(service.address)
         started.append(Insight(service, channel, pb_grpc.InsightServiceStub(channel)))
         return started[-1]
 

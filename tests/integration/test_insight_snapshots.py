@@ -17,7 +17,7 @@ from services.insight.snapshots import SnapshotSweeper
 from services.servicekit.config import ConfigError, Env
 from services.servicekit.db import create_pool
 from services.servicekit.service import start_service
-from tests.stack import wait_for
+from tests.stack import INTERNAL_ENV, wait_for
 
 
 @pytest.fixture
@@ -130,14 +130,14 @@ async def _sleeping_past(clock: FakeClock) -> bool:
 async def test_bad_snapshot_settings_stop_start_up_naming_the_variable(database_url: str, env: dict[str, str],
                                                                        variable: str) -> None:
     with pytest.raises(ConfigError) as info:
-        await start_service("insight", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **env}),
+        await start_service("insight", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **INTERNAL_ENV, **env}),
                             pool_size=1)
     assert info.value.variable == variable and variable in str(info.value)
 
 
 async def test_the_service_runs_the_sweeper_unless_disabled(database_url: str, pool: asyncpg.Pool) -> None:
     await add_profiles(pool, 2)
-    base = {"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0"}
+    base = {"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **INTERNAL_ENV}
     disabled = await start_service("insight", Env({**base, "SNAPSHOT_DISABLED": "1"}), pool_size=1)
     try:
         assert disabled.tasks == []

@@ -17,6 +17,7 @@ from rapport.memory.v1 import memory_pb2_grpc as pb_grpc
 
 from services.servicekit.config import Env
 from services.servicekit.service import RunningService, start_service
+from tests.stack import INTERNAL_ENV, internal_channel
 
 
 @dataclass
@@ -51,10 +52,10 @@ class MemoryClient:
 
 
 async def start_memory(database_url: str, **env: str) -> MemoryClient:
-    service = await start_service("memory", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0",
+    service = await start_service("memory", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0", **INTERNAL_ENV,
                                                  "SHUTDOWN_GRACE_SECS": "1", "DREAMING_DISABLED": "1", **env}),
                                   pool_size=5)
-    channel = grpc.aio.insecure_channel(service.address)
+    channel = internal_channel(service.address)
     return MemoryClient(service, channel, pb_grpc.MemoryServiceStub(channel))
 
 

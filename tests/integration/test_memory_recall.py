@@ -12,7 +12,6 @@ from pgvector.asyncpg import register_vector
 from rapport.memory.v1 import memory_pb2 as pb
 from rapport.memory.v1 import memory_pb2_grpc as pb_grpc
 
-from services.servicekit.grpc_runtime import open_channel
 from tests.integration.test_memory_fixtures import (  # noqa: F401
     MemoryClient,
     contents,
@@ -20,7 +19,7 @@ from tests.integration.test_memory_fixtures import (  # noqa: F401
     memory_service,
     start_memory,
 )
-from tests.stack import Stack, wait_for
+from tests.stack import Stack, internal_channel, wait_for
 
 
 async def test_a_profile_fact_follows_the_user_to_another_persona_but_a_relationship_moment_does_not(
@@ -36,7 +35,7 @@ async def test_a_profile_fact_follows_the_user_to_another_persona_but_a_relation
     await wait_for(ingested)
     second = await stack.start_chat(user, personas[1]["name"])
     assert second["session_id"] != first["session_id"] and second["instance_id"] != first["instance_id"]
-    async with open_channel(stack.address("memory")) as channel:
+    async with internal_channel(stack.address("memory")) as channel:
         recall = pb_grpc.MemoryServiceStub(channel).Recall
         other_persona = await recall(pb.RecallRequest(
             user_id=str(user), instance_id=second["instance_id"], session_id=second["session_id"],

@@ -9,8 +9,7 @@ import uuid
 from rapport.memory.v1 import memory_pb2 as pb
 from rapport.memory.v1 import memory_pb2_grpc as pb_grpc
 
-from services.servicekit.grpc_runtime import open_channel
-from tests.stack import Stack, wait_for
+from tests.stack import Stack, internal_channel, wait_for
 
 SENTENCES = (
     "I'm Sam",
@@ -35,7 +34,7 @@ async def test_ordinary_sentences_fill_the_profile_within_seconds(stack: Stack, 
     assert insights["interests"] == ["hiking", "playing jazz piano"]
 
     async def remembered() -> list[str] | None:
-        async with open_channel(stack.address("memory")) as channel:
+        async with internal_channel(stack.address("memory")) as channel:
             listed = await pb_grpc.MemoryServiceStub(channel).ListMemories(
                 pb.ListMemoriesRequest(user_id=str(user), layer=pb.LAYER_PROFILE))
         found = [m.content for m in listed.memories]

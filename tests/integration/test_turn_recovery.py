@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import grpc
 
 from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -14,7 +13,7 @@ from services.offline_llm.server import LlmScript, ScriptedResponse, build_llm_a
 from services.contracts.frames import to_json as to_dict  # the frames are a shared contract
 from services.servicekit.config import Env
 from services.servicekit.service import start_service
-from tests.stack import Stack, new_client_msg_id, reply_text, start_stack
+from tests.stack import INTERNAL_ENV, Stack, internal_channel, new_client_msg_id, reply_text, start_stack
 
 
 async def _frames(stub: pb_grpc.OrchestratorServiceStub, request: pb.SendMessageRequest) -> list[dict]:
@@ -48,7 +47,7 @@ async def test_a_turn_interrupted_by_a_stop_is_failed_after_restart_and_a_retry_
                                                              "INSIGHT_ADDR": stack.address("insight")}))
         try:
             assert await db.fetchval("SELECT status FROM chat.turns") == "failed"
-            async with grpc.aio.insecure_channel(restarted.address) as channel:
+            async with internal_channel(restarted.address) as channel:
                 frames = await _frames(pb_grpc.OrchestratorServiceStub(channel), request)
             assert reply_text(frames) == "Back again." and frames[-1]["type"] == "final"
         finally:
@@ -108,7 +107,7 @@ async def test_a_job_that_keeps_failing_is_parked_dead_listed_and_can_be_queued_
     await db.execute("INSERT INTO chat.outbox (turn_id, target, payload) VALUES ('t-1', 'memory', '{}')")
     pool = await create_pool(database_url, max_size=2)
     peers = Peers.connect(Env({"MEMORY_ADDR": "127.0.0.1:9", "AFFINITY_ADDR": "127.0.0.1:9",
-                               "INSIGHT_ADDR": "127.0.0.1:9"}))  # nothing listens there
+                               "INSIGHT_ADDR": "127.0.0.1:9", **INTERNAL_ENV}))  # nothing listens there
     worker = OutboxWorker(pool, peers, max_attempts=2, backoff_base=0.0)
     try:
         for _ in range(2):

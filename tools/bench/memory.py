@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 import numpy as np
 
 from rapport.memory.v1 import memory_pb2 as pb
@@ -43,6 +43,8 @@ from services.memory.server import MemorySettings, configured_embedder, migratio
 from services.memory.sweeper import DreamingSettings, DreamingSweeper
 from services.servicekit.config import Env
 from services.servicekit.db import apply_migrations
+from services.servicekit.grpc_runtime import open_channel
+from services.servicekit.grpc_security import ChannelSecurity
 from services.servicekit.service import start_service
 from tools.bench.memory_dataset import CATEGORIES, Conversation, Dataset, Question, generate
 
@@ -198,6 +200,7 @@ async def run_split(database_url: str, dataset: Dataset, embedder: Embedder) -> 
         {
             "DATABASE_URL": database_url,
             "BIND_ADDR": "127.0.0.1:0",
+            "RAPPORT_INTERNAL_TOKEN": secrets.token_urlsafe(48),  # the benchmark calls memory as Rapport does
             "DREAMING_DISABLED": "1",
             "SHUTDOWN_GRACE_SECS": "1",
             **{k: v for k, v in os.environ.items() if k.startswith("MEMORY_")},
@@ -210,7 +213,7 @@ async def run_split(database_url: str, dataset: Dataset, embedder: Embedder) -> 
         len(dataset.questions),
     )
     running = await start_service("memory", env, pool_size=8)
-    channel = grpc.aio.insecure_channel(running.address)
+    channel = open_channel(running.address, default_timeout=None, security=ChannelSecurity.from_env(env))
     stub = pb_grpc.MemoryServiceStub(channel)
     try:
         started, cpu = time.perf_counter(), time.process_time()

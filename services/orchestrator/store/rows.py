@@ -162,6 +162,17 @@ class ApiKeyInfo:
     revoked_at: datetime | None
 
 
+@dataclass(frozen=True)
+class ServiceKeyInfo:
+    id: uuid.UUID
+    service: str
+    scopes: tuple[str, ...]
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
 def row_to(cls: type, record: asyncpg.Record | None) -> Any:
     """A record as a row dataclass, taking only the dataclass's fields (None stays None)."""
     if record is None:
