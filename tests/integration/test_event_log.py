@@ -7,11 +7,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import grpc
 import pytest
 
 from rapport.memory.v1 import memory_pb2, memory_pb2_grpc
-from tests.stack import Stack, new_client_msg_id, reply_text, sse_frames, wait_for
+from tests.stack import Stack, internal_channel, new_client_msg_id, reply_text, sse_frames, wait_for
 
 AXES = ("warmth", "trust", "intimacy", "intrigue", "patience", "tension")
 TURNS = [
@@ -62,7 +61,7 @@ async def regenerate(stack: Stack, user: uuid.UUID, session_id: str, message_id:
 
 
 async def recall(stack: Stack, user: uuid.UUID, instance_id: str, query: str) -> list[memory_pb2.RecalledMemory]:
-    async with grpc.aio.insecure_channel(stack.address("memory")) as channel:
+    async with internal_channel(stack.address("memory")) as channel:
         reply = await memory_pb2_grpc.MemoryServiceStub(channel).Recall(memory_pb2.RecallRequest(
             user_id=str(user), instance_id=instance_id, query=query, memory_scope="full", top=20))
     return [*reply.profile, *reply.relationship]

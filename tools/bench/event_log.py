@@ -41,6 +41,18 @@ from services.servicekit.config import Env
 from services.servicekit.embedded_pg import EmbeddedPostgres
 from services.servicekit.service import RunningService, start_service
 
+
+class WithMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Every call carries the internal credential (the services refuse anything else)."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        details = details._replace(metadata=(*(details.metadata or ()), *self.metadata))
+        return await continuation(details, request)
+
+
 SECTION_TITLE = "## The conversation's event log (`rapport bench event-log`)"
 
 
