@@ -113,6 +113,8 @@ class GiftBody(BaseModel):
     deltas: dict[str, float]
     label: str = Field(default="", max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # A retry with the same id applies the gift once (and answers as the first time).
+    client_request_id: str = Field(default="", max_length=64, pattern=r"^[\x21-\x7e]*$")
 
 
 class ErrorBody(BaseModel):
@@ -362,7 +364,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.post("/comp/chat/{session_id}/event/gift", tags=["affinity"], dependencies=[Depends(require_json)])
     async def gift(request: Request, session_id: uuid.UUID, body: GiftBody, user: User) -> dict[str, Any]:
         grpc_request = orch_pb2.ApplyGiftRequest(
-            user_id=str(user), session_id=str(session_id), deltas=body.deltas, label=body.label
+            user_id=str(user),
+            session_id=str(session_id),
+            deltas=body.deltas,
+            label=body.label,
+            client_request_id=body.client_request_id,
         )
         grpc_request.metadata.update(body.metadata)
         reply = await clients(request).orchestrator.ApplyGift(grpc_request)

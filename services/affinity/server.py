@@ -71,6 +71,7 @@ log = logging.getLogger("rapport.affinity")
 
 EMOTIONAL_CONTEXT_EVENTS = 3
 MAX_TURN_ID_CHARS = 200
+MAX_GIFT_REQUEST_ID_CHARS = 64
 MAX_GIFT_LABEL_CHARS = 200
 DEFAULT_EVENTS_LIMIT = 50
 MAX_EVENTS_LIMIT = 10_000
@@ -472,16 +473,34 @@ class AffinityServicer(pb_grpc.AffinityServiceServicer):
             raise InvalidArgument(f"label must be at most {MAX_GIFT_LABEL_CHARS} characters", field="label")
         metadata = json_format.MessageToDict(request.metadata) if request.HasField("metadata") else {}
         reason = f"They gave you a gift: {label}." if label else "They gave you a gift."
-        event = store.EventDraft(kind="gift", deltas=deltas, reason=reason, label=label or None, metadata=metadata)
+        key = request.client_request_id.strip()
+        if len(key) > MAX_GIFT_REQUEST_ID_CHARS:
+            raise InvalidArgument(
+                f"client_request_id must be at most {MAX_GIFT_REQUEST_ID_CHARS} characters", field="client_request_id"
+            )
+        event = store.EventDraft(
+            kind="gift",
+            turn_id=f"gift:{key}" if key else None,
+            deltas=deltas,
+            reason=reason,
+            label=label or None,
+            metadata=metadata,
+        )
 
         def gift(locked: store.SessionAffinity) -> store.Change:
             return store.Change(apply_delta(locked.current(), deltas, self.settings.gift_inertia), locked.book, event)
 
-        outcome = await store.write_locked(self.pool, session_id, user_id, gift)
+        outcome = await store.write_locked(
+            self.pool, session_id, user_id, gift, idempotency=("gift", event.turn_id) if event.turn_id else None
+        )
+        applied = outcome.effective_deltas(deltas)
+        if not outcome.applied and outcome.event_id is not None:  # a retry: the first one's answer
+            applied = await store.event_effective_deltas(self.pool, outcome.event_id)
         return pb.ApplyGiftResponse(
-            applied_deltas=outcome.effective_deltas(deltas),
+            applied_deltas=applied,
             state=state_message(outcome.state),
             event_id=str(outcome.event_id),
+            applied=outcome.applied,
         )
 
     @maps_errors

@@ -568,3 +568,9 @@ async def delete_user_data(pool: asyncpg.Pool, user_id: uuid.UUID, instance_id: 
             payload = {"deleted": True, "session_id": str(session_id)}
             await conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, json.dumps(payload))
         return sum(int(result.split()[-1]) for result in (events, off_branch, vectors))
+
+
+async def event_effective_deltas(db: Executor, event_id: uuid.UUID) -> dict[str, float]:
+    """What an event changed, per axis it named."""
+    deltas = await db.fetchval("SELECT effective_deltas FROM affinity.events WHERE id = $1", event_id)
+    return dict(deltas or {})

@@ -66,6 +66,10 @@ class LiveTurns:
     def get(self, turn_id: str) -> FrameLog | None:
         return self._logs.get(turn_id)
 
+    def turn_ids(self) -> list[str]:
+        """Turns this process runs (or finished a moment ago)."""
+        return list(self._logs)
+
     def admit(self, user_id: str) -> None:
         """Count a new turn for the user, or refuse it (at most `max_per_user` at once)."""
         if self._per_user[user_id] >= self.max_per_user:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -63,12 +64,20 @@ def current_trace_context() -> dict[str, str]:
 
 @dataclass
 class OutboxWorker:
+    """Delivers due jobs. A job is retried with exponential backoff up to `backoff_cap` for `horizon_seconds`
+    (default a day; or `max_attempts` attempts when set) before it is parked dead — and retried at once when its
+    peer comes back (`watch_reconnects`). Delivered jobs are pruned after `retention_seconds`."""
+
     pool: asyncpg.Pool
     peers: Peers
     batch_size: int = 32
-    max_attempts: int = 10
+    max_attempts: int | None = None
     poll_seconds: float = 1.0
     backoff_base: float = 0.5
+    backoff_cap: float = 300.0
+    horizon_seconds: float = 86_400.0
+    retention_seconds: float = 7 * 86_400.0
+    prune_every_seconds: float = 600.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tracer: trace.Tracer = field(default_factory=lambda: trace.get_tracer("rapport.outbox"))
 
@@ -76,7 +85,13 @@ class OutboxWorker:
         self.wake.set()
 
     async def run(self) -> None:
+        next_prune = 0.0
         while True:
+            if asyncio.get_running_loop().time() >= next_prune:
+                pruned = await outbox_store.prune_done(self.pool, self.retention_seconds)
+                if pruned:
+                    log.info("pruned %d delivered post-process jobs older than the retention", pruned)
+                next_prune = asyncio.get_running_loop().time() + self.prune_every_seconds
             METRICS.depth = await outbox_store.counts(self.pool)
             delivered = await self.deliver_due()
             if delivered:
@@ -114,8 +129,29 @@ class OutboxWorker:
         finally:
             otel_context.detach(token)
 
+    async def watch_reconnects(self) -> None:
+        """When a peer's channel becomes ready again (it restarted, or the network came back), its waiting jobs
+        are due at once instead of at the end of their backoff."""
+        await asyncio.gather(*(self._watch(target, channel) for target, channel in self.peers.channels.items()))
+
+    async def _watch(self, target: str, channel: grpc.aio.Channel) -> None:
+        state = channel.get_state(try_to_connect=False)
+        while True:
+            await channel.wait_for_state_change(state)
+            previous, state = state, channel.get_state(try_to_connect=False)
+            if state == grpc.ChannelConnectivity.READY and previous != grpc.ChannelConnectivity.READY:
+                resumed = await outbox_store.due_now(self.pool, target)
+                if resumed:
+                    log.info("%s is back: %d waiting post-process jobs are due now", target, resumed)
+                    self.notify()
+
+    def _gives_up(self, job: outbox_store.ClaimedJob) -> bool:
+        if self.max_attempts is not None and job.attempts >= self.max_attempts:
+            return True
+        return (datetime.now(UTC) - job.created_at).total_seconds() >= self.horizon_seconds
+
     async def _failed(self, job: outbox_store.ClaimedJob, reason: str) -> None:
-        if job.attempts >= self.max_attempts:
+        if self._gives_up(job):
             METRICS.dead.add(1, {"target": job.target})
             log.error(
                 "post-process job %s (%s, turn %s) is dead after %d attempts: %s",
@@ -127,7 +163,7 @@ class OutboxWorker:
             )
             await outbox_store.park_dead(self.pool, job.id, reason)
             return
-        delay = backoff_seconds(job.attempts, self.backoff_base)
+        delay = backoff_seconds(job.attempts, self.backoff_base, self.backoff_cap)
         METRICS.retries.add(1, {"target": job.target})
         log.warning(
             "post-process job %s (%s) failed (attempt %d), retrying in %.1fs: %s",

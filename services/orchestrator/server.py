@@ -37,6 +37,7 @@ from . import api_keys, branching
 from .access import PublicApiGuard
 from .domain.admission import admit
 from .domain.turn_request import TurnRequest, TurnRequestError, validate_turn_request
+from .leases import TurnLeases
 from .live_turns import FrameLog, LiveTurns, TooManyTurns
 from .openai_compat import BeginTurn, ChatCompletions
 from .outbox import OutboxWorker
@@ -93,7 +94,10 @@ def sampling_overrides(request: pb.SendMessageRequest | pb.ChatCompletionRequest
 
 
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
-    def __init__(self, ctx: ServiceContext, peers: Peers, engine: TurnEngine, live: LiveTurns) -> None:
+    def __init__(
+        self, ctx: ServiceContext, peers: Peers, engine: TurnEngine, live: LiveTurns, leases: TurnLeases
+    ) -> None:
+        self.leases = leases
         self.pool = ctx.pool
         self.peers = peers
         self.engine = engine
@@ -441,6 +445,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         async def work(frame_log: FrameLog) -> None:
             try:
                 uncontended = not lock.locked()
+                await self.leases.claim(turn_id)  # ours from now on, also while it waits for the session
                 async with lock:
                     await turns.attach_user_message(self.pool, turn_id)
                     if uncontended and prefetch is not None and created:
@@ -512,11 +517,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 deltas=dict(request.deltas),
                 label=request.label,
                 metadata=request.metadata,
+                client_request_id=request.client_request_id,
             )
         )
-        await sessions.record_gift_message(
-            self.pool, session, request.label or "gift", dict(reply.applied_deltas), reply.event_id
-        )
+        if reply.applied:  # a retried gift (same client_request_id) is recorded once
+            await sessions.record_gift_message(
+                self.pool, session, request.label or "gift", dict(reply.applied_deltas), reply.event_id
+            )
         return pb.ApplyGiftResponse(applied_deltas=dict(reply.applied_deltas), affinity=reply.state)
 
     @maps_errors
@@ -616,10 +623,15 @@ async def build(ctx: ServiceContext) -> ServiceParts:
             base_url=offline_server.base_url, api_key="offline", offline=True, default_model=OFFLINE_MODEL_ID
         )
     llm = LlmClient(endpoint, timeout=env.float("LLM_TIMEOUT_SECS", 60.0, 0.1, 600.0))
-    outbox = OutboxWorker(ctx.pool, peers, max_attempts=env.int("POST_PROCESS_MAX_ATTEMPTS", 10, 1, 100))
-    recovered = await turns.fail_abandoned_turns(ctx.pool)
-    if recovered:
-        log.warning("%d turns were interrupted by a previous stop; marked failed (a retry regenerates them)", recovered)
+    attempts = env.int("POST_PROCESS_MAX_ATTEMPTS", 0, 0, 100_000)
+    outbox = OutboxWorker(
+        ctx.pool,
+        peers,
+        max_attempts=attempts or None,
+        horizon_seconds=env.float("POST_PROCESS_HORIZON_SECS", 86_400.0, 1.0, 30 * 86_400.0),
+        backoff_cap=env.float("POST_PROCESS_BACKOFF_CAP_SECS", 300.0, 0.1, 3600.0),
+        retention_seconds=env.float("OUTBOX_RETENTION_SECS", 7 * 86_400.0, 0.0, 365 * 86_400.0),
+    )
     hidden = frozenset(k.strip() for k in (env.str("OPENROUTER_USAGE_HIDDEN_KEYS") or "").split(",") if k.strip())
     engine = TurnEngine(
         pool=ctx.pool,
@@ -634,10 +646,13 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         hidden_usage_keys=hidden,
     )
     live = LiveTurns(max_per_user=env.int("MAX_TURNS_PER_USER", 3, 1, 100))
-    servicer = OrchestratorServicer(ctx, peers, engine, live)
+    leases = TurnLeases(ctx.pool, live)
+    await leases.start()  # turns of stopped or silent replicas end failed; live ones of others are left alone
+    servicer = OrchestratorServicer(ctx, peers, engine, live, leases)
 
     async def stop() -> None:
         await live.drain(timeout=5.0)
+        await leases.stop()
         await peers.close()
         await llm.close()
         if offline_server is not None:
@@ -646,7 +661,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     return ServiceParts(
         register=[lambda server: pb_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)],
         service_names=[pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name],
-        background=[outbox.run],
+        background=[outbox.run, outbox.watch_reconnects, leases.run],
         on_stop=[stop],
         public_api=PublicApiGuard.from_env(ctx.pool, ctx.security.token, env),
     )

@@ -175,6 +175,23 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) ->
         await _abort(context, peer_failure, passed_on)
     if isinstance(error, asyncpg.exceptions.DataError):
         await _abort(context, InvalidArgument(f"invalid value: {error}", user_message=str(error)))
+    if isinstance(error, DATABASE_BUSY):
+        log.warning("database busy: %s", error)
+        await _abort(
+            context,
+            Unavailable(
+                "the database is busy (a lock or statement timeout)",
+                user_message="That took too long. Please try again.",
+            ),
+        )
+    if isinstance(error, DATABASE_DOWN):
+        log.warning("database unavailable: %s: %s", type(error).__name__, error)
+        await _abort(
+            context,
+            Unavailable(
+                "the database is unavailable", user_message="The service is briefly unavailable. Please try again."
+            ),
+        )
     if isinstance(error, ValueError):
         await _abort(context, InvalidArgument(str(error)))
     raise error
@@ -191,7 +208,17 @@ async def _abort(
     )
 
 
-_MAPPED = (ServiceError, grpc.aio.AioRpcError, asyncpg.exceptions.DataError, ValueError)
+# A lock wait or statement past its timeout (DB_LOCK_TIMEOUT_SECS, DB_STATEMENT_TIMEOUT_SECS), and an outage: retryable.
+DATABASE_BUSY = (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.QueryCanceledError)
+DATABASE_DOWN = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    ConnectionError,
+    OSError,
+)
+_MAPPED = (ServiceError, grpc.aio.AioRpcError, asyncpg.exceptions.DataError, ValueError, *DATABASE_BUSY, *DATABASE_DOWN)
 
 
 def maps_errors(method: F) -> F:

@@ -36,6 +36,7 @@ class ClaimedJob:
     payload: dict[str, Any] | None  # the request as JSON, for jobs written before requests were serialized
     trace_context: dict[str, str]
     attempts: int
+    created_at: datetime
     session_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
 
@@ -82,10 +83,10 @@ async def claim(conn: Conn, batch_size: int, lease_seconds: float) -> list[Claim
                                AND e.target = o.target AND e.status = 'pending' AND e.id < o.id)
                ORDER BY o.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
            UPDATE chat.outbox o SET attempts = o.attempts + 1,
-               next_attempt_at = now() + make_interval(secs => $2)
+               next_attempt_at = now() + make_interval(secs => $2), claimed_until = now() + make_interval(secs => $2)
            FROM due WHERE o.id = due.id
            RETURNING o.id, o.turn_id, o.target, o.call, o.request, o.payload, o.trace_context, o.attempts,
-                     o.session_id, o.user_id""",
+                     o.created_at, o.session_id, o.user_id""",
         batch_size,
         lease_seconds,
     )
@@ -116,7 +117,8 @@ async def mark_done(pool: asyncpg.Pool, job: ClaimedJob, effects: dict[str, Any]
 
 async def retry_later(conn: Conn, job_id: int, delay_seconds: float, reason: str) -> None:
     await conn.execute(
-        "UPDATE chat.outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3 WHERE id = $1",
+        "UPDATE chat.outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3, "
+        "claimed_until = NULL WHERE id = $1",
         job_id,
         delay_seconds,
         reason,
@@ -158,3 +160,30 @@ async def delete_pending_for_user(conn: Conn, user_id: uuid.UUID) -> None:
         user_id,
         str(user_id),
     )
+
+
+async def delete_for_user(conn: Conn, user_id: uuid.UUID) -> int:
+    """Every job of a user, whatever its state: their requests hold the user's words."""
+    result = await conn.execute(
+        "DELETE FROM chat.outbox WHERE user_id = $1 OR payload->>'user_id' = $2", user_id, str(user_id)
+    )
+    return int(result.split()[-1])
+
+
+async def prune_done(conn: Conn, retention_seconds: float) -> int:
+    """Delivered jobs older than the retention period are removed (the effects live with their peers)."""
+    result = await conn.execute(
+        "DELETE FROM chat.outbox WHERE status = 'done' AND done_at < now() - make_interval(secs => $1)",
+        retention_seconds,
+    )
+    return int(result.split()[-1])
+
+
+async def due_now(conn: Conn, target: str) -> int:
+    """The target's waiting jobs become due at once (its peer is back) → how many."""
+    result = await conn.execute(
+        "UPDATE chat.outbox SET next_attempt_at = now() WHERE status = 'pending' AND target = $1 "
+        "AND attempts > 0 AND next_attempt_at > now() AND (claimed_until IS NULL OR claimed_until < now())",
+        target,
+    )
+    return int(result.split()[-1])

@@ -227,7 +227,11 @@ async def record_imported_turn(
 
 async def restart_turn(conn: Conn, turn_id: str) -> None:
     """A failed turn is generated again: running, with no frames."""
-    await conn.execute("UPDATE chat.turns SET status = 'running', frames = '[]', error = NULL WHERE id = $1", turn_id)
+    await conn.execute(
+        "UPDATE chat.turns SET status = 'running', frames = '[]', error = NULL, owner = NULL, started_at = now() "
+        "WHERE id = $1",
+        turn_id,
+    )
 
 
 async def finish_turn(
@@ -339,17 +343,52 @@ async def _summed_usage(conn: asyncpg.Connection, session_id: uuid.UUID, usage: 
     return summed
 
 
-async def fail_abandoned_turns(conn: Conn) -> int:
-    """At start-up: turns left 'running' by a crashed process end in a definite state (failed)."""
+async def fail_abandoned_turns(
+    conn: Conn, *, replica_id: uuid.UUID, live_turn_ids: Sequence[str], lease_seconds: float
+) -> int:
+    """Turns left 'running' that nobody runs any more end in a definite state (failed; a retry generates them
+    again): those of a replica that stopped or whose heartbeat is older than the lease, those of this replica
+    that it no longer runs (their failure could not be recorded), and those never claimed for longer than the
+    lease. A live turn of another replica is never touched."""
     result = await conn.execute(
-        """UPDATE chat.turns SET status = 'failed', error = 'interrupted: the orchestrator stopped during generation',
-               finished_at = now(),
-               frames = frames || jsonb_build_array(jsonb_build_object('type', 'error', 'code', 'internal',
-                   'retryable', true, 'message', 'generation interrupted by a restart',
+        """UPDATE chat.turns t SET status = 'failed',
+               error = 'interrupted: the orchestrator running it stopped', finished_at = now(),
+               frames = t.frames || jsonb_build_array(jsonb_build_object('type', 'error', 'code', 'internal',
+                   'retryable', true, 'message', 'generation interrupted',
                    'user_message', 'The reply was interrupted. Please send your message again.'))
-           WHERE status = 'running'"""
+           WHERE t.status = 'running'
+             AND ((t.owner IS NULL AND t.started_at < now() - make_interval(secs => $3))
+                  OR (t.owner = $1 AND NOT (t.id = ANY($2::text[])))
+                  OR (t.owner <> $1 AND NOT EXISTS (
+                        SELECT 1 FROM chat.replicas r WHERE r.id = t.owner AND r.stopped_at IS NULL
+                        AND r.heartbeat_at >= now() - make_interval(secs => $3))))""",
+        replica_id,
+        list(live_turn_ids),
+        lease_seconds,
     )
     return int(result.split()[-1])
+
+
+async def claim_turn(conn: Conn, turn_id: str, replica_id: uuid.UUID) -> None:
+    """This replica runs the turn now (its lease keeps it alive)."""
+    await conn.execute("UPDATE chat.turns SET owner = $2 WHERE id = $1", turn_id, replica_id)
+
+
+async def register_replica(conn: Conn, replica_id: uuid.UUID) -> None:
+    await conn.execute("INSERT INTO chat.replicas (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", replica_id)
+
+
+async def beat(conn: Conn, replica_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE chat.replicas SET heartbeat_at = now() WHERE id = $1", replica_id)
+
+
+async def stop_replica(conn: Conn, replica_id: uuid.UUID) -> None:
+    """A replica stopping: its running turns are another's to fail; rows of long-gone replicas are pruned."""
+    await conn.execute("UPDATE chat.replicas SET stopped_at = now() WHERE id = $1", replica_id)
+    await conn.execute(
+        "DELETE FROM chat.replicas r WHERE r.heartbeat_at < now() - interval '7 days' "
+        "AND NOT EXISTS (SELECT 1 FROM chat.turns t WHERE t.owner = r.id AND t.status = 'running')"
+    )
 
 
 async def turn_for_message(conn: Conn, session_id: uuid.UUID, message_id: str) -> TurnRow | None:

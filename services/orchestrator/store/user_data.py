@@ -56,9 +56,11 @@ async def delete_pending_jobs(conn: Conn, user_id: uuid.UUID) -> None:
 
 
 async def delete_chat(pool: asyncpg.Pool, user_id: uuid.UUID) -> int:
-    """Erase the user's instances, sessions (messages, turns cascade) and API keys → instances removed."""
+    """Erase the user's instances, sessions (their messages, turns, events, branches and judge audits cascade),
+    API keys and every post-process job → instances removed."""
     async with pool.acquire() as conn, conn.transaction():
         result = await conn.execute("DELETE FROM chat.persona_instances WHERE user_id = $1", user_id)
-        await conn.execute("DELETE FROM chat.sessions WHERE user_id = $1", user_id)
+        await conn.execute("DELETE FROM chat.sessions WHERE user_id = $1", user_id)  # messages, turns, events…
         await conn.execute("DELETE FROM chat.api_keys WHERE user_id = $1", user_id)
+        await outbox.delete_for_user(conn, user_id)  # delivered jobs too: their requests hold the user's words
     return int(result.split()[-1])

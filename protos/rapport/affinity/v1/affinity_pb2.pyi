@@ -652,9 +652,12 @@ class ApplyGiftRequest(_message.Message):
     DELTAS_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     session_id: _builtins.str
     label: _builtins.str
+    client_request_id: _builtins.str
+    """Idempotency: a gift repeated with the same id (a client's retry) applies once; the repeat answers as the first."""
     @_builtins.property
     def deltas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -667,10 +670,11 @@ class ApplyGiftRequest(_message.Message):
         deltas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         label: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        client_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "label", b"label", "metadata", b"metadata", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "deltas", b"deltas", "label", b"label", "metadata", b"metadata", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -703,7 +707,10 @@ class ApplyGiftResponse(_message.Message):
     APPLIED_DELTAS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
+    applied: _builtins.bool
+    """False for a repeat of a gift already applied (same client_request_id): nothing changed."""
     @_builtins.property
     def applied_deltas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -714,10 +721,11 @@ class ApplyGiftResponse(_message.Message):
         applied_deltas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         state: Global___AffinityState | None = ...,
         event_id: _builtins.str = ...,
+        applied: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_deltas", b"applied_deltas", "event_id", b"event_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "applied_deltas", b"applied_deltas", "event_id", b"event_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -733,9 +733,12 @@ class ApplyGiftRequest(_message.Message):
     DELTAS_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     session_id: _builtins.str
     label: _builtins.str
+    client_request_id: _builtins.str
+    """Idempotency: a gift repeated with the same id (a client's retry) applies once; the repeat answers as the first."""
     @_builtins.property
     def deltas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -748,10 +751,11 @@ class ApplyGiftRequest(_message.Message):
         deltas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         label: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        client_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "label", b"label", "metadata", b"metadata", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "deltas", b"deltas", "label", b"label", "metadata", b"metadata", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
