@@ -19,16 +19,16 @@ from services.insight.schedule import SnapshotSchedule
 from services.insight.snapshots import SnapshotSweeper
 from services.servicekit.config import Env
 from services.servicekit.db import create_pool
-from services.servicekit.grpc_runtime import open_channel
 from services.servicekit.service import start_service
+from tests.stack import INTERNAL_ENV, internal_channel
 from tests.integration.test_insight_service import Insight
 
 
 @pytest.fixture(name="insight")
 async def insight_service(database_url: str) -> AsyncIterator[Insight]:
     service = await start_service("insight", Env({"DATABASE_URL": database_url, "BIND_ADDR": "127.0.0.1:0",
-                                                  "SNAPSHOT_DISABLED": "1"}), pool_size=5)
-    channel = open_channel(service.address)
+                                                  "SNAPSHOT_DISABLED": "1", **INTERNAL_ENV}), pool_size=5)
+    channel = internal_channel(service.address)
     try:
         yield Insight(service, channel, pb_grpc.InsightServiceStub(channel))
     finally:
