@@ -538,4 +538,5 @@ def memory_json(m: memory_pb2.Memory) -> dict[str, Any]:
         "source_message_ids": list(m.source_message_ids),
         "instance_id": m.instance_id or None,
         "session_id": m.session_id or None,
+        "hidden": m.hidden,  # every source message is off the active branch: not recalled until it is back
     }
