@@ -30,7 +30,7 @@ class RegenerateBody(BaseModel):
 
 class BranchBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    from_message_id: str = Field(min_length=1, max_length=40)
+    from_message_id: str | None = Field(default=None, max_length=40)  # none: from the start (a new first message)
     client_request_id: str = Field(default="", max_length=64)
 
 
@@ -86,13 +86,14 @@ def conversation_router() -> APIRouter:
 
     @router.post("/branches", dependencies=[Depends(require_json)])
     async def create_branch(request: Request, session_id: uuid.UUID, body: BranchBody, user: User) -> dict[str, Any]:
-        """Rewind: a new branch continuing from a message, made active; the next `message/stream` continues
-        from it. The old branch stays whole. `client_request_id` makes a retry return the same branch."""
+        """Rewind: a new branch continuing from a message (none: from the very start), made active; the next
+        `message/stream` continues from it. The old branch stays whole. `client_request_id` makes a retry return
+        the same branch."""
         reply = await clients(request).orchestrator.CreateBranch(
             orch_pb2.CreateBranchRequest(
                 user_id=str(user),
                 session_id=str(session_id),
-                from_message_id=body.from_message_id,
+                from_message_id=body.from_message_id or "",
                 client_request_id=body.client_request_id,
             )
         )

@@ -186,8 +186,8 @@ def _node(loaded: LoadedConversation, message_id: str) -> Node:
 async def create_branch(
     pool: asyncpg.Pool, session: SessionRow, from_message_id: str, client_request_id: str = ""
 ) -> str:
-    """A new branch continuing from `from_message_id`, made active → its id (the same for a repeated
-    `client_request_id`)."""
+    """A new branch continuing from `from_message_id` (empty: from the very start, before the first message), made
+    active → its id (the same for a repeated `client_request_id`)."""
     async with pool.acquire() as conn, conn.transaction():
         await sessions.lock_session(conn, session.id)
         if client_request_id:
@@ -195,11 +195,13 @@ async def create_branch(
             if existing is not None:
                 return str(existing)
         loaded = await load(conn, session.id)
-        node = _node(loaded, from_message_id)
-        if node.deleted:
-            raise InvalidArgument("a branch cannot continue from an erased message", field="from_message_id")
-        _refuse_while_running(loaded, [from_message_id], "branch from")
-        branch_id = await conversations.create_branch(conn, session.id, from_message_id, from_message_id)
+        if from_message_id:
+            node = _node(loaded, from_message_id)
+            if node.deleted:
+                raise InvalidArgument("a branch cannot continue from an erased message", field="from_message_id")
+        _refuse_while_running(loaded, [from_message_id] if from_message_id else [], "branch from")
+        head = from_message_id or None  # none: a branch from the very start (to say the first message differently)
+        branch_id = await conversations.create_branch(conn, session.id, head, head)
         await conversations.activate_branch(conn, session.id, branch_id)
         event_id = await conversations.append_event(
             conn,
@@ -208,7 +210,7 @@ async def create_branch(
             kind="branched",
             actor="user",
             branch_id=branch_id,
-            data={"from_message_id": from_message_id, "activate": True, "client_request_id": client_request_id},
+            data={"from_message_id": head, "activate": True, "client_request_id": client_request_id},
         )
         await follow_active_branch(conn, session, event_id)
     return str(branch_id)

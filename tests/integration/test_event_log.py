@@ -229,3 +229,22 @@ async def test_branching_from_or_deleting_a_message_being_answered_is_409(stack:
     else:
         response = await stack.client.delete(f"/comp/chat/{session}/messages/{message}", headers=stack.headers(user))
     assert response.status_code == 409 and response.json()["code"] == "conflict"
+
+
+async def test_a_branch_from_the_very_start_says_the_first_message_differently(stack: Stack, db) -> None:
+    user = uuid.uuid4()
+    chat = await stack.start_chat(user)
+    session = chat["session_id"]
+    await stack.send(user, session, "Hi! I'm Sma.")
+    old = [m["id"] for m in (await history(stack, user, session))["messages"]]
+    response = await stack.client.post(f"/comp/chat/{session}/branches", json={}, headers=stack.headers(user))
+    assert response.status_code == 200, response.text
+    assert (await history(stack, user, session))["messages"] == []
+    await stack.send(user, session, "Hi! I'm Sam.")
+    shown = (await history(stack, user, session))["messages"]
+    assert shown[0]["content"] == "Hi! I'm Sam." and shown[0]["parent_id"] is None and len(shown) == 2
+    branches = (await stack.client.get(f"/comp/chat/{session}/branches", headers=stack.headers(user))).json()
+    old_branch = next(b for b in branches["branches"] if not b["active"])
+    await stack.client.post(f"/comp/chat/{session}/branches/{old_branch['branch_id']}/activate",
+                            headers=stack.headers(user))
+    assert [m["id"] for m in (await history(stack, user, session))["messages"]] == old
