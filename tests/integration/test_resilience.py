@@ -132,29 +132,42 @@ async def test_a_restarted_peer_is_used_again_within_two_seconds(database_url: s
     peer came back, and the gateway's own calls to it failing for longer."""
     stack = await start_stack(database_url)
     try:
-        user = uuid.uuid4()
-        chat = await stack.start_chat(user)
-        assert (await final_frame(stack, user, chat["session_id"], "Hello!"))["degraded"] == []
+        users = [uuid.uuid4() for _ in range(6)]  # a turn each at a time: one probe never waits for another
+        sessions = {user: (await stack.start_chat(user))["session_id"] for user in users}
+        assert (await final_frame(stack, users[0], sessions[users[0]], "Hello!"))["degraded"] == []
         memory = stack.services.pop("memory")
         address = memory.address
         await memory.stop(grace=0.1)
         # Down for 12 s while turns keep the channels trying: gRPC's default backoff would be at ~6.5 s by then.
         down_until = time.monotonic() + 12
         while time.monotonic() < down_until:
-            assert "memory" in (await final_frame(stack, user, chat["session_id"], "Still there?"))["degraded"]
+            assert "memory" in (await final_frame(stack, users[0], sessions[users[0]], "Still there?"))["degraded"]
             await asyncio.sleep(1.0)  # the outage's length is the fault injected, not a wait for a result
         await restart(stack, "memory", address)
         back = time.monotonic()
-        turn_back = gateway_back = None
-        while (turn_back is None or gateway_back is None) and time.monotonic() - back < 20:
-            started = time.monotonic() - back
-            if turn_back is None and "memory" not in (await final_frame(stack, user, chat["session_id"], "And now?"))["degraded"]:
-                turn_back = started
-            started = time.monotonic() - back
-            if gateway_back is None and (await stack.client.get(f"/comp/user/{user}/memories",
-                                                                headers=stack.headers(user))).status_code == 200:
-                gateway_back = started
-        print(f"\nmemory back: turns use it after {turn_back:.2f} s, the gateway after {gateway_back:.2f} s")
+        turns_served: list[float] = []  # when (after the peer was back) each turn that used memory again began
+        gateway_served: list[float] = []
+
+        async def probe_turn(user: uuid.UUID) -> None:
+            began = time.monotonic() - back
+            if "memory" not in (await final_frame(stack, user, sessions[user], "And now?"))["degraded"]:
+                turns_served.append(began)
+
+        async def probe_gateway(user: uuid.UUID) -> None:
+            began = time.monotonic() - back
+            response = await stack.client.get(f"/comp/user/{user}/memories", headers=stack.headers(user))
+            if response.status_code == 200:
+                gateway_served.append(began)
+
+        # A probe of each kind every 0.25 s, each turn in a session of its own (a session's turns are serialized).
+        probes: list[asyncio.Task[None]] = []
+        while not (turns_served and gateway_served) and time.monotonic() - back < 20:
+            user = users[len(probes) // 2 % len(users)]
+            probes += [asyncio.create_task(probe_turn(user)), asyncio.create_task(probe_gateway(user))]
+            await asyncio.sleep(0.25)  # the probes' spacing: the resolution of the measurement
+        await asyncio.gather(*probes, return_exceptions=True)
+        turn_back, gateway_back = min(turns_served, default=None), min(gateway_served, default=None)
+        print(f"\nmemory back: turns use it after {turn_back} s, the gateway after {gateway_back} s")
         assert turn_back is not None and turn_back < 2.0
         assert gateway_back is not None and gateway_back < 2.0
     finally:
