@@ -20,6 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,9 +31,10 @@ from rapport.insight.v1 import insight_pb2, insight_pb2_grpc
 from rapport.memory.v1 import memory_pb2, memory_pb2_grpc
 from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as orch_grpc
+from services.contracts.health import POST_PROCESS_QUEUE
 from services.servicekit import registry
 from services.servicekit.config import Env, peer_address
-from services.servicekit.grpc_runtime import open_channel, peer_serving
+from services.servicekit.grpc_runtime import open_channel, peer_serving, peer_status
 from services.servicekit.grpc_security import ChannelSecurity
 
 from . import errors
@@ -50,6 +52,11 @@ OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 WATCH_STREAM_SECONDS = 3600  # a live affinity stream ends after this; the page reconnects
 # The services the gateway calls (and checks in /readyz), by name: their full gRPC service names.
 SERVICE_NAMES = {spec.name: spec.proto_service for spec in registry.called_by(registry.GATEWAY)}
+# What /readyz says of the post-process queue, by the orchestrator's status of POST_PROCESS_QUEUE.
+POST_PROCESS_REPORTS = {
+    health_pb2.HealthCheckResponse.SERVING: "ok",
+    health_pb2.HealthCheckResponse.NOT_SERVING: "dead_jobs",
+}
 
 
 @dataclass
@@ -227,19 +234,25 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
+        """Ready when every peer is SERVING. `post_process` says whether post-process jobs are dead (`ok`,
+        `dead_jobs`: `rapport outbox` lists them; `unknown`: the orchestrator did not say) — it is reported,
+        never a reason to be unready (the turns are served; the dead jobs wait for an operator)."""
         names = list(settings.addresses)
         states = await asyncio.gather(
-            *(peer_serving(settings.addresses[n], SERVICE_NAMES[n], security=settings.channel_security) for n in names)
+            *(peer_serving(settings.addresses[n], SERVICE_NAMES[n], security=settings.channel_security) for n in names),
+            peer_status(settings.addresses["orchestrator"], POST_PROCESS_QUEUE, security=settings.channel_security),
         )
+        queue = POST_PROCESS_REPORTS.get(states.pop(), "unknown")
         peers = {name: ("SERVING" if ok else "NOT_SERVING") for name, ok in zip(names, states, strict=True)}
         if all(states):
-            return JSONResponse({"status": "ready", "peers": peers})
+            return JSONResponse({"status": "ready", "peers": peers, "post_process": queue})
         return JSONResponse(
             {
                 "code": "unavailable",
                 "message": "not every peer is SERVING",
                 "user_message": errors.USER_MESSAGES[503],
                 "peers": peers,
+                "post_process": queue,
             },
             status_code=503,
         )

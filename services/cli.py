@@ -22,7 +22,7 @@ from services import admin
 # Two operations that moved to services/admin.py, at their old import path (tests import them from here).
 from services.admin import migration_params as migration_params
 from services.admin import outbox_report as outbox_report
-from services.local_stack import DEFAULT_GRPC_PORT, LocalStack
+from services.local_stack import DEFAULT_GRPC_PORT, CrashLoop, LocalStack
 from services.servicekit import registry
 from services.servicekit.config import ConfigError, Env, rapport_home
 from services.servicekit.identity import auth_mode
@@ -36,13 +36,15 @@ BENCHMARKS = {
     "event-log": "tools.bench.event_log",
 }
 OTHER_PROCESSES = (registry.GATEWAY, "offline-llm")  # what `rapport serve` runs besides the gRPC services
+SUPERVISE_SECONDS = 0.2  # how often `rapport up` checks its children
 
 
 # ---- up ---------------------------------------------------------------------------------
 
 
 def up(args: argparse.Namespace) -> int:
-    """Start the local stack, print where it is, wait for Ctrl-C (or a child exiting), stop it."""
+    """Start the local stack, print where it is, supervise it (a crashed process is restarted) until Ctrl-C or a
+    crash loop, stop it."""
     port = args.port if args.port is not None else Env().int("RAPPORT_PORT", 8080, 1, 65535)
     grpc_port = (
         args.grpc_port if args.grpc_port is not None else Env().int("RAPPORT_GRPC_PORT", DEFAULT_GRPC_PORT, 1, 65535)
@@ -52,7 +54,12 @@ def up(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     logs = rapport_home(Env()) / "logs"
     stack = LocalStack(
-        dict(os.environ), port=port, grpc_port=grpc_port, log_dir=logs, announce=lambda line: print(line, flush=True)
+        dict(os.environ),
+        port=port,
+        grpc_port=grpc_port,
+        replicas=args.replicas,
+        log_dir=logs,
+        announce=lambda line: print(line, flush=True),
     )
     stop_requested = False
 
@@ -76,13 +83,11 @@ def up(args: argparse.Namespace) -> int:
         print(f"  logs:      {logs}/", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested:
-            for name, code in stack.exited_children().items():
-                print(f"{name} exited with code {code}; stopping (see {logs / name}.log)", file=sys.stderr, flush=True)
-                stop_requested = True
-            time.sleep(0.2)
+            stack.supervise()  # restarts what exited; CrashLoop when a process keeps exiting
+            time.sleep(SUPERVISE_SECONDS)
         return 0
     except (RuntimeError, ConfigError) as error:
-        where = f" (logs: {logs}/)" if isinstance(error, RuntimeError) else ""
+        where = f" (logs: {logs}/)" if isinstance(error, RuntimeError) and not isinstance(error, CrashLoop) else ""
         print(f"rapport up: {error}{where}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -148,6 +153,13 @@ async def manage_keys(dsn: str, args: argparse.Namespace) -> list[str]:
     return await admin.revoke_key(dsn, args.id)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -163,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help=f"port of the public gRPC API on 127.0.0.1 (default: $RAPPORT_GRPC_PORT or {DEFAULT_GRPC_PORT})",
+    )
+    p_up.add_argument(
+        "--replicas",
+        type=_positive_int,
+        default=1,
+        help="processes of each gRPC service, calls balanced over them (round_robin) as in Kubernetes (default 1)",
     )
     p_serve = sub.add_parser("serve", help="run one process (what a container runs)")
     p_serve.add_argument("service", choices=[*registry.service_names(), *OTHER_PROCESSES])

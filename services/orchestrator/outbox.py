@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -80,6 +81,8 @@ class OutboxWorker:
     prune_every_seconds: float = 600.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tracer: trace.Tracer = field(default_factory=lambda: trace.get_tracer("rapport.outbox"))
+    # Told the queue's counts by status at every round (the orchestrator reports dead jobs in its health).
+    report_counts: Callable[[dict[str, int]], Awaitable[None]] | None = None
 
     def notify(self) -> None:
         self.wake.set()
@@ -93,6 +96,8 @@ class OutboxWorker:
                     log.info("pruned %d delivered post-process jobs older than the retention", pruned)
                 next_prune = asyncio.get_running_loop().time() + self.prune_every_seconds
             METRICS.depth = await outbox_store.counts(self.pool)
+            if self.report_counts is not None:
+                await self.report_counts(METRICS.depth)
             delivered = await self.deliver_due()
             if delivered:
                 continue

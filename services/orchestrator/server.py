@@ -10,12 +10,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2
 
 from rapport.affinity.v1 import affinity_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as pb_grpc
 from services.contracts import frames
 from services.contracts.frames import Frame
+from services.contracts.health import POST_PROCESS_QUEUE
 from services.contracts.scopes import NAMED_AFFINITY_SCOPES
 from services.offline_llm.server import build_llm_app, serve_llm
 from services.servicekit.grpc_errors import (
@@ -632,6 +634,15 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         backoff_cap=env.float("POST_PROCESS_BACKOFF_CAP_SECS", 300.0, 0.1, 3600.0),
         retention_seconds=env.float("OUTBOX_RETENTION_SECS", 7 * 86_400.0, 0.0, 365 * 86_400.0),
     )
+
+    async def report_dead_jobs(counts: dict[str, int]) -> None:
+        """Dead jobs show in the health of POST_PROCESS_QUEUE (the orchestrator's own status is unaffected)."""
+        serving = (
+            health_pb2.HealthCheckResponse.NOT_SERVING if counts.get("dead") else health_pb2.HealthCheckResponse.SERVING
+        )
+        await ctx.health.set(POST_PROCESS_QUEUE, serving)
+
+    outbox.report_counts = report_dead_jobs
     hidden = frozenset(k.strip() for k in (env.str("OPENROUTER_USAGE_HIDDEN_KEYS") or "").split(",") if k.strip())
     engine = TurnEngine(
         pool=ctx.pool,

@@ -7,6 +7,7 @@ variable and the expected form (STYLE 6: fail fast on configuration).
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,14 +99,53 @@ class Env:
         return value
 
     def address(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
-        """host:port (port 0 = ephemeral)."""
+        """host:port (port 0 = ephemeral): an address to listen on."""
         value = self.raw(name)
         if value is None:
             return default
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
+        if not _is_host_port(value):
             raise ConfigError(name, "host:port, e.g. 127.0.0.1:50052", value)
         return value
+
+    def grpc_target(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
+        """Where to dial a service: host:port (DNS may give several addresses, as a headless Service in
+        Kubernetes does), or a list of addresses in gRPC's form, `ipv4:127.0.0.1:5001,127.0.0.1:5002` (or
+        `ipv6:[::1]:5001,[::1]:5002`) — what `rapport up --replicas N` sets. Channels balance calls over every
+        address (round_robin)."""
+        value = self.raw(name)
+        if value is None:
+            return default
+        listed = value.startswith(tuple(f"{scheme}:" for scheme in _ADDRESS_FAMILIES))
+        if not (_is_address_list(value) if listed else _is_host_port(value)):
+            raise ConfigError(name, "host:port, or a list of addresses: ipv4:127.0.0.1:50052,127.0.0.1:50062", value)
+        return value
+
+
+_ADDRESS_FAMILIES = {"ipv4": ipaddress.IPv4Address, "ipv6": ipaddress.IPv6Address}
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) <= 65535)
+
+
+def _is_address_list(value: str) -> bool:
+    """`ipv4:a:port,b:port` or `ipv6:[a]:port,[b]:port`: literal IPs of that family, each with a port."""
+    scheme, _, addresses = value.partition(":")
+    family = _ADDRESS_FAMILIES[scheme]
+    for address in addresses.split(","):
+        host, _, port = address.rpartition(":")
+        if not _is_host_port(address) or int(port) == 0:
+            return False
+        if scheme == "ipv6":
+            if not (host.startswith("[") and host.endswith("]")):
+                return False
+            host = host[1:-1]
+        try:
+            family(host)
+        except ValueError:
+            return False
+    return True
 
 
 def _range(lo: object, hi: object) -> str:
@@ -140,10 +180,11 @@ class ServiceSettings:
 
 
 def peer_address(service: str, env: Env | None = None) -> str:
-    """Where to reach a registered service: its address variable, else its default port on loopback."""
+    """Where to reach a registered service: its address variable (one address or a list, see `Env.grpc_target`),
+    else its default port on loopback."""
     env = env or Env()
     spec = registry.service(service)
-    return env.address(spec.address_var, spec.default_address) or ""
+    return env.grpc_target(spec.address_var, spec.default_address) or ""
 
 
 def rapport_home(env: Env | None = None) -> Path:

@@ -10,6 +10,9 @@ generated once into `<home>/pg-password` (mode 0600, owned by whoever runs Rappo
 DSNs; the data and socket directories are 0700, owned by the server's user. A data directory created
 by an earlier version with `--auth=trust` is migrated on start: the password is set over the last
 trusted connection, pg_hba.conf's `trust` methods become `scram-sha-256`, and the server reloads it.
+
+`exit_code()` tells a watcher (`rapport up`'s supervisor) that the server died; `restart()` brings it back on
+the same port, so the services' connection pools reconnect to the same DSN.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger("rapport.embedded_pg")
 
@@ -143,6 +147,7 @@ class EmbeddedPostgres:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     _owner: tuple[int, int] | None = field(default=None, repr=False)
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def pgdata(self) -> Path:
@@ -231,8 +236,9 @@ class EmbeddedPostgres:
         if stale.exists():
             _stop_stale_postmaster(stale)
         if not self.port:
-            self.port = free_port()
-        log_file = open(self.home / "postgres.log", "ab")
+            self.port = free_port()  # kept across restarts: the DSNs the services hold stay valid
+        self._close_log()
+        self._log_file = log_file = open(self.home / "postgres.log", "ab")
         self.process = subprocess.Popen(
             [
                 str(_bin_dir() / "postgres"),
@@ -300,9 +306,29 @@ class EmbeddedPostgres:
         if self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":
             self._psql(f'CREATE DATABASE "{name}"')
 
+    def exit_code(self) -> int | None:
+        """The server's exit code once it has stopped on its own (a crash, a kill), else None (running, or
+        never started)."""
+        return None if self.process is None else self.process.poll()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start the server again after it died, on the same port and data (crash recovery replays the WAL).
+        The backends of a killed server notice its death and exit within moments; until they have, the new
+        server refuses the data directory, so start-up is retried until `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.start(timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except RuntimeError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
     def stop(self, timeout: float = 20.0) -> None:
         """Fast shutdown (SIGINT) and wait; SIGKILL as a last resort."""
         if self.process is None or self.process.poll() is not None:
+            self._close_log()
             return
         self.process.send_signal(signal.SIGINT)
         try:
@@ -310,6 +336,12 @@ class EmbeddedPostgres:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
 
 def _stop_stale_postmaster(pidfile: Path) -> None:

@@ -279,10 +279,12 @@ async def start_grpc_server(
     security: ServerSecurity,
     guard: CallGuard,
     public: bool = False,
+    health_servicer: health.aio.HealthServicer | None = None,
 ) -> RunningGrpcServer:
     """Start a grpc.aio server with health, reflection (when enabled), tracing, deadline propagation and
     every call admitted by `guard`; SERVING on return. `public`: backends call it, so client certificates
-    are optional (internal services require them when a CA is configured)."""
+    are optional (internal services require them when a CA is configured). `health_servicer`: the one to
+    serve (the service may report statuses of its own on it), else a new one."""
     credentials = security.tls.server_credentials(require_client_cert=not public)
     security.check_bind(bind_addr, credentials)
     server = grpc.aio.server(
@@ -301,7 +303,7 @@ async def start_grpc_server(
     )
     for add in register:
         add(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if security.reflection:
         reflection.enable_server_reflection(
@@ -342,6 +344,14 @@ async def peer_serving(
 ) -> bool:
     """True when the peer's health service reports SERVING for service_name (health is open to every
     caller: `security` only says whether to speak TLS; health checks are not traced)."""
+    return await peer_status(address, service_name, timeout, security) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def peer_status(
+    address: str, service_name: str = "", timeout: float = 1.0, security: ChannelSecurity | None = None
+) -> int | None:
+    """The status the peer's health service reports for service_name (a `HealthCheckResponse.ServingStatus`), or
+    None when the peer does not answer or knows no such name."""
     credentials = security.tls.channel_credentials() if security is not None else None
     channel = grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
     async with channel:
@@ -349,5 +359,5 @@ async def peer_serving(
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service_name), timeout=timeout)
         except grpc.aio.AioRpcError:
-            return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+            return None
+        return int(reply.status)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
+from grpc_health.v1 import health
 
 from . import registry
 from .config import Env, ServiceSettings
@@ -34,6 +35,9 @@ class ServiceContext:
     settings: ServiceSettings
     pool: asyncpg.Pool
     security: ServerSecurity
+    # The server's health service: a service may report statuses of its own under other names
+    # (services/contracts/health.py); its own name's status is the kit's (SERVING while it serves).
+    health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
 
 
 @dataclass
@@ -109,6 +113,7 @@ async def start_service(name: str, env: Env | None = None, *, pool_size: int = 1
             security=security,
             guard=parts.public_api or InternalCallersOnly(security.token),
             public=parts.public_api is not None,
+            health_servicer=ctx.health,
         )
     except BaseException:
         await pool.close()
