@@ -67,7 +67,7 @@ UTILITY_HEADER_VALUES = frozenset({"1", "true", "yes"})
 NO_KEY_VALUES = frozenset({"", "undefined", "null", "none"})  # what clients send when no key is set
 TRIMMED_HEADER = "X-Rapport-Prompt-Trimmed"
 NO_KEY_MESSAGE = (
-    "No API key: create one with `rapport keys create --user <your user id>` and send it as "
+    "No API key: create one with `rapport keys create` (`--user <your user id>`) and send it as "
     "`Authorization: Bearer <key>` (in SillyTavern: the API key field of the connection)."
 )
 NOT_A_KEY_MESSAGE = (

@@ -4,9 +4,11 @@ serialization and the per-user concurrency cap.
 Generation runs detached from the caller; a listener that goes away only stops listening.
 
 The cap (`MAX_TURNS_PER_USER`, 3): at most that many turns of one user generate at once — different
-conversations in parallel, the turns of one session one after another. A turn beyond the cap waits in
-the user's queue, first come first served (a freed place goes to the longest waiter, never to a newcomer),
-for up to `TURN_QUEUE_WAIT_SECS` (5 s); then it is refused (429 with Retry-After).
+conversations in parallel, the turns of one session one after another. Beyond the cap, a turn of the
+OpenAI-compatible API (whose clients fan requests out and often do not retry) waits in the user's queue,
+first come first served (a freed place goes to the longest waiter, never to a newcomer), for up to
+`TURN_QUEUE_WAIT_SECS` (10 s); a turn of the browser API, or one still without a place after the wait,
+is refused at once (429 with Retry-After). A newcomer never passes a turn that is waiting.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class TooManyTurns(Exception):
 @dataclass
 class LiveTurns:
     max_per_user: int = 3
-    queue_wait: float = 5.0  # how long a turn beyond the cap may wait for a place, in seconds
+    queue_wait: float = 10.0  # how long a queued turn beyond the cap may wait for a place, in seconds
     _logs: dict[str, FrameLog] = field(default_factory=dict)
     _session_locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     _per_user: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -72,12 +74,15 @@ class LiveTurns:
     def get(self, turn_id: str) -> FrameLog | None:
         return self._logs.get(turn_id)
 
-    async def admit(self, user_id: str) -> None:
-        """Count a new turn for the user: at once while the user has fewer than `max_per_user`, else after the
-        turns queued before it, when a place frees up within `queue_wait` seconds; else TooManyTurns."""
+    async def admit(self, user_id: str, *, queue: bool = False) -> None:
+        """Count a new turn for the user: at once while the user has fewer than `max_per_user` and nobody
+        waits; else, with `queue`, after the turns queued before it, when a place frees up within
+        `queue_wait` seconds; else TooManyTurns."""
         if self._per_user[user_id] < self.max_per_user and not self._waiting.get(user_id):
             self._per_user[user_id] += 1
             return
+        if not queue or self.queue_wait <= 0:
+            raise TooManyTurns(f"at most {self.max_per_user} turns at once per user", retry_after=2)
         place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(user_id, deque()).append(place)
         try:

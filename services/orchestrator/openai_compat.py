@@ -394,7 +394,7 @@ class ChatCompletions:
         self, user_key: str, messages: list[dict[str, Any]], sampling: dict[str, Any]
     ) -> AsyncIterator[Frame]:
         try:
-            await self.live.admit(user_key)
+            await self.live.admit(user_key, queue=True)
         except TooManyTurns as error:
             yield frames.error("rate_limited", str(error), "Too many replies at once. Wait a moment.", True)
             return

@@ -365,6 +365,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         begin: BeginTurn | None = None,
         client_prompt: ClientPrompt | None = None,
         post_process: bool = True,
+        queue: bool = False,
     ) -> AsyncIterator[Frame]:
         """Idempotency on client_msg_id (domain/admission.py): replay a finished turn, attach to a live one,
         refuse one in progress elsewhere, or start (or restart a failed) one.
@@ -379,7 +380,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 return admitted
         user_key = str(session.user_id)
         try:
-            await self.live.admit(user_key)
+            await self.live.admit(user_key, queue=queue)
         except TooManyTurns as error:
             raise ResourceExhausted(str(error), user_message="Too many replies at once. Wait a moment.") from None
         lock = self.live.session_lock(str(session.id))
@@ -485,6 +486,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 begin=prepared.begin,
                 client_prompt=prepared.client_prompt,
                 post_process=prepared.post_process,
+                queue=True,  # OpenAI clients fan out: wait for a place (live_turns)
             )
         yield pb.ChatCompletionResponse(conversation=prepared.conversation)
         async for frame in frame_stream:
@@ -632,7 +634,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     )
     live = LiveTurns(
         max_per_user=env.int("MAX_TURNS_PER_USER", 3, 1, 100),
-        queue_wait=env.float("TURN_QUEUE_WAIT_SECS", 5.0, 0.0, 60.0),
+        queue_wait=env.float("TURN_QUEUE_WAIT_SECS", 10.0, 0.0, 120.0),
     )
     servicer = OrchestratorServicer(ctx, peers, engine, live)
 

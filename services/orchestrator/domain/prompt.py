@@ -22,10 +22,11 @@ history (from the stored conversation) with the client's later system and tool m
 places, the new user message, the post-history instruction — with Rapport's sections (`CHARACTER_
 SECTION_ORDER`: the relationship, in words naming the client's character, never the persona's identity,
 backstory, quirks or topics) appended to the last message of the character's text (before the example
-dialogue or the chat-start marker). The client's text is kept whole whenever the context allows; of
-what is left after it, the history gets up to its share, then Rapport's sections get up to theirs
-(relationship lines, then memories, then the session summary): Rapport's sections shrink first, then
-the oldest history; the post-history instruction, tool exchange and the new user message are never cut.
+dialogue or the chat-start marker). The client's text is kept whole whenever the context allows (the
+system share does not cap it); of what is left after it, the history (the loaded window) takes what it
+needs, then Rapport's sections get the rest, each part up to its share (relationship lines, then
+memories, then the session summary): Rapport's sections shrink first, then the oldest history; the
+post-history instruction, tool exchange and the new user message are never cut.
 Only when the client's own text cannot fit is it cut: example dialogue first (last first), then the
 character's text by trailing sentences.
 
@@ -555,10 +556,10 @@ def _assemble_as_character(
     leading_costs = [budgeter.message_cost(m) for m in leading]
     left = max(room - fixed - sum(leading_costs), 0)
 
-    # The history: newest first, within its share (which the never-cut part counts against) and what is left.
+    # The history: newest first, in what is left (the client's conversation goes before Rapport's sections).
     _check_history_roles(inputs.history)
     costs = [budgeter.tokens(content) + MESSAGE_OVERHEAD_TOKENS for _, content in inputs.history]
-    start = _newest_that_fit(costs, min(max(budgets["history"] - fixed, 0), left))
+    start = _newest_that_fit(costs, left)
     if start:
         dropped["history"] = start
         trimmed["history"] = sum(costs[:start])
