@@ -8,7 +8,16 @@ decided by the orchestrator's `ChatCompletion`.
 
 Auth: `Authorization: Bearer <api key>` (`rapport keys create`), checked with the orchestrator's
 `VerifyApiKey` and cached in-process for `API_KEY_CACHE_SECS` (default 30 s: a revoked key stops
-working within that), or a JWT as on /comp.
+working within that), or a JWT as on /comp. Errors say what to do: no key (also SillyTavern's
+`Bearer undefined`) → "No API key: create one with `rapport keys create`…"; something that is neither a
+key nor a JWT → "This is not a Rapport API key or token".
+
+Parameters: sampling (temperature, top_p, max_tokens, stop ≤ 4, penalties, seed) and `response_format`,
+`tools` / `tool_choice` / `parallel_tool_calls`, a non-empty `logit_bias` go to the model; `tool_calls`
+come back (streamed and whole) with `finish_reason: "tool_calls"`; `finish_reason` is `length` when
+`max_tokens` cut the reply. `logprobs` is refused (400 naming it): Rapport does not relay token
+probabilities. What the prompt budget had to cut is in the `X-Rapport-Prompt-Trimmed` header
+(`section=tokens, …`).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -46,8 +56,24 @@ TURN_STREAM_TIMEOUT = 3600.0
 VERIFY_TIMEOUT = 5.0
 SSE_PING_SECONDS = 15
 NEGATIVE_CACHE_SECONDS = 5.0  # an unknown key is asked about again after this
-FRAME_ERROR_STATUS = {"rate_limited": 429, "timeout": 504, "generation_timeout": 504, "internal": 500}
+FRAME_ERROR_STATUS = {
+    "rate_limited": 429,
+    "timeout": 504,
+    "generation_timeout": 504,
+    "internal": 500,
+    "unsupported_parameter": 400,
+}
 UTILITY_HEADER_VALUES = frozenset({"1", "true", "yes"})
+NO_KEY_VALUES = frozenset({"", "undefined", "null", "none"})  # what clients send when no key is set
+TRIMMED_HEADER = "X-Rapport-Prompt-Trimmed"
+NO_KEY_MESSAGE = (
+    "No API key: create one with `rapport keys create` (`--user <your user id>`) and send it as "
+    "`Authorization: Bearer <key>` (in SillyTavern: the API key field of the connection)."
+)
+NOT_A_KEY_MESSAGE = (
+    "This is not a Rapport API key or token: send a key from `rapport keys create` (it starts with rk_) "
+    "or a JWT of your identity provider."
+)
 
 
 # ---- errors in OpenAI's shape ----------------------------------------------------------------------
@@ -99,6 +125,7 @@ def from_frame(frame: dict[str, Any]) -> OpenAiError:
         status,
         frame.get("user_message") or frame.get("message") or "the reply failed",
         frame.get("code") or "upstream_unavailable",
+        frame.get("param") or None,
         headers=headers,
     )
 
@@ -209,12 +236,20 @@ def _unauthorized(message: str) -> OpenAiError:
     return OpenAiError(401, message, "invalid_api_key")
 
 
+def _looks_like_jwt(token: str) -> bool:
+    parts = token.split(".")
+    return len(parts) == 3 and all(part and JWT_SEGMENT.match(part) for part in parts[:2])
+
+
+JWT_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 async def authenticate(request: Request, cache: ApiKeyCache) -> uuid.UUID:
     """The user of the bearer API key (or JWT)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise _unauthorized("You didn't provide an API key: send `Authorization: Bearer <key>`.")
+    if scheme.lower() != "bearer" or token.lower() in NO_KEY_VALUES:
+        raise _unauthorized(NO_KEY_MESSAGE)
     if looks_like_api_key(token):
         known, user_id = cache.get(token)
         if not known:
@@ -226,6 +261,8 @@ async def authenticate(request: Request, cache: ApiKeyCache) -> uuid.UUID:
         if user_id is None:
             raise _unauthorized("Incorrect API key provided (unknown or revoked).")
         return user_id
+    if not _looks_like_jwt(token):
+        raise _unauthorized(NOT_A_KEY_MESSAGE)
     try:
         return request.app.state.settings.verifier.verify(token)  # type: ignore[no-any-return]
     except AuthError as error:
@@ -241,21 +278,67 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1, max_length=200)
+    arguments: str = Field(default="", max_length=100_000)
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessageBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=200)
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
+    tool_call_id: str | None = Field(default=None, max_length=200)
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text or "" for part in self.content if part.type == "text")
         return self.content or ""
 
+    def to_grpc(self) -> orch_pb2.ChatCompletionMessage:
+        calls = [call.model_dump() for call in self.tool_calls or []]
+        return orch_pb2.ChatCompletionMessage(
+            role=self.role,
+            content=self.text(),
+            name=self.name or "",
+            tool_calls_json=json.dumps(calls) if calls else "",
+            tool_call_id=self.tool_call_id or "",
+        )
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: text, json_object, or json_schema with its `json_schema` object."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: FunctionTool
 
 
 class ChatCompletionBody(BaseModel):
@@ -273,14 +356,41 @@ class ChatCompletionBody(BaseModel):
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
     user: str | None = Field(
         default=None, max_length=200, description="names the conversation when there is no X-Chat-Id header"
     )
+    response_format: ResponseFormat | None = Field(default=None, description="forwarded to the model")
+    tools: list[Tool] | None = Field(
+        default=None, max_length=128, description="forwarded to the model; its `tool_calls` come back"
+    )
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, description="forwarded when not empty")
+    logprobs: bool | None = Field(default=None, description="refused when true: token probabilities are not relayed")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="refused: see logprobs")
+
+    def check_parameters(self) -> None:
+        """Parameters Rapport cannot honour, or that do not go together: a 400 naming the parameter."""
+        if self.response_format is not None and self.response_format.type == "json_schema":
+            if not self.response_format.json_schema:
+                param = "response_format.json_schema"
+                raise OpenAiError(400, f"{param}: required for type json_schema", "invalid_value", param)
+        if self.logprobs or self.top_logprobs:
+            param = "logprobs" if self.logprobs else "top_logprobs"
+            raise OpenAiError(
+                400,
+                f"{param}: Rapport does not relay token probabilities; leave it unset",
+                "unsupported_parameter",
+                param,
+            )
+        if self.tool_choice is not None and not self.tools:
+            raise OpenAiError(400, "tool_choice: only allowed together with tools", "invalid_value", "tool_choice")
 
     def sampling(self) -> orch_pb2.Sampling:
         sampling = orch_pb2.Sampling()
-        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"):
             value = getattr(self, name)
             if value is not None:
                 setattr(sampling, name, value)
@@ -293,6 +403,21 @@ class ChatCompletionBody(BaseModel):
         sampling.stop.extend(s for s in stops if s)
         return sampling
 
+    def provider_params(self) -> orch_pb2.ProviderParams:
+        """What goes to the model as sent (JSON)."""
+        params = orch_pb2.ProviderParams()
+        if self.response_format is not None:
+            params.response_format_json = json.dumps(self.response_format.model_dump(exclude_none=True))
+        if self.tools:
+            params.tools_json = json.dumps([tool.model_dump(exclude_none=True) for tool in self.tools])
+        if self.tool_choice is not None:
+            params.tool_choice_json = json.dumps(self.tool_choice)
+        if self.parallel_tool_calls is not None:
+            params.parallel_tool_calls = self.parallel_tool_calls
+        if self.logit_bias:
+            params.logit_bias_json = json.dumps(self.logit_bias)
+        return params
+
 
 # ---- frames → OpenAI's completion and chunks -----------------------------------------------------------
 
@@ -301,18 +426,21 @@ class ChatCompletionBody(BaseModel):
 class CompletionAssembler:
     """Turns the turn's frames into OpenAI chunks (and, at the end, a whole completion).
 
-    A reply streams as its deltas; a model-chain hand-over (`done{truncated}`, then a new `meta`) is
-    invisible to the client; a ghost is an empty assistant message with finish_reason "stop".
+    A reply streams as its deltas (text, and the pieces of its tool calls); a model-chain hand-over
+    (`done{truncated}`, then a new `meta`) is invisible to the client; a ghost is an empty assistant
+    message with finish_reason "stop". The finish reason is the model's: stop, length, tool_calls.
     """
 
     model: str
     created: int = field(default_factory=lambda: int(time.time()))
     id: str = ""
     parts: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     usage: dict[str, int] = field(
         default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     )
     finished: bool = False
+    finish_reason: str = "stop"
     error: dict[str, Any] | None = None
     _role_sent: bool = False
 
@@ -336,14 +464,35 @@ class CompletionAssembler:
                 return [self.chunk({"role": "assistant", "content": ""})]
         elif kind == "delta":
             self.parts.append(frame["content"])
-            return [self.chunk({"content": frame["content"]})]
+            delta: dict[str, Any] = {"content": frame["content"]} if frame["content"] else {}
+            if frame.get("tool_calls"):
+                delta["tool_calls"] = [self._tool_call_piece(piece) for piece in frame["tool_calls"]]
+            return [self.chunk(delta)]
         elif kind == "done" and not frame.get("truncated"):
             self.usage = usage_json(frame.get("usage") or {})
             self.finished = True
-            return [self.chunk({}, "stop")]
+            self.finish_reason = frame.get("finish_reason") or "stop"
+            return [self.chunk({}, self.finish_reason)]
         elif kind == "error":
             self.error = frame
         return []
+
+    def _tool_call_piece(self, piece: dict[str, Any]) -> dict[str, Any]:
+        """A frame's tool-call piece as OpenAI streams it; the whole call is assembled for `completion`."""
+        index = int(piece.get("index", 0))
+        call = self.tool_calls.setdefault(
+            index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        call["id"] = piece.get("id") or call["id"]
+        call["function"]["name"] += piece.get("name", "")
+        call["function"]["arguments"] += piece.get("arguments", "")
+        out: dict[str, Any] = {"index": index}
+        if piece.get("id"):
+            out["id"], out["type"] = piece["id"], piece.get("type") or "function"
+        function = {k: piece[k] for k in ("name", "arguments") if k in piece}
+        if function or "id" in out:
+            out["function"] = {"arguments": "", **function}
+        return out
 
     def usage_chunk(self) -> dict[str, Any]:
         return {
@@ -357,22 +506,27 @@ class CompletionAssembler:
         }
 
     def completion(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.parts)}
+        if self.tool_calls:
+            message["content"] = message["content"] or None
+            message["tool_calls"] = [self.tool_calls[index] for index in sorted(self.tool_calls)]
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.parts)},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason, "logprobs": None}],
             "usage": self.usage,
         }
+
+
+def trimmed_header(frame: dict[str, Any]) -> dict[str, str]:
+    """`X-Rapport-Prompt-Trimmed: history=812, shared_memories=40` from the first frame (nothing cut: none)."""
+    trimmed = frame.get("prompt_trimmed") or {}
+    if not trimmed:
+        return {}
+    return {TRIMMED_HEADER: ", ".join(f"{section}={tokens}" for section, tokens in trimmed.items())}
 
 
 def usage_json(usage: dict[str, Any]) -> dict[str, int]:
@@ -434,10 +588,13 @@ def openai_router(env: Env | None = None) -> APIRouter:
         x_chat_id: Annotated[str | None, Header(max_length=200)] = None,
         x_rapport_utility: Annotated[str | None, Header(max_length=10)] = None,
     ) -> Response:
-        """A reply of the persona named by `model`. The conversation is the `X-Chat-Id` header, else `user`,
-        else a fingerprint of the first system message and the first user message; the transcript is
-        reconciled with the stored one (a swipe replaces the last reply, an edit is taken over). Utility
-        calls (summaries, impersonation, connection tests, or `X-Rapport-Utility: 1`) are not stored."""
+        """A reply of the persona named by `model` — or, when the request carries its own character (system
+        messages), of that character, with the persona's relationship with you. The conversation is the
+        `X-Chat-Id` header, else `user`, else a fingerprint of the first system message and the first user
+        message; the transcript is reconciled with the stored one (a swipe replaces the last reply, an edit
+        is taken over). Utility calls (summaries, impersonation, connection tests, or `X-Rapport-Utility: 1`)
+        are not stored. `X-Rapport-Prompt-Trimmed` names what the prompt budget cut (`section=tokens, …`)."""
+        body.check_parameters()
         grpc_request = orch_pb2.ChatCompletionRequest(
             user_id=str(user),
             model=body.model,
@@ -445,7 +602,8 @@ def openai_router(env: Env | None = None) -> APIRouter:
             chat_id=x_chat_id or "",
             client_user=body.user or "",
             utility=(x_rapport_utility or "").strip().lower() in UTILITY_HEADER_VALUES,
-            messages=[orch_pb2.ChatCompletionMessage(role=m.role, content=m.text()) for m in body.messages],
+            messages=[m.to_grpc() for m in body.messages],
+            provider_params=body.provider_params(),
         )
         call = request.app.state.clients.orchestrator.ChatCompletion(grpc_request, timeout=TURN_STREAM_TIMEOUT)
         try:
@@ -454,11 +612,15 @@ def openai_router(env: Env | None = None) -> APIRouter:
             call.cancel()
             raise
         assembler = CompletionAssembler(model=body.model)
-        headers = {"X-Rapport-Session-Id": conversation.session_id, "X-Rapport-Handling": conversation.handling}
+        headers = {
+            "X-Rapport-Session-Id": conversation.session_id,
+            "X-Rapport-Handling": conversation.handling,
+            **trimmed_header(first),
+        }
         if first.get("type") == "error":
             call.cancel()
             error = from_frame(first)
-            raise OpenAiError(error.status, error.message, error.code, headers={**error.headers, **headers})
+            raise OpenAiError(error.status, error.message, error.code, error.param, {**error.headers, **headers})
         if not body.stream:
             return await _whole_completion(call, first, assembler, headers)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -469,7 +631,21 @@ def openai_router(env: Env | None = None) -> APIRouter:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
 
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown_route(request: Request, path: str) -> Response:
+        """Anything else under /v1: 404 (or 405 for a known path) in OpenAI's error shape."""
+        if path in V1_ROUTES:
+            allowed = V1_ROUTES[path]
+            raise OpenAiError(
+                405, f"{request.method} /v1/{path}: use {allowed}", "method_not_allowed", headers={"Allow": allowed}
+            )
+        raise OpenAiError(404, f"/v1/{path} does not exist: Rapport serves {V1_SERVED}", "not_found")
+
     return router
+
+
+V1_ROUTES = {"models": "GET", "chat/completions": "POST"}
+V1_SERVED = "GET /v1/models and POST /v1/chat/completions"
 
 
 async def _opening(call: Any) -> tuple[orch_pb2.ChatCompletionConversation, dict[str, Any]]:
@@ -518,7 +694,7 @@ async def _chunks(
                 break
             frame = frame_to_dict(item.frame)
         if not assembler.finished:
-            yield {"data": json.dumps(assembler.chunk({}, "stop"))}
+            yield {"data": json.dumps(assembler.chunk({}, assembler.finish_reason))}
         if include_usage:
             yield {"data": json.dumps(assembler.usage_chunk())}
         yield {"data": "[DONE]"}

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.offline_llm.server import (
@@ -37,7 +37,7 @@ from services.offline_llm.server import (
     openai_compatible_app,
 )
 
-ScriptKind = Literal["reply", "fail", "stall", "cut", "empty", "invalid_json", "json"]
+ScriptKind = Literal["reply", "fail", "stall", "cut", "empty", "invalid_json", "json", "tool_calls"]
 NOT_JSON_TEXT = "Sure! Here is what you asked for: {action: reply, tone: warm"
 
 
@@ -56,6 +56,8 @@ class ScriptedResponse:
     - empty: a completion whose content is "".
     - invalid_json: `text` (default NOT_JSON_TEXT), content that does not parse as JSON.
     - json: `text` (default "{}") verbatim.
+    - tool_calls: the model calls `tool_calls` (each `{"id", "name", "arguments"}`) instead of answering
+      (finish_reason "tool_calls"); streamed, each call's arguments arrive in two pieces.
     `model` set → used only for requests of that model; `per_chunk_delay` slows a stream.
     """
 
@@ -68,6 +70,7 @@ class ScriptedResponse:
     per_chunk_delay: float = 0.0
     retry_after_seconds: float | None = None
     model: str | None = None
+    tool_calls: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,12 +162,64 @@ def build_scripted_app(script: LlmScript | None = None) -> Starlette:
             return completion_response(body, offline_text(body), OFFLINE_MODEL_ID)
         if scripted.kind == "fail":
             return _scripted_error(scripted)
+        if scripted.kind == "tool_calls":
+            return _tool_calls_response(body, model, scripted.tool_calls)
         stall_first = scripted.kind == "stall" and not (scripted.stall_mid_stream and body.get("stream"))
         if stall_first and await _stall_until_gone(request, active, scripted.stall_seconds):
             return Response(status_code=499)  # the client hung up; nobody reads this
         return _scripted_answer(body, _scripted_text(scripted, body), model, scripted, active)
 
     return openai_compatible_app(answer, lambda: [OFFLINE_MODEL_ID, *active.scripted_models])
+
+
+def _tool_calls_response(body: dict[str, Any], model: str, calls: tuple[dict[str, str], ...]) -> Response:
+    """A completion that calls tools, whole or streamed as OpenAI does (id and name first, then arguments)."""
+    completion = completion_for(body, "", model)
+    whole = [
+        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls
+    ]
+    if not body.get("stream"):
+        answer = completion_object(completion)
+        answer["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": whole}
+        answer["choices"][0]["finish_reason"] = "tool_calls"
+        return Response(json.dumps(answer).encode(), media_type="application/json")
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        payload = completion.envelope("chat.completion.chunk") | {
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        }
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    pieces = [chunk({"role": "assistant", "content": None})]
+    for index, call in enumerate(calls):
+        half = len(call["arguments"]) // 2
+        pieces.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
+        for part in (call["arguments"][:half], call["arguments"][half:]):
+            pieces.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]}))
+    pieces.append(chunk({}, "tool_calls"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage = completion.envelope("chat.completion.chunk") | {"choices": [], "usage": completion.usage}
+        pieces.append(f"data: {json.dumps(usage)}\n\n".encode())
+    pieces.append(b"data: [DONE]\n\n")
+
+    async def stream() -> Any:
+        for piece in pieces:
+            yield piece
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _scripted_error(scripted: ScriptedResponse) -> Response:

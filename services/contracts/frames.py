@@ -2,9 +2,13 @@
 gRPC, and rendered once as the JSON clients see on SSE (`to_json`), which is also the form the turn's
 frame log is stored in for replay (`from_json` reads it back).
 
-JSON shapes (gateway.md): meta {message_id, action_type, model?, continues_from?}, delta {message_id,
-content}, done {message_id, truncated, usage, generation_id, ghost_fallback?}, final {prompt_injected,
-tier, retries, degraded, trace_id}, error {code, retryable, message, user_message} — each with `type`.
+JSON shapes (gateway.md): meta {message_id, action_type, model?, continues_from?, prompt_trimmed?},
+delta {message_id, content, tool_calls?}, done {message_id, truncated, usage, generation_id, ghost_fallback?,
+finish_reason?}, final {prompt_injected, tier, retries, degraded, trace_id}, error {code, retryable, message,
+user_message, param?} — each with `type`. Optional keys appear only when set: `prompt_trimmed` {section:
+tokens} (what the prompt budget cut), `tool_calls` [{index, id?, type?, name?, arguments?}] (pieces of the
+model's tool calls), `finish_reason` (stop, length, tool_calls), `param` (the request parameter an
+`unsupported_parameter` error is about).
 """
 
 from __future__ import annotations
@@ -20,14 +24,31 @@ Frame: TypeAlias = pb.SendMessageResponse
 FRAME_TYPES = ("meta", "delta", "done", "final", "error")
 
 
-def meta(message_id: str, action_type: str, model: str = "", continues_from: str = "") -> Frame:
+def meta(
+    message_id: str,
+    action_type: str,
+    model: str = "",
+    continues_from: str = "",
+    prompt_trimmed: Mapping[str, int] | None = None,
+) -> Frame:
+    trims = [pb.PromptTrim(section=name, tokens=tokens) for name, tokens in (prompt_trimmed or {}).items()]
     return Frame(
-        meta=pb.MetaFrame(message_id=message_id, action_type=action_type, model=model, continues_from=continues_from)
+        meta=pb.MetaFrame(
+            message_id=message_id,
+            action_type=action_type,
+            model=model,
+            continues_from=continues_from,
+            prompt_trimmed=trims,
+        )
     )
 
 
-def delta(message_id: str, content: str) -> Frame:
-    return Frame(delta=pb.DeltaFrame(message_id=message_id, content=content))
+TOOL_CALL_FIELDS = ("index", "id", "type", "name", "arguments")
+
+
+def delta(message_id: str, content: str, tool_calls: Sequence[Mapping[str, Any]] = ()) -> Frame:
+    calls = [pb.ToolCallDelta(**{k: v for k, v in call.items() if k in TOOL_CALL_FIELDS}) for call in tool_calls]
+    return Frame(delta=pb.DeltaFrame(message_id=message_id, content=content, tool_calls=calls))
 
 
 def done(
@@ -37,9 +58,14 @@ def done(
     usage: Mapping[str, Any] | None = None,
     generation_id: str = "",
     ghost_fallback: bool = False,
+    finish_reason: str = "",
 ) -> Frame:
     frame = pb.DoneFrame(
-        message_id=message_id, truncated=truncated, generation_id=generation_id, ghost_fallback=ghost_fallback
+        message_id=message_id,
+        truncated=truncated,
+        generation_id=generation_id,
+        ghost_fallback=ghost_fallback,
+        finish_reason=finish_reason,
     )
     frame.usage.update(dict(usage or {}))
     return Frame(done=frame)
@@ -57,8 +83,10 @@ def final(*, prompt_injected: Sequence[str], tier: str, retries: int, degraded: 
     )
 
 
-def error(code: str, message: str, user_message: str, retryable: bool) -> Frame:
-    return Frame(error=pb.ErrorFrame(code=code, retryable=retryable, message=message, user_message=user_message))
+def error(code: str, message: str, user_message: str, retryable: bool, param: str = "") -> Frame:
+    return Frame(
+        error=pb.ErrorFrame(code=code, retryable=retryable, message=message, user_message=user_message, param=param)
+    )
 
 
 def kind(frame: Frame) -> str:
@@ -79,9 +107,14 @@ def to_json(frame: Frame) -> dict[str, Any]:
             out["model"] = m.model
         if m.continues_from:
             out["continues_from"] = m.continues_from
+        if m.prompt_trimmed:
+            out["prompt_trimmed"] = {trim.section: trim.tokens for trim in m.prompt_trimmed}
         return out
     if which == "delta":
-        return {"type": "delta", "message_id": frame.delta.message_id, "content": frame.delta.content}
+        out = {"type": "delta", "message_id": frame.delta.message_id, "content": frame.delta.content}
+        if frame.delta.tool_calls:
+            out["tool_calls"] = [_tool_call_json(call) for call in frame.delta.tool_calls]
+        return out
     if which == "done":
         d = frame.done
         out = {
@@ -93,6 +126,8 @@ def to_json(frame: Frame) -> dict[str, Any]:
         }
         if d.ghost_fallback:
             out["ghost_fallback"] = True
+        if d.finish_reason:
+            out["finish_reason"] = d.finish_reason
         return out
     if which == "final":
         f = frame.final
@@ -105,13 +140,25 @@ def to_json(frame: Frame) -> dict[str, Any]:
             "trace_id": f.trace_id,
         }
     e = frame.error
-    return {
+    out = {
         "type": "error",
         "code": e.code,
         "retryable": e.retryable,
         "message": e.message,
         "user_message": e.user_message,
     }
+    if e.param:
+        out["param"] = e.param
+    return out
+
+
+def _tool_call_json(call: pb.ToolCallDelta) -> dict[str, Any]:
+    """A tool-call piece: its index, and of the other fields those it carries."""
+    out: dict[str, Any] = {"index": call.index}
+    for name in TOOL_CALL_FIELDS[1:]:
+        if getattr(call, name):
+            out[name] = getattr(call, name)
+    return out
 
 
 def from_json(value: Mapping[str, Any]) -> Frame:
@@ -127,7 +174,9 @@ def from_json(value: Mapping[str, Any]) -> Frame:
     if which == "final":
         return final(**fields)
     if which == "error":
-        return error(fields["code"], fields["message"], fields["user_message"], fields["retryable"])
+        return error(
+            fields["code"], fields["message"], fields["user_message"], fields["retryable"], fields.get("param", "")
+        )
     raise ValueError(f"unknown frame type {which!r}")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -864,13 +865,84 @@ def asks_for_json(messages: list[dict[str, Any]]) -> bool:
     return any(_JSON_REQUEST.search(text) for text in prompts)
 
 
-def compose_json_reply(messages: list[dict[str, Any]]) -> str:
-    """Always `{}`. A valid answer to an arbitrary caller schema cannot be produced generically;
-    offline tasks (PDE judge, extraction, summaries) take their rule-based paths and never call
-    the responder for JSON. This exists so the endpoint answers such a request without crashing,
-    and a caller that does ask gets a parse/validation failure it already handles."""
+def compose_json_reply(messages: list[dict[str, Any]], response_format: Mapping[str, Any] | None = None) -> str:
+    """Valid JSON: for `response_format` json_schema, the simplest instance of the schema (`schema_instance`);
+    else `{}`. A meaningful answer to an arbitrary caller schema cannot be produced generically; offline
+    tasks (PDE judge, extraction, summaries) take their rule-based paths and never call the responder for
+    JSON. This exists so the endpoint answers such a request with JSON a parser and validator accept."""
     del messages
+    response_format = response_format or {}
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        if isinstance(schema, Mapping):
+            return json.dumps(schema_instance(schema, schema), ensure_ascii=False)
     return "{}"
+
+
+SCHEMA_MAX_DEPTH = 12
+_FORMAT_EXAMPLES = {"date": "1970-01-01", "date-time": "1970-01-01T00:00:00Z", "time": "00:00:00", "email": "a@b.co",
+                    "uri": "https://example.com", "uuid": "00000000-0000-0000-0000-000000000000"}  # fmt: skip
+
+
+def schema_instance(schema: Mapping[str, Any], root: Mapping[str, Any], depth: int = 0) -> Any:
+    """The simplest value a JSON schema accepts: const, first enum value, default, first of anyOf/oneOf,
+    objects with their required properties, arrays of `minItems` items, the smallest allowed number,
+    strings of `minLength` (or an example of their `format`). Local `$ref`s ("#/$defs/…") are followed."""
+    if depth > SCHEMA_MAX_DEPTH:
+        return None
+    if "$ref" in schema:
+        target: Any = root
+        for part in str(schema["$ref"]).lstrip("#/").split("/"):
+            target = target.get(part, {}) if isinstance(target, Mapping) and part else target
+        return schema_instance(target if isinstance(target, Mapping) else {}, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            merged = {k: v for k, v in schema.items() if k != key}
+            return schema_instance({**merged, **options[0]}, root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((t for t in kind if t != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "null"
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {
+            name: schema_instance(properties.get(name) or {}, root, depth + 1) for name in schema.get("required") or []
+        }
+    if kind == "array":
+        items = schema.get("items") if isinstance(schema.get("items"), Mapping) else {}
+        return [schema_instance(items, root, depth + 1) for _ in range(int(schema.get("minItems") or 0))]
+    if kind in ("integer", "number"):
+        return _smallest_number(schema, integer=kind == "integer")
+    if kind == "string":
+        example = _FORMAT_EXAMPLES.get(str(schema.get("format")), "")
+        return example or "x" * int(schema.get("minLength") or 0)
+    if kind == "boolean":
+        return False
+    return None
+
+
+def _smallest_number(schema: Mapping[str, Any], *, integer: bool) -> int | float:
+    step = 1 if integer else 1e-6
+    if schema.get("minimum") is not None:
+        value = schema["minimum"]
+    elif schema.get("exclusiveMinimum") is not None:
+        value = schema["exclusiveMinimum"] + step
+    elif schema.get("maximum") is not None:
+        value = min(0, schema["maximum"])
+    elif schema.get("exclusiveMaximum") is not None:
+        value = min(0, schema["exclusiveMaximum"] - step)
+    else:
+        value = 0
+    return math.ceil(value) if integer else value
 
 
 def message_text(message: Mapping[str, Any]) -> str:

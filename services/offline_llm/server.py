@@ -91,7 +91,7 @@ def offline_text(body: dict[str, Any]) -> str:
     messages = body["messages"]
     response_format = body.get("response_format") or {}
     if asks_for_json(messages) or response_format.get("type") in ("json_object", "json_schema"):
-        return compose_json_reply(messages)
+        return compose_json_reply(messages, response_format)
     return compose_reply(messages, body["model"])
 
 

@@ -7,12 +7,19 @@ this module reads and writes, under the session's row lock). The server then run
 same `_start_or_attach` as SendMessage (validation, idempotency by client_msg_id, detached
 generation, frames, model chain, post-process outbox). Utility calls are answered by the LLM
 directly and stored nowhere (`answer_utility`).
+
+What the turn is given besides the user message: the client's own messages (`ClientPrompt`: its
+character, example dialogue, post-history instruction, tool exchange — placed by the prompt assembly)
+and the provider parameters the client sent (`provider_params`: response_format, tools, tool_choice,
+parallel_tool_calls, logit_bias, forwarded as sent). The offline responder cannot call tools: a request
+with `tools` is refused (400 naming `tools`) before anything is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,6 +41,7 @@ from services.servicekit.telemetry import current_trace_id
 
 from .domain.transcript import (
     ClientMessage,
+    ClientPrompt,
     ClientTranscript,
     StoredMessage,
     TranscriptError,
@@ -52,13 +60,14 @@ from .live_turns import FrameLog, LiveTurns, TooManyTurns
 from .peers import Peers
 from .store import catalog, conversations, new_message_id, sessions, turns
 from .store.rows import MessageRow, SessionRow
-from .turn import TurnEngine, post_process_jobs
+from .turn import Streamed, TurnEngine, generation_failure, post_process_jobs, stream_reply
 
 log = logging.getLogger("rapport.openai_compat")
 
 BeginTurn = Callable[[], Awaitable[tuple[str, str, bool]]]
 CONTINUATION_MIN_MESSAGES = 3  # a fingerprint miss with this many chat messages may be a trimmed transcript
 _PLACEHOLDER_MSG_ID = "oa-" + "0" * 32  # validates the content before the real key is known
+PROVIDER_JSON_PARAMS = ("response_format", "tools", "tool_choice", "logit_bias")
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,33 @@ class PreparedCompletion:
     turn_request: TurnRequest | None = None
     begin: BeginTurn | None = None  # None: the ordinary begin (a new user message)
     post_process: bool = True
+    provider_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # forwarded to the model as sent
+
+    @property
+    def client_prompt(self) -> ClientPrompt:
+        return self.transcript.prompt
+
+
+def client_messages(request: pb.ChatCompletionRequest) -> list[ClientMessage]:
+    return [ClientMessage(m.role, m.content, m.name, m.tool_calls_json, m.tool_call_id) for m in request.messages]
+
+
+def provider_params(request: pb.ChatCompletionRequest) -> dict[str, Any]:
+    """The provider parameters of the request (`ProviderParams`), decoded; those not sent are left out."""
+    sent = request.provider_params
+    params: dict[str, Any] = {}
+    for name in PROVIDER_JSON_PARAMS:
+        text = getattr(sent, f"{name}_json")
+        if text:
+            try:
+                params[name] = json.loads(text)
+            except ValueError:
+                raise InvalidArgument(
+                    f"{name}: not valid JSON", field=name, user_message=f"{name}: not valid JSON"
+                ) from None
+    if sent.HasField("parallel_tool_calls"):
+        params["parallel_tool_calls"] = sent.parallel_tool_calls
+    return params
 
 
 class ChatCompletions:
@@ -105,7 +141,7 @@ class ChatCompletions:
 
     async def prepare(self, request: pb.ChatCompletionRequest, user_id: uuid.UUID) -> PreparedCompletion:
         """Validate, resolve the persona and the conversation, reconcile the transcript."""
-        messages = [ClientMessage(m.role, m.content) for m in request.messages]
+        messages = client_messages(request)
         try:
             model, chat_id, client_user = validate_completion_request(
                 request.model, messages, request.chat_id, request.client_user
@@ -119,19 +155,30 @@ class ChatCompletions:
                 reason="model_not_found",
                 user_message=f"The model '{model}' does not exist: use a persona name from /v1/models.",
             )
+        params = provider_params(request)
+        if params.get("tools") and self.engine.offline_model:
+            raise InvalidArgument(
+                "tools: the offline responder cannot call tools",
+                field="tools",
+                user_message="tools: the offline responder cannot call tools; configure a model that can "
+                "(LLM_BASE_URL or OPENROUTER_API_KEY).",
+            )
         transcript = split_transcript(messages)
         conversation = pb.ChatCompletionConversation(persona_id=str(persona.id), persona_name=persona.name)
-        reason = utility_reason(transcript, marked=request.utility, named=bool(chat_id or client_user))
+        max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else None
+        reason = utility_reason(
+            transcript, marked=request.utility, named=bool(chat_id or client_user), max_tokens=max_tokens
+        )
         if reason is not None:
             conversation.handling, conversation.utility_reason = "utility", reason
-            return PreparedCompletion(conversation, transcript)
+            return PreparedCompletion(conversation, transcript, provider_params=params)
         turn_request = self._validated_turn(messages, transcript)
         key = conversation_key(chat_id, client_user, transcript)
         session, is_new = await self._session_for(user_id, persona.id, key, transcript)
         reconciled = await self._reconcile(session, transcript)
         if reconciled is None:  # an instruction after an answered message: summarize, impersonate
             conversation.handling, conversation.utility_reason = "utility", "instruction_after_reply"
-            return PreparedCompletion(conversation, transcript)
+            return PreparedCompletion(conversation, transcript, provider_params=params)
         conversation.session_id = str(session.id)
         conversation.handling = reconciled.plan.handling
         conversation.imported_messages = len(reconciled.plan.imports)
@@ -145,6 +192,7 @@ class ChatCompletions:
             dataclasses.replace(turn_request, client_msg_id=reconciled.client_msg_id),
             reconciled.begin,
             reconciled.post_process,
+            params,
         )
 
     def _validated_turn(self, messages: list[ClientMessage], transcript: ClientTranscript) -> TurnRequest:
@@ -338,17 +386,15 @@ class ChatCompletions:
         self, user_id: uuid.UUID, request: pb.ChatCompletionRequest, sampling: dict[str, Any]
     ) -> AsyncIterator[Frame]:
         """Answer with the LLM, the client's messages as they are; nothing is stored. Counts against the
-        user's concurrent turns (over the cap: a `rate_limited` error frame)."""
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in request.messages
-        ]
+        user's concurrent turns (waiting in the same queue; over the cap: a `rate_limited` error frame)."""
+        messages = [m.for_model() for m in client_messages(request)]
         return self._utility_frames(str(user_id), messages, sampling)
 
     async def _utility_frames(
-        self, user_key: str, messages: list[dict[str, str]], sampling: dict[str, Any]
+        self, user_key: str, messages: list[dict[str, Any]], sampling: dict[str, Any]
     ) -> AsyncIterator[Frame]:
         try:
-            self.live.admit(user_key)
+            await self.live.admit(user_key, queue=True)
         except TooManyTurns as error:
             yield frames.error("rate_limited", str(error), "Too many replies at once. Wait a moment.", True)
             return
@@ -369,7 +415,7 @@ class ChatCompletions:
             task.cancel()  # the client went away: nothing is stored, so nothing is left to finish
 
     async def _answer_utility(
-        self, messages: list[dict[str, str]], sampling: dict[str, Any], emit: Callable[[Frame], Awaitable[None]]
+        self, messages: list[dict[str, Any]], sampling: dict[str, Any], emit: Callable[[Frame], Awaitable[None]]
     ) -> None:
         resolved = self.engine.chat_task(None)
         params = {**resolved.sampling_params(), **{k: v for k, v in sampling.items() if v is not None}}
@@ -378,21 +424,27 @@ class ChatCompletions:
         async def attempt(this: Attempt) -> None:
             nonlocal started
             message_id = new_message_id()
-            usage: dict[str, Any] = {}
-            generation_id = ""
-            async for chunk in self.engine.llm.stream_chat(this.model, messages, params=params):
-                generation_id = chunk.generation_id or generation_id
-                if chunk.content:
-                    if not started:
-                        await emit(frames.meta(message_id, "reply", this.model))
-                        started = True
-                    await emit(frames.delta(message_id, chunk.content))
-                if chunk.usage:
-                    usage = chunk.usage
+            streamed = Streamed()
+
+            async def on_piece(content: str, calls: list[dict[str, Any]]) -> None:
+                nonlocal started
+                if not started:
+                    await emit(frames.meta(message_id, "reply", this.model))
+                    started = True
+                await emit(frames.delta(message_id, content, calls))
+
+            await stream_reply(self.engine.llm, this.model, messages, params, streamed, on_piece)
             if not started:
                 await emit(frames.meta(message_id, "reply", this.model))
                 started = True
-            await emit(frames.done(message_id, usage=self.engine.visible_usage(usage), generation_id=generation_id))
+            await emit(
+                frames.done(
+                    message_id,
+                    usage=self.engine.visible_usage(streamed.usage),
+                    generation_id=streamed.generation_id,
+                    finish_reason=streamed.outcome,
+                )
+            )
             await emit(
                 frames.final(prompt_injected=[], tier="", retries=this.index, degraded=[], trace_id=current_trace_id())
             )
@@ -402,7 +454,7 @@ class ChatCompletions:
                 self.engine.model_chain(resolved), attempt, try_next=lambda failure: not started, task="utility"
             )
         except ChainFailed as failed:
-            await emit(frames.error(failed.failure.code, failed.failure.message, "I couldn't reply just now.", True))
+            await emit(generation_failure(failed, params).error_frame("I couldn't reply just now."))
 
 
 # ---- the conversation's transcript (queries in store.sessions / store.turns) --------------------------

@@ -38,6 +38,7 @@ from services.servicekit.tasks import llm_for_task, load_model_config_from_env
 from . import api_keys, branching
 from .access import PublicApiGuard
 from .domain.admission import admit
+from .domain.transcript import ClientPrompt
 from .domain.turn_request import TurnRequest, TurnRequestError, validate_turn_request
 from .leases import TurnLeases
 from .live_turns import FrameLog, LiveTurns, TooManyTurns
@@ -87,7 +88,7 @@ def sampling_overrides(request: pb.SendMessageRequest | pb.ChatCompletionRequest
     s = request.sampling
     params: dict[str, Any] = {
         name: getattr(s, name)
-        for name in ("temperature", "max_tokens", "top_p", "presence_penalty", "frequency_penalty")
+        for name in ("temperature", "max_tokens", "top_p", "presence_penalty", "frequency_penalty", "seed")
         if s.HasField(name)
     }
     if s.stop:
@@ -370,8 +371,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         sampling: dict[str, Any],
         *,
         begin: BeginTurn | None = None,
-        system_prompt: str | None = None,
+        client_prompt: ClientPrompt | None = None,
         post_process: bool = True,
+        queue: bool = False,
     ) -> AsyncIterator[Frame]:
         """Idempotency on client_msg_id (domain/admission.py): replay a finished turn, attach to a live one,
         refuse one in progress elsewhere, or start (or restart a failed) one.
@@ -386,7 +388,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 return admitted
         user_key = str(session.user_id)
         try:
-            self.live.admit(user_key)
+            await self.live.admit(user_key, queue=queue)
         except TooManyTurns as error:
             raise ResourceExhausted(str(error), user_message="Too many replies at once. Wait a moment.") from None
         lock = self.live.session_lock(str(session.id))
@@ -440,7 +442,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             session=session,
             request=turn_request,
             sampling=sampling,
-            system_prompt=system_prompt,
+            client_prompt=client_prompt,
             post_process=post_process,
         )
 
@@ -485,16 +487,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         """The OpenAI-compatible chat (see openai_compat): how the request was handled, then the turn's frames."""
         user_id = parse_uuid(request.user_id, "user_id")
         prepared = await self.completions.prepare(request, user_id)
+        sampling = {**sampling_overrides(request), **prepared.provider_params}
         if prepared.session is None or prepared.turn_request is None:
-            frame_stream = self.completions.answer_utility(user_id, request, sampling_overrides(request))
+            frame_stream = self.completions.answer_utility(user_id, request, sampling)
         else:
             frame_stream = await self._start_or_attach(
                 prepared.session,
                 prepared.turn_request,
-                sampling_overrides(request),
+                sampling,
                 begin=prepared.begin,
-                system_prompt=prepared.transcript.system_prompt or None,
+                client_prompt=prepared.client_prompt,
                 post_process=prepared.post_process,
+                queue=True,  # OpenAI clients fan out: wait for a place (live_turns)
             )
         yield pb.ChatCompletionResponse(conversation=prepared.conversation)
         async for frame in frame_stream:
@@ -656,7 +660,10 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         generation_timeout=env.float("CHAT_GEN_TIMEOUT_SECS", 300.0, 0.1, 3600.0),
         hidden_usage_keys=hidden,
     )
-    live = LiveTurns(max_per_user=env.int("MAX_TURNS_PER_USER", 3, 1, 100))
+    live = LiveTurns(
+        max_per_user=env.int("MAX_TURNS_PER_USER", 3, 1, 100),
+        queue_wait=env.float("TURN_QUEUE_WAIT_SECS", 10.0, 0.0, 120.0),
+    )
     leases = TurnLeases(ctx.pool, live)
     await leases.start()  # turns of stopped or silent replicas end failed; live ones of others are left alone
     servicer = OrchestratorServicer(ctx, peers, engine, live, leases)

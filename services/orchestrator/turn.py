@@ -11,7 +11,6 @@ a ghost streak) are outbox jobs only.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,7 @@ from services.servicekit.telemetry import current_trace_id, meter
 from . import branching
 from .domain import pde
 from .domain.prompt import AssembledPrompt, PromptInputs, assemble_prompt
+from .domain.transcript import ClientPrompt
 from .domain.turn_request import TurnRequest, kept_traits
 from .live_turns import FrameLog
 from .outbox import OutboxWorker, current_trace_context
@@ -66,6 +66,8 @@ class TurnMetrics:
 
 METRICS = TurnMetrics()
 
+# Request parameters not every model takes: a model that refuses one makes the turn a 400 naming it.
+OPTIONAL_CAPABILITIES = ("tools", "tool_choice", "response_format", "parallel_tool_calls", "logit_bias", "seed")
 HISTORY_MESSAGES = 20  # the prompt's verbatim history; sent to memory as RecallRequest.history_window
 RECALL_CONTEXT_TURNS = 2  # the messages before the user's that memory may read a short or back-referring one with
 CHAT_TASK = "chat_companion"
@@ -83,8 +85,8 @@ class TurnInput:
     user_message_id: str
     session: SessionRow
     request: TurnRequest
-    sampling: dict[str, Any]  # per-request overrides (OpenAI-compatible clients)
-    system_prompt: str | None = None  # the client's system messages (OpenAI-compatible API) replace the persona's
+    sampling: dict[str, Any]  # per-request overrides and provider parameters (OpenAI-compatible clients)
+    client_prompt: ClientPrompt | None = None  # an OpenAI client's own messages (its character: character mode)
     post_process: bool = True  # False when a reply to this user message was already post-processed (a regenerate)
     received_at: float = field(default_factory=time.monotonic)  # for time-to-first-token
     prefetched: asyncio.Task[TurnContext] | None = None  # reads started while the turn was being persisted
@@ -115,14 +117,22 @@ class GeneratedReply:
     generation_id: str
     retries: int
     ghost_fallback: bool  # every model answered with nothing: stored as a ghost
+    finish_reason: str = "stop"  # stop, length (max_tokens reached) or tool_calls
+    tool_calls: tuple[dict[str, Any], ...] = ()  # the tool calls the model made (OpenAI's shape)
 
 
 class GenerationFailed(Exception):
-    def __init__(self, code: str, message: str, retryable: bool, retries: int = 0) -> None:
+    def __init__(self, code: str, message: str, retryable: bool, retries: int = 0, param: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.retryable = retryable
         self.retries = retries
+        self.param = param  # the request parameter the model refused ("" = not that)
+
+    def error_frame(self, user_message: str) -> Frame:
+        """The error frame; the person is told which parameter was refused when that is the cause."""
+        told = str(self) if self.param else user_message
+        return frames.error(self.code, str(self), told, self.retryable, self.param)
 
 
 @dataclass
@@ -186,11 +196,7 @@ class TurnEngine:
                 await self._record_failure(turn, emitted, "generation_timeout")
             except GenerationFailed as failure:
                 METRICS.outcomes.add(1, {"outcome": "error"})
-                await emit(
-                    frames.error(
-                        failure.code, str(failure), "I couldn't reply just now. Please try again.", failure.retryable
-                    )
-                )
+                await emit(failure.error_frame("I couldn't reply just now. Please try again."))
                 await self._record_failure(turn, emitted, str(failure))
             except Exception as error:
                 log.exception("turn %s failed", turn.turn_id)
@@ -247,6 +253,8 @@ class TurnEngine:
             "history_cut": prompt.history_cut,
             "max_tokens": prompt.max_tokens,
             "injected_traits": list(prompt.injected_traits),
+            "trimmed": prompt.trimmed,
+            "character_mode": prompt.character_mode,
         }
         explain["timings_ms"]["before_llm"] = round((time.monotonic() - started) * 1000, 2)
         reply = await self._generate(turn, prompt, resolved, emit)
@@ -437,11 +445,8 @@ class TurnEngine:
         summary = recall.summary.content if recall is not None and recall.HasField("summary") else None
         if ctx.persona is None:
             raise GenerationFailed("internal", "the session's persona no longer exists", False)
-        persona = persona_spec(ctx.persona)
-        if turn.system_prompt:
-            persona = dataclasses.replace(persona, system_prompt=turn.system_prompt)
         inputs = PromptInputs(
-            persona=persona,
+            persona=persona_spec(ctx.persona),
             traits=kept_traits(req.prompt_traits, resolved.allow_traits),
             turn_style=list(decision.turn_style_lines),
             profile_rendering=ctx.profile.rendering if ctx.profile is not None else "",
@@ -456,6 +461,7 @@ class TurnEngine:
             user_message=req.content,
             now=now,
             earlier_history_omitted=s.message_count - 1 > len(history),
+            client=turn.client_prompt,
         )
         return await asyncio.to_thread(assemble_prompt, inputs, resolved)
 
@@ -482,53 +488,54 @@ class TurnEngine:
         text = ""  # what every attempt so far produced
         total_usage: dict[str, Any] = {}
         previous_id = ""
-        current: dict[str, Any] = {}  # the attempt in progress: message id, usage, generation id
+        current: dict[str, Any] = {}  # the attempt in progress: its message id and what it streamed
 
         async def attempt(this: Attempt) -> GeneratedReply:
             nonlocal text
             message_id = new_message_id()
-            current.update(message_id=message_id, usage={}, generation_id="")
-            await emit(frames.meta(message_id, "reply", this.model, previous_id))
+            streamed = Streamed()
+            current.update(message_id=message_id, streamed=streamed)
+            await emit(frames.meta(message_id, "reply", this.model, previous_id, prompt.trimmed))
             messages = list(prompt.messages)
             if text:
                 messages.append({"role": "assistant", "content": text})
-            finished = False
+
+            async def on_piece(content: str, calls: list[dict[str, Any]]) -> None:
+                nonlocal text
+                if not text and not streamed.tool_calls:
+                    METRICS.ttft_seconds.record(time.monotonic() - turn.received_at, {"model": this.model})
+                text += content
+                await emit(frames.delta(message_id, content, calls))
+
             try:
-                async for chunk in self.llm.stream_chat(this.model, messages, params=params):
-                    current["generation_id"] = chunk.generation_id or current["generation_id"]
-                    if chunk.content:
-                        if not text:
-                            METRICS.ttft_seconds.record(time.monotonic() - turn.received_at, {"model": this.model})
-                        text += chunk.content
-                        await emit(frames.delta(message_id, chunk.content))
-                    if chunk.usage:
-                        current["usage"] = chunk.usage
-                    if chunk.finish_reason:
-                        finished = True
+                await stream_reply(self.llm, this.model, messages, params, streamed, on_piece)
             finally:
-                _add_usage(total_usage, current["usage"])
-            if not finished:
+                _add_usage(total_usage, streamed.usage)
+            if not streamed.finish_reason:
                 raise ModelFailure("upstream_unavailable", f"{this.model}: stream cut")
-            if not text.strip() and not this.is_last:
+            if not text.strip() and not streamed.tool_calls and not this.is_last:
                 raise ModelFailure("upstream_unavailable", f"{this.model}: empty completion")
             return GeneratedReply(
                 id=message_id,
                 content=text,
                 model=this.model,
                 usage=total_usage,
-                generation_id=current["generation_id"],
+                generation_id=streamed.generation_id,
                 retries=this.index,
-                ghost_fallback=not text.strip(),
+                ghost_fallback=not text.strip() and not streamed.tool_calls,
+                finish_reason=streamed.outcome,
+                tool_calls=streamed.tool_calls.whole(),
             )
 
         async def close_attempt(this: Attempt, failure: ModelFailure) -> None:
             nonlocal previous_id
+            streamed: Streamed = current["streamed"]
             await emit(
                 frames.done(
                     current["message_id"],
                     truncated=True,
-                    usage=self.visible_usage(current["usage"]),
-                    generation_id=current["generation_id"],
+                    usage=self.visible_usage(streamed.usage),
+                    generation_id=streamed.generation_id,
                 )
             )
             previous_id = current["message_id"]
@@ -536,9 +543,7 @@ class TurnEngine:
         try:
             return await run_model_chain(self.model_chain(resolved), attempt, before_next=close_attempt, task=CHAT_TASK)
         except ChainFailed as failed:
-            raise GenerationFailed(
-                failed.failure.code, failed.failure.message, failed.failure.retryable, failed.retries
-            ) from None
+            raise generation_failure(failed, params) from None
 
     # -- persist -----------------------------------------------------------------------------
 
@@ -554,7 +559,10 @@ class TurnEngine:
     ) -> None:
         s = turn.session
         now = datetime.now(UTC)
-        processed = turn.post_process and not reply.ghost_fallback
+        # A reply that calls tools is not the answer yet: nothing is stored for it, and the client's next
+        # request (with the tool results) answers the same user message.
+        stored = not reply.tool_calls
+        processed = turn.post_process and not reply.ghost_fallback and stored
         jobs = await self._post_process_jobs(turn, reply, now) if processed else []
         trace_id = current_trace_id()
         done = frames.done(
@@ -562,6 +570,7 @@ class TurnEngine:
             usage=self.visible_usage(reply.usage),
             generation_id=reply.generation_id,
             ghost_fallback=reply.ghost_fallback,
+            finish_reason=reply.finish_reason,
         )
         final = frames.final(
             prompt_injected=list(prompt.injected_traits),
@@ -578,8 +587,11 @@ class TurnEngine:
                 "retries": reply.retries,
                 "message_id": reply.id,
                 "post_process": bool(jobs),
+                "finish_reason": reply.finish_reason,
             }
         )
+        if reply.tool_calls:
+            explain["tool_calls"] = list(reply.tool_calls)
         await turns.finish_turn(
             self.pool,
             turn_id=turn.turn_id,
@@ -591,7 +603,9 @@ class TurnEngine:
                 model=reply.model,
                 usage=reply.usage,
                 kind="ghost" if reply.ghost_fallback else "chat",
-            ),
+            )
+            if stored
+            else None,
             jobs=jobs,
             trace_context=current_trace_context(),
             frames=[frames.to_json(f) for f in (*emitted, done, final)],
@@ -667,6 +681,87 @@ def post_process_jobs(
     )
     insight.occurred_at.FromDatetime(occurred_at)
     return [OutboxJob("affinity", affinity), OutboxJob("memory", memory), OutboxJob("insight", insight)]
+
+
+class ToolCalls:
+    """The tool calls of a streamed reply, assembled from their pieces (OpenAI's streamed `tool_calls`)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def add(self, pieces: list[dict[str, Any]]) -> None:
+        for piece in pieces:
+            call = self._calls.setdefault(
+                int(piece.get("index", 0)), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            call["id"] = piece.get("id") or call["id"]
+            call["type"] = piece.get("type") or call["type"]
+            call["function"]["name"] += piece.get("name") or ""
+            call["function"]["arguments"] += piece.get("arguments") or ""
+
+    def whole(self) -> tuple[dict[str, Any], ...]:
+        return tuple(self._calls[index] for index in sorted(self._calls))
+
+
+@dataclass
+class Streamed:
+    """What one model's streamed answer brought so far (kept when the stream fails mid-way)."""
+
+    text: str = ""
+    tool_calls: ToolCalls = field(default_factory=ToolCalls)
+    finish_reason: str = ""  # the provider's; "" = the stream ended without one (cut)
+    usage: dict[str, Any] = field(default_factory=dict)
+    generation_id: str = ""
+
+    @property
+    def outcome(self) -> str:
+        """The reply's finish reason as clients see it: tool_calls when tools were called."""
+        return "tool_calls" if self.tool_calls else (self.finish_reason or "stop")
+
+
+async def stream_reply(
+    llm: LlmClient,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    streamed: Streamed,
+    on_piece: Callable[[str, list[dict[str, Any]]], Awaitable[None]],
+) -> None:
+    """Stream one model's answer into `streamed`; `on_piece(text, tool-call pieces)` sees each piece first.
+    The one streaming loop of the turn and of the OpenAI-compatible utility calls."""
+    async for chunk in llm.stream_chat(model, messages, params=params):
+        streamed.generation_id = chunk.generation_id or streamed.generation_id
+        if chunk.content or chunk.tool_calls:
+            await on_piece(chunk.content, chunk.tool_calls)
+            streamed.text += chunk.content
+            streamed.tool_calls.add(chunk.tool_calls)
+        if chunk.usage:
+            streamed.usage = chunk.usage
+        if chunk.finish_reason:
+            streamed.finish_reason = chunk.finish_reason
+
+
+def generation_failure(failed: ChainFailed, params: dict[str, Any]) -> GenerationFailed:
+    """Why no model could answer, for the error frame: a parameter the model refused (`unsupported_parameter`,
+    naming it), else the last model's failure."""
+    refused = refused_parameter(failed.failure, params)
+    if refused:
+        message = f"The model could not take `{refused}`: {failed.failure.message}"
+        return GenerationFailed("unsupported_parameter", message, False, failed.retries, param=refused)
+    return GenerationFailed(failed.failure.code, failed.failure.message, failed.failure.retryable, failed.retries)
+
+
+def refused_parameter(failure: ModelFailure, params: dict[str, Any]) -> str:
+    """The parameter a model refused ("" = none): the provider answered the request as invalid (a 4xx other
+    than 408/429) and it carried a parameter not every model takes — the one the provider names, else the
+    first of them sent."""
+    sent = [name for name in OPTIONAL_CAPABILITIES if params.get(name) is not None]
+    if not sent or failure.status is None or failure.status >= 500 or failure.status in (408, 429):
+        return ""
+    return failure.param if failure.param in sent else sent[0]
 
 
 def dated(memory: memory_pb2.RecalledMemory, now: datetime) -> str:

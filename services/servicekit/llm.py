@@ -68,13 +68,15 @@ def llm_endpoint_from_env(env: Env | None = None) -> LlmEndpoint | None:
 
 @dataclass
 class StreamChunk:
-    """One piece of a streamed completion: text, or the closing usage/finish information."""
+    """One piece of a streamed completion: text, pieces of tool calls, or the closing usage/finish information.
+    A tool-call piece is `{index, id?, type?, name?, arguments?}` (OpenAI's streamed `tool_calls`, flattened)."""
 
     content: str = ""
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     generation_id: str = ""
     model: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 class LlmClient:
@@ -120,6 +122,7 @@ class LlmClient:
                 if chunk.choices:
                     choice = chunk.choices[0]
                     piece.content = (choice.delta.content or "") if choice.delta else ""
+                    piece.tool_calls = _tool_call_pieces(choice.delta)
                     piece.finish_reason = choice.finish_reason
                 if chunk.usage is not None:
                     piece.usage = chunk.usage.model_dump(exclude_none=True)
@@ -138,6 +141,21 @@ class LlmClient:
         text = response.choices[0].message.content or "" if response.choices else ""
         usage = response.usage.model_dump(exclude_none=True) if response.usage else {}
         return text, usage, response.model or model
+
+
+def _tool_call_pieces(delta: Any) -> list[dict[str, Any]]:
+    pieces = []
+    for call in (getattr(delta, "tool_calls", None) or []) if delta is not None else []:
+        function = call.function
+        piece = {
+            "index": call.index,
+            "id": call.id or "",
+            "type": call.type or "",
+            "name": (function.name or "") if function else "",
+            "arguments": (function.arguments or "") if function else "",
+        }
+        pieces.append({k: v for k, v in piece.items() if v != ""})
+    return pieces
 
 
 def is_retryable_status(status: int | None) -> bool:

@@ -26,13 +26,18 @@ T = TypeVar("T")
 
 
 class ModelFailure(Exception):
-    """One model's attempt failed. `code` is an error-contract code: rate_limited, upstream_unavailable, timeout."""
+    """One model's attempt failed. `code` is an error-contract code: rate_limited, upstream_unavailable, timeout.
+    `status` is the provider's HTTP status (None: no answer), `param` the request parameter its error names."""
 
-    def __init__(self, code: str, message: str, retryable: bool = True) -> None:
+    def __init__(
+        self, code: str, message: str, retryable: bool = True, status: int | None = None, param: str = ""
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.status = status
+        self.param = param
 
 
 class ChainFailed(Exception):
@@ -51,12 +56,28 @@ def model_failure(model: str, error: BaseException) -> ModelFailure:
         return error
     if isinstance(error, openai.APIStatusError):
         code = "rate_limited" if error.status_code == 429 else "upstream_unavailable"
-        return ModelFailure(code, f"{model}: HTTP {error.status_code}", is_retryable_status(error.status_code))
+        detail, param = _provider_error(error)
+        return ModelFailure(
+            code,
+            f"{model}: HTTP {error.status_code}" + (f" ({detail})" if detail else ""),
+            is_retryable_status(error.status_code),
+            status=error.status_code,
+            param=param,
+        )
     if isinstance(error, openai.APITimeoutError | asyncio.TimeoutError):
         return ModelFailure("timeout", f"{model}: timed out")
     return ModelFailure("upstream_unavailable", f"{model}: {type(error).__name__}")
 
 
+def _provider_error(error: openai.APIStatusError) -> tuple[str, str]:
+    """The provider's own error message (shortened) and the parameter it names, from OpenAI's error shape."""
+    body = error.body if isinstance(error.body, dict) else {}
+    detail = body["error"] if isinstance(body.get("error"), dict) else body  # the openai client unwraps it
+    message = str(detail.get("message") or "")[:PROVIDER_MESSAGE_CHARS]
+    return message, str(detail.get("param") or "")
+
+
+PROVIDER_MESSAGE_CHARS = 300
 CHAIN_ERRORS = (ModelFailure, openai.APIError, asyncio.TimeoutError)
 
 
