@@ -200,7 +200,7 @@ async def run_split(database_url: str, dataset: Dataset, embedder: Embedder) -> 
             "BIND_ADDR": "127.0.0.1:0",
             "DREAMING_DISABLED": "1",
             "SHUTDOWN_GRACE_SECS": "1",
-            **{k: v for k, v in os.environ.items() if k.startswith("MEMORY_")},
+            **{k: v for k, v in os.environ.items() if k.startswith(("MEMORY_", "EMBEDDING_"))},
         }
     )
     result = SplitResult(
