@@ -138,10 +138,19 @@ class TurnEngine:
     generation_timeout: float = 300.0
     hidden_usage_keys: frozenset[str] = frozenset()
 
+    # Tasks resolved once per (task, tier): the model config is fixed for the life of the process.
+    _resolved: dict[tuple[str, str | None], ResolvedTask] = field(default_factory=dict, init=False, repr=False)
+
     # -- configuration -----------------------------------------------------------------------
 
+    def resolved(self, task: str, tier: str | None = None) -> ResolvedTask:
+        key = (task, tier or None)
+        if key not in self._resolved:
+            self._resolved[key] = self.model_config.resolve(task, tier)
+        return self._resolved[key]
+
     def chat_task(self, tier: str | None) -> ResolvedTask:
-        return self.model_config.resolve(CHAT_TASK, tier)
+        return self.resolved(CHAT_TASK, tier)
 
     def model_chain(self, resolved: ResolvedTask) -> tuple[str, ...]:
         if self.offline_model:
@@ -150,7 +159,7 @@ class TurnEngine:
 
     @property
     def ghosting_enabled(self) -> bool:
-        return bool(self.model_config.resolve("pde_decision").extra.get("ghosting", True))
+        return bool(self.resolved("pde_decision").extra.get("ghosting", True))
 
     def visible_usage(self, usage: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in usage.items() if k not in self.hidden_usage_keys}
@@ -294,6 +303,9 @@ class TurnEngine:
                 ),
                 report,
             )
+            if recall is not None:  # where the recall's time went, as memory measured it
+                report.timings_ms["memory_embed"] = round(recall.embed_ms, 2)
+                report.timings_ms["memory_search"] = round(recall.search_ms, 2)
             mode = PROFILE_MODES.get(recall.insights) if recall is not None else None
             if mode is None:
                 return recall, None
@@ -310,7 +322,7 @@ class TurnEngine:
         vector = _vector(ctx.affinity)
         ghost = ctx.affinity is not None and ctx.affinity.ghost.ghost and self.ghosting_enabled
         rules = pde.decide_by_rules(ghost, vector)
-        filter_prompt = str(self.model_config.resolve("pde_decision").extra.get("filter_prompt") or "")
+        filter_prompt = str(self.resolved("pde_decision").extra.get("filter_prompt") or "")
         if self.judge is None or not filter_prompt or ctx.affinity is None:
             return rules, None
         return await self._judge(turn, ctx, ctx.affinity, rules, filter_prompt)
