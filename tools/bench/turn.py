@@ -132,6 +132,7 @@ class TurnOutcome:
     error: str | None = None
     ghost: bool = False
     degraded: tuple[str, ...] = ()  # services the turn went without (`final.degraded`)
+    explain_path: str | None = None  # gateway: the turn's "why did it say that?" (its read timings)
 
 
 @dataclass
@@ -139,6 +140,7 @@ class PathFigures:
     """One path (direct or gateway) at one concurrency level, over the measured turns."""
 
     ttft_ms: list[float] = field(default_factory=list)
+    explain_paths: list[str] = field(default_factory=list)
     turns: int = 0
     errors: int = 0
     ghosts: int = 0
@@ -168,6 +170,8 @@ class PathFigures:
         self.degraded.update(outcome.degraded)
         if outcome.ttft_ms is not None:
             self.ttft_ms.append(outcome.ttft_ms)
+        if outcome.explain_path is not None:
+            self.explain_paths.append(outcome.explain_path)
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,8 @@ class LevelResult:
     llm: str = "instant"  # the LLM server: "instant" (answers at once) or "realistic" (paced like a hosted LLM)
     pacing: str = "closed"  # "closed": the next message when the reply ends; "paced": at an offered rate
     offered_rate: float | None = None  # paced: turns/s offered by all sessions together
+    # p50 of each read the orchestrator timed (explain `timings_ms`: affinity, memory_recall, memory_embed, …)
+    read_ms_p50: dict[str, float] = field(default_factory=dict)
 
     @property
     def added_p50(self) -> float:
@@ -280,6 +286,7 @@ class GatewaySession:
         ttft: float | None = None
         ghost = finished = False
         degraded: tuple[str, ...] = ()
+        message_id = ""
         try:
             async with self.client.stream(
                 "POST", f"/comp/chat/{self.session_id}/message/stream", json=body, headers=self.headers
@@ -294,8 +301,9 @@ class GatewaySession:
                     kind = frame.get("type")
                     if kind == "delta" and ttft is None:
                         ttft = (time.perf_counter() - started) * 1000
-                    elif kind == "meta" and frame.get("action_type") == "ghost":
-                        ghost = True
+                    elif kind == "meta":
+                        ghost = ghost or frame.get("action_type") == "ghost"
+                        message_id = frame.get("message_id") or message_id
                     elif kind == "error":
                         return TurnOutcome(error=f"error frame: {frame.get('code')}: {frame.get('message')}")
                     elif kind == "final":
@@ -305,7 +313,8 @@ class GatewaySession:
             return TurnOutcome(error=f"{type(error).__name__}: {error}")
         if not finished:
             return TurnOutcome(error="the stream ended without a final frame")
-        return TurnOutcome(ttft_ms=ttft, ghost=ghost, degraded=degraded)
+        explain = f"/comp/chat/{self.session_id}/messages/{message_id}/explain" if message_id else None
+        return TurnOutcome(ttft_ms=ttft, ghost=ghost, degraded=degraded, explain_path=explain)
 
 
 async def open_gateway_sessions(
@@ -492,7 +501,8 @@ async def measure_level(
             gateway = await run(chats)
         finally:
             on_gateway_phase(False)
-    lag = await post_process_lag(target.database_url, users, drain_timeout)
+        lag = await post_process_lag(target.database_url, users, drain_timeout)
+        reads = await read_timings(client, chats, gateway.explain_paths)
     cpu = None
     if cpu_before is not None:
         cpu_after = cpu_seconds(target.pids)
@@ -507,7 +517,26 @@ async def measure_level(
         llm=llm_mode,
         pacing="paced" if rate else "closed",
         offered_rate=rate,
+        read_ms_p50=reads,
     )
+
+
+async def read_timings(
+    client: httpx.AsyncClient, chats: Sequence[GatewaySession], paths: Sequence[str], most: int = 200
+) -> dict[str, float]:
+    """p50 of the read timings the orchestrator kept with each measured turn (fetched after the level, so
+    they do not load it)."""
+    headers = {chat.session_id: chat.headers for chat in chats}
+    timings: dict[str, list[float]] = {}
+    for path in paths[:most]:
+        session_id = path.split("/")[3]
+        response = await client.get(path, headers=headers.get(session_id, {}))
+        if response.status_code != 200:
+            continue
+        for name, value in (response.json().get("timings_ms") or {}).items():
+            if isinstance(value, int | float):
+                timings.setdefault(name, []).append(float(value))
+    return {name: percentile(values, 50) for name, values in sorted(timings.items())}
 
 
 def paced_rate(report: BenchReport, share: float = PACED_SHARE) -> float | None:
@@ -656,6 +685,26 @@ def cpu_rows(report: BenchReport) -> list[tuple[str, ...]]:
                 level_label(level),
                 *(f"{cpu.get(name, 0.0):.1f}" for name in names),
                 f"{sum(cpu.values()):.1f}",
+            )
+        )
+    return rows
+
+
+READ_NAMES = ("affinity", "memory_recall", "memory_embed", "memory_search", "insight_profile", "before_llm")
+
+
+def read_rows(report: BenchReport) -> list[tuple[str, ...]]:
+    """Header and rows of the turn's read timings, p50 (ms), by level; empty when none were fetched."""
+    levels = [level for level in report.levels if level.read_ms_p50]
+    if not levels:
+        return []
+    rows: list[tuple[str, ...]] = [("sessions", "LLM, sessions' pace", *READ_NAMES)]
+    for level in levels:
+        rows.append(
+            (
+                str(level.sessions),
+                level_label(level),
+                *(_ms(level.read_ms_p50.get(name)) for name in READ_NAMES),
             )
         )
     return rows
@@ -938,6 +987,18 @@ def render_section(report: BenchReport, machine: dict[str, str], command: str, w
                 f"Turn throughput at {THROUGHPUT_SESSIONS} sessions with the instant offline LLM: "
                 f"{throughput.gateway.turns_per_second:.1f} turns/s (one replica of each service).{behind}"
             ),
+        ]
+    reads = read_rows(report)
+    if reads:
+        lines += [
+            "",
+            (
+                "The turn's reads, p50 in ms, as the orchestrator timed them (explain `timings_ms`: the affinity read, "
+                "memory's Recall with the query embedding and the search inside it as memory measured them, the "
+                "profile read, and everything before the LLM call):"
+            ),
+            "",
+            *_markdown(reads),
         ]
     cpu = cpu_rows(report)
     if cpu:
@@ -1284,6 +1345,10 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(home, ignore_errors=True)
     print()
     print(render_table(report))
+    reads = read_rows(report)
+    if reads:
+        print("\nThe turn's reads, p50 ms (explain timings; memory_embed/search as memory measured them):")
+        print(_aligned(reads))
     goals = goal_rows(report, _cpu_count())
     if goals:
         print("\n" + _aligned(goals))
