@@ -698,11 +698,11 @@ def read_rows(report: BenchReport) -> list[tuple[str, ...]]:
     levels = [level for level in report.levels if level.read_ms_p50]
     if not levels:
         return []
-    rows: list[tuple[str, ...]] = [("sessions", "LLM, sessions' pace", *READ_NAMES)]
+    rows: list[tuple[str, ...]] = [("level", "LLM, sessions' pace", *READ_NAMES)]
     for level in levels:
         rows.append(
             (
-                str(level.sessions),
+                count_sessions(level.sessions),
                 level_label(level),
                 *(_ms(level.read_ms_p50.get(name)) for name in READ_NAMES),
             )
