@@ -38,7 +38,7 @@ from services.servicekit.telemetry import current_trace_id, meter
 
 from . import branching
 from .domain import pde
-from .domain.prompt import AssembledPrompt, PromptInputs, assemble_prompt
+from .domain.prompt import AssembledPrompt, PromptInputs, assemble_prompt, default_token_counter
 from .domain.turn_request import TurnRequest, kept_traits
 from .live_turns import FrameLog
 from .outbox import OutboxWorker, current_trace_context
@@ -140,6 +140,9 @@ class TurnEngine:
 
     # Tasks resolved once per (task, tier): the model config is fixed for the life of the process.
     _resolved: dict[tuple[str, str | None], ResolvedTask] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        default_token_counter()  # the tokenizer is loaded with the process, not by its first turn
 
     # -- configuration -----------------------------------------------------------------------
 

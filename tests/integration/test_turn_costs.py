@@ -1,4 +1,4 @@
-"""What a turn costs, counted (never timed): after a first turn, a turn builds no tokenizer and no embedder,
+"""What a turn costs, counted (never timed): a turn builds no tokenizer and no embedder,
 reads no file, and makes exactly the peer calls it is meant to — one affinity read, one recall, one profile
 read, and after the reply one delivery to each of affinity, memory and insight (docs/benchmarks.md,
 "Performance budget")."""
@@ -56,28 +56,30 @@ def costs(monkeypatch: pytest.MonkeyPatch) -> Costs:
 async def test_a_turn_builds_nothing_reads_no_file_and_makes_the_intended_peer_calls(
     stack: Stack, db, costs: Costs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """From the very first turn, the tokenizer and the embedder are already built (with the services); files:
+    from the second (the openai client reads the OS name once, on its first request)."""
     user = uuid.uuid4()
     chat = await stack.start_chat(user)
+    costs.rpcs.clear()
+    costs.built.clear()
 
     async def delivered(turns: int) -> bool:
         return await db.fetchval("SELECT count(*) FROM chat.outbox WHERE status = 'done'") == 3 * turns
 
-    await stack.send(user, chat["session_id"], "Hi! I live in Lisbon and I work as a nurse.")  # first turn
-    await wait_for(lambda: delivered(1))
-    costs.rpcs.clear()
-    costs.built.clear()
     opened = builtins.open
 
     def opening(file: Any, *args: Any, **kwargs: Any) -> Any:
         costs.files_opened.append(str(file))
         return opened(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", opening)
-    lines = ["My sister Ana is visiting next week.", "What should we cook together?", "I love pasta, by the way."]
-    for done, line in enumerate(lines, start=2):
+    lines = ["Hi! I live in Lisbon and I work as a nurse.", "My sister Ana is visiting next week.",
+             "What should we cook together?", "I love pasta, by the way."]
+    for done, line in enumerate(lines, start=1):
         frames = await stack.send(user, chat["session_id"], line)
         assert frames[0]["action_type"] == "reply" and frames[-1]["degraded"] == []
         await wait_for(lambda turns=done: delivered(turns))
+        if done == 1:
+            monkeypatch.setattr(builtins, "open", opening)
     monkeypatch.setattr(builtins, "open", opened)
 
     assert dict(costs.built) == {}
