@@ -289,8 +289,9 @@ async def search_layer(
     (relaxed order) so a filtered search still returns `limit` rows. Text hits come from the
     (user_id, content_tsv) GIN index: only the user's rows that contain a word of the question are
     read and ranked, whatever the table's size. Date and speaker hits, asked for by few questions,
-    scan the user's rows of the layer with their condition. `hide_recent=(session_id, turns)` leaves out that session's memories from
-    its last `turns` turns — the prompt's history already carries them verbatim.
+    scan the user's rows of the layer with their condition. `hide_recent=(session_id, turns)` leaves
+    out that session's memories from its last `turns` turns — the prompt's history already carries
+    them verbatim.
     """
     params: list[Any] = [user_id, vector, limit]
     layer = _layer_condition(instance_id, params)
@@ -331,22 +332,21 @@ async def search_layer(
         ctes.append(f"speaker_hits AS ({nearest(f' AND speaker = ${len(params)}')})")
     else:
         ctes.append("speaker_hits AS (SELECT NULL::uuid AS id WHERE false)")
-
+    if vector_search == "exact":
+        vector_hits = nearest("")
+    else:
+        vector_hits = f"""SELECT id, embedding <=> $2 AS distance FROM memory.memories WHERE {scope}
+                          ORDER BY embedding <=> $2 LIMIT $3"""
+    sql = f"""WITH vector_hits AS MATERIALIZED ({vector_hits}), {", ".join(ctes)}
+        SELECT m.id, m.category, m.content, m.importance, m.occurred_at, m.source_message_ids, m.session_id,
+               m.speaker, m.event_dates, m.embedding <=> $2 AS distance, v.id IS NOT NULL AS vector_hit,
+               t.rank AS text_rank, d.id IS NOT NULL AS date_hit, s.id IS NOT NULL AS speaker_hit
+        FROM (SELECT id FROM vector_hits UNION SELECT id FROM text_hits UNION SELECT id FROM date_hits
+              UNION SELECT id FROM speaker_hits) hits
+        JOIN memory.memories m ON m.id = hits.id
+        LEFT JOIN vector_hits v ON v.id = m.id LEFT JOIN text_hits t ON t.id = m.id
+        LEFT JOIN date_hits d ON d.id = m.id LEFT JOIN speaker_hits s ON s.id = m.id"""
     async with pool.acquire() as conn:
-        if vector_search == "exact":
-            vector_hits = nearest("")
-        else:
-            vector_hits = f"""SELECT id, embedding <=> $2 AS distance FROM memory.memories WHERE {scope}
-                              ORDER BY embedding <=> $2 LIMIT $3"""
-        sql = f"""WITH vector_hits AS MATERIALIZED ({vector_hits}), {", ".join(ctes)}
-            SELECT m.id, m.category, m.content, m.importance, m.occurred_at, m.source_message_ids, m.session_id,
-                   m.speaker, m.event_dates, m.embedding <=> $2 AS distance, v.id IS NOT NULL AS vector_hit,
-                   t.rank AS text_rank, d.id IS NOT NULL AS date_hit, s.id IS NOT NULL AS speaker_hit
-            FROM (SELECT id FROM vector_hits UNION SELECT id FROM text_hits UNION SELECT id FROM date_hits
-                  UNION SELECT id FROM speaker_hits) hits
-            JOIN memory.memories m ON m.id = hits.id
-            LEFT JOIN vector_hits v ON v.id = m.id LEFT JOIN text_hits t ON t.id = m.id
-            LEFT JOIN date_hits d ON d.id = m.id LEFT JOIN speaker_hits s ON s.id = m.id"""
         if vector_search == "exact":
             return await conn.fetch(sql, *params)
         async with conn.transaction():
