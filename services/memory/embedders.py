@@ -128,10 +128,11 @@ def _openmp_thread_setter(package_file: str) -> Callable[[int], object] | None:
 
 
 # Queries (on the reply's critical path) never wait behind document embeddings (post-process):
-# each kind has its own model instance and lock. A query uses two threads (about 40 % less latency
-# for about 15 % more CPU, measured); documents one: post-process is about throughput, and it leaves
-# the other core to the reply path.
-_E5_WORKERS = {"query": _E5Worker(threads=min(2, os.cpu_count() or 1)), "document": _E5Worker(threads=1)}
+# each kind has its own model instance and lock, so the two use the two cores at once. One thread each:
+# a second thread per query cut its latency on an idle machine (22 against 38 ms) but cost 15 % more CPU,
+# was no faster once the cores were busy (the normal case with five processes on two cores), and changed
+# the vectors' rounding (measured in docs/benchmarks.md).
+_E5_WORKERS = {"query": _E5Worker(threads=1), "document": _E5Worker(threads=1)}
 
 
 class LocalE5Embedder:

@@ -29,6 +29,7 @@ from rapport.insight.v1 import insight_pb2
 from rapport.memory.v1 import memory_pb2
 from services.contracts import frames
 from services.contracts.frames import Frame
+from services.servicekit.cpu_work import run_cpu_bound
 from services.servicekit.dates import relative_date_phrase
 from services.servicekit.llm import LlmClient
 from services.servicekit.model_chain import Attempt, ChainFailed, ModelFailure, run_model_chain
@@ -471,7 +472,9 @@ class TurnEngine:
             now=now,
             earlier_history_omitted=s.message_count - 1 > len(history),
         )
-        return await asyncio.to_thread(assemble_prompt, inputs, resolved)
+        # On the one CPU worker: concurrent turns' assemblies in a thread pool would fight the event loop for
+        # the GIL (servicekit/cpu_work.py), slowing every other turn's reads and streams.
+        return await run_cpu_bound(assemble_prompt, inputs, resolved)
 
     # -- generation: the model chain ---------------------------------------------------------------
 

