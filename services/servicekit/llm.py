@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import trace
 
 from .config import ConfigError, Env
@@ -110,7 +111,7 @@ class LlmClient:
             started = time.monotonic()
             stream = await self.client.chat.completions.create(
                 model=model,
-                messages=list(messages),
+                messages=_wire_messages(messages),
                 stream=True,
                 stream_options={"include_usage": True},
                 extra_body=extra_body,
@@ -137,7 +138,9 @@ class LlmClient:
         """A non-streamed completion: (text, usage, model)."""
         kwargs = {k: v for k, v in (params or {}).items() if v is not None}
         with self.tracer.start_as_current_span("llm.complete", attributes={"gen_ai.request.model": model}):
-            response = await self.client.chat.completions.create(model=model, messages=list(messages), **kwargs)
+            response = await self.client.chat.completions.create(
+                model=model, messages=_wire_messages(messages), **kwargs
+            )
         text = response.choices[0].message.content or "" if response.choices else ""
         usage = response.usage.model_dump(exclude_none=True) if response.usage else {}
         return text, usage, response.model or model
@@ -161,3 +164,9 @@ def _tool_call_pieces(delta: Any) -> list[dict[str, Any]]:
 def is_retryable_status(status: int | None) -> bool:
     """HTTP convention: 5xx, 408 and 429 are worth retrying."""
     return status is None or status >= 500 or status in (408, 429)
+
+
+def _wire_messages(messages: Sequence[Mapping[str, Any]]) -> list[ChatCompletionMessageParam]:
+    """The messages as sent: Rapport relays OpenAI-shaped dicts (a client's own included), which the
+    library's typed parameters describe but cannot check at run time."""
+    return cast("list[ChatCompletionMessageParam]", list(messages))
