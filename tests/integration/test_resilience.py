@@ -76,8 +76,9 @@ async def test_a_ten_minute_peer_outage_leaves_nothing_dead(database_url: str, d
         await db.execute("UPDATE chat.outbox SET attempts = $1 WHERE id = (SELECT min(id) FROM chat.outbox "
                          "WHERE target = 'memory')", made)
 
-        async def attempted_again() -> bool:
-            return bool(await db.fetchval("SELECT max(attempts) FROM chat.outbox WHERE target = 'memory'") > made)
+        async def attempted_again() -> bool:  # the attempt made and failed (no longer claimed)
+            return bool(await db.fetchval("SELECT count(*) FROM chat.outbox WHERE target = 'memory' "
+                                          "AND attempts > $1 AND claimed_until IS NULL", made))
 
         await wait_for(attempted_again, timeout=30)
         jobs = await db.fetch("SELECT status, attempts, next_attempt_at - now() AS wait FROM chat.outbox "
