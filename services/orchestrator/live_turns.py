@@ -79,8 +79,10 @@ class LiveTurns:
         return self._logs.get(turn_id)
 
     def turn_ids(self) -> list[str]:
-        """Turns this process runs (or finished a moment ago)."""
-        return list(self._logs)
+        """Turns this process is running now. A finished one whose log is still kept for replay is not: if
+        the database still says it runs (its end could not be written during an outage), the lease sweep
+        ends it at once instead of a retry getting 409 for the minute the log is kept."""
+        return [turn_id for turn_id, log in self._logs.items() if not log.closed]
 
     async def admit(self, user_id: str, *, queue: bool = False) -> None:
         """Count a new turn for the user: at once while the user has fewer than `max_per_user` and nobody

@@ -30,6 +30,7 @@ from services.contracts import frames
 from services.contracts.frames import Frame
 from services.servicekit.cpu_work import run_cpu_bound
 from services.servicekit.dates import relative_date_phrase
+from services.servicekit.grpc_errors import DATABASE_BUSY, DATABASE_DOWN
 from services.servicekit.llm import LlmClient
 from services.servicekit.model_chain import Attempt, ChainFailed, ModelFailure, run_model_chain
 from services.servicekit.model_config import ModelConfig, ResolvedTask
@@ -211,6 +212,20 @@ class TurnEngine:
                 METRICS.outcomes.add(1, {"outcome": "error"})
                 await emit(failure.error_frame("I couldn't reply just now. Please try again."))
                 await self._record_failure(turn, emitted, str(failure))
+            except (*DATABASE_BUSY, *DATABASE_DOWN) as error:  # an outage mid-turn: say so, the retry will work
+                METRICS.outcomes.add(1, {"outcome": "error"})
+                log.warning(
+                    "turn %s failed: the database is unavailable (%s: %s)", turn.turn_id, type(error).__name__, error
+                )
+                await emit(
+                    frames.error(
+                        "unavailable",
+                        f"the database is unavailable: {type(error).__name__}",
+                        "The service is briefly unavailable. Please try again.",
+                        True,
+                    )
+                )
+                await self._record_failure(turn, emitted, f"{type(error).__name__}: {error}")
             except Exception as error:
                 log.exception("turn %s failed", turn.turn_id)
                 await emit(frames.error("internal", "internal error", "Something went wrong. Please try again.", True))

@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+KEEP_ALIVE_SECONDS = 75  # an idle connection is kept this long (clients: httpx 5 s, browsers up to 60 s)
+
 
 class _InLoopServer(uvicorn.Server):
     """uvicorn without its own signal handling (the process owner handles signals)."""
@@ -58,8 +60,12 @@ async def serve_asgi(
     log_level: str = "warning",
     timeout_graceful_shutdown: float = 5.0,
     lifespan: str = "on",
+    keep_alive_seconds: int = KEEP_ALIVE_SECONDS,
 ) -> RunningHttpServer:
-    """Start serving `app` in this loop; returns once the server accepts connections."""
+    """Start serving `app` in this loop; returns once the server accepts connections. Idle keep-alive
+    connections are held `keep_alive_seconds`: longer than HTTP clients keep theirs in a pool, so a client
+    never sends a request on a connection the server is closing at that moment (uvicorn's default, 5 s,
+    equals httpx's pool expiry: under load some requests then failed with a connection error)."""
     sock = bind_socket(host, port)
     config = uvicorn.Config(
         app,
@@ -67,6 +73,7 @@ async def serve_asgi(
         access_log=False,
         lifespan=lifespan,  # type: ignore[arg-type]
         timeout_graceful_shutdown=round(timeout_graceful_shutdown),
+        timeout_keep_alive=keep_alive_seconds,
         ws="none",
     )
     server = _InLoopServer(config)

@@ -216,3 +216,24 @@ async def test_a_retried_gift_applies_once(stack: Stack, db, retries: int) -> No
     await stack.client.post(f"/comp/chat/{chat['session_id']}/event/gift", json=other, headers=stack.headers(user))
     assert await db.fetchval("SELECT count(*) FROM affinity.events WHERE session_id = $1 AND kind = 'gift'",
                              session) == 2
+
+
+async def test_a_database_outage_mid_turn_is_a_retryable_unavailable_frame(stack: Stack, monkeypatch) -> None:
+    """Found by SIGKILLing PostgreSQL under `rapport up` with turns in flight: the turns ended with an `internal`
+    error frame ("Something went wrong") instead of saying the service is briefly unavailable."""
+    from services.orchestrator.turn import TurnEngine
+
+    async def connection_lost(*args: object) -> None:
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    user = uuid.uuid4()
+    chat = await stack.start_chat(user)
+    monkeypatch.setattr(TurnEngine, "_run", connection_lost)
+    frames = await stack.send(user, chat["session_id"], "Hello!", client_msg_id="outage-0000000000000000000001")
+    error = frames[-1]
+    assert error["type"] == "error", frames
+    assert error["code"] == "unavailable" and error["retryable"] is True
+    assert "briefly unavailable" in error["user_message"]
+    monkeypatch.undo()  # the database is back: the same message, retried, is answered
+    frames = await stack.send(user, chat["session_id"], "Hello!", client_msg_id="outage-0000000000000000000001")
+    assert frames[-1]["type"] == "final"

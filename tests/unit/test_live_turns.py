@@ -56,3 +56,20 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_its_place_goes_on() -> No
     await asyncio.wait_for(waiting, 1)
     with pytest.raises(TooManyTurns):
         await live.admit("u")
+
+
+async def test_a_finished_turn_is_not_running_though_its_log_is_kept_for_replay() -> None:
+    """Found by SIGKILLing PostgreSQL under `rapport up`: a turn whose end could not be written stayed `running`
+    for a minute (its retries got 409), because the lease sweep took every turn with a kept log as live."""
+    live = LiveTurns()
+    finish = asyncio.Event()
+
+    async def work(log) -> None:  # type: ignore[no-untyped-def]
+        await finish.wait()
+
+    log = live.start("t1", work)
+    assert live.turn_ids() == ["t1"]
+    finish.set()
+    await live.drain(timeout=1)
+    assert log.closed and live.get("t1") is log  # kept: a late attacher replays it
+    assert live.turn_ids() == []
