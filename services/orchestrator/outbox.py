@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from opentelemetry.propagate import extract, inject
 
 from services.servicekit.telemetry import meter
 
+from .leases import LEASE_SECONDS as REPLICA_LEASE_SECONDS
 from .peers import Peers
 from .store import outbox as outbox_store
 
@@ -83,13 +85,29 @@ class OutboxWorker:
     tracer: trace.Tracer = field(default_factory=lambda: trace.get_tracer("rapport.outbox"))
     # Told the queue's counts by status at every round (the orchestrator reports dead jobs in its health).
     report_counts: Callable[[dict[str, int]], Awaitable[None]] | None = None
+    # The replica delivering (its turn-lease id): claims of stopped or silent replicas, and those this one lost,
+    # are released at most every `release_every_seconds`. None: claims only expire (after LEASE_SECONDS).
+    replica_id: uuid.UUID | None = None
+    replica_lease_seconds: float = REPLICA_LEASE_SECONDS
+    release_every_seconds: float = 2.0
+    in_flight: set[int] = field(default_factory=set)
 
     def notify(self) -> None:
         self.wake.set()
 
     async def run(self) -> None:
-        next_prune = 0.0
+        next_prune = next_release = 0.0
         while True:
+            if self.replica_id is not None and asyncio.get_running_loop().time() >= next_release:
+                released = await outbox_store.release_abandoned_claims(
+                    self.pool,
+                    replica_id=self.replica_id,
+                    in_flight=sorted(self.in_flight),
+                    lease_seconds=self.replica_lease_seconds,
+                )
+                if released:
+                    log.warning("%d post-process jobs claimed by a stopped replica (or lost) are due again", released)
+                next_release = asyncio.get_running_loop().time() + self.release_every_seconds
             if asyncio.get_running_loop().time() >= next_prune:
                 pruned = await outbox_store.prune_done(self.pool, self.retention_seconds)
                 if pruned:
@@ -108,7 +126,7 @@ class OutboxWorker:
                 pass
 
     async def deliver_due(self) -> int:
-        jobs = await outbox_store.claim(self.pool, self.batch_size, LEASE_SECONDS)
+        jobs = await outbox_store.claim(self.pool, self.batch_size, LEASE_SECONDS, self.replica_id)
         if jobs:
             await asyncio.gather(*(self.deliver(job) for job in jobs))
         return len(jobs)
@@ -116,6 +134,7 @@ class OutboxWorker:
     async def deliver(self, job: outbox_store.ClaimedJob) -> None:
         parent = extract(job.trace_context or {})
         token = otel_context.attach(parent)
+        self.in_flight.add(job.id)
         try:
             with self.tracer.start_as_current_span(
                 f"{job.call} {job.target}",
@@ -132,6 +151,7 @@ class OutboxWorker:
             lag = await outbox_store.mark_done(self.pool, job, effects(job, response))
             METRICS.lag_seconds.record(lag, {"target": job.target})
         finally:
+            self.in_flight.discard(job.id)
             otel_context.detach(token)
 
     async def watch_reconnects(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -630,6 +631,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         )
     llm = LlmClient(endpoint, timeout=env.float("LLM_TIMEOUT_SECS", 60.0, 0.1, 600.0))
     attempts = env.int("POST_PROCESS_MAX_ATTEMPTS", 0, 0, 100_000)
+    replica_id = uuid.uuid4()  # this process, in turn leases and post-process claims
     outbox = OutboxWorker(
         ctx.pool,
         peers,
@@ -637,6 +639,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         horizon_seconds=env.float("POST_PROCESS_HORIZON_SECS", 86_400.0, 1.0, 30 * 86_400.0),
         backoff_cap=env.float("POST_PROCESS_BACKOFF_CAP_SECS", 300.0, 0.1, 3600.0),
         retention_seconds=env.float("OUTBOX_RETENTION_SECS", 7 * 86_400.0, 0.0, 365 * 86_400.0),
+        replica_id=replica_id,
     )
 
     async def report_dead_jobs(counts: dict[str, int]) -> None:
@@ -664,7 +667,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         max_per_user=env.int("MAX_TURNS_PER_USER", 3, 1, 100),
         queue_wait=env.float("TURN_QUEUE_WAIT_SECS", 10.0, 0.0, 120.0),
     )
-    leases = TurnLeases(ctx.pool, live)
+    leases = TurnLeases(ctx.pool, live, replica_id=replica_id)
     await leases.start()  # turns of stopped or silent replicas end failed; live ones of others are left alone
     servicer = OrchestratorServicer(ctx, peers, engine, live, leases)
 

@@ -119,7 +119,9 @@ async def test_rapport_up_outlives_a_killed_process_of_each_kind_and_a_postgres_
     seen: list[str] = []
     db: asyncpg.Connection | None = None
     try:
+        began = time.monotonic()
         _wait_for_line(lines, r"token:\s+\S+", 240, seen)
+        print(f"\nrapport up --replicas 2 ready in {time.monotonic() - began:.1f} s", end="")
         up = psutil.Process(process.pid)
         dsn = subprocess.run([sys.executable, "-m", "services.cli", "db", "url"], env=env, capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -185,7 +187,9 @@ async def test_rapport_up_outlives_a_killed_process_of_each_kind_and_a_postgres_
             print(f"\nfaults: {len(client.retries)} attempts retried ({sorted(set(client.retries))})")
 
         db = await asyncpg.connect(dsn)
+        began = time.monotonic()
         await wait_for(lambda: outbox_settled(db, users), timeout=120, interval=0.2)
+        print(f"post-process settled {time.monotonic() - began:.1f} s after the last reply")
         audit = await audit_post_process(db, users)
         assert audit.problems == []
         assert client.answered >= 1 + 5 * 2 + len(others) + LOAD_SESSIONS * LOAD_TURNS

@@ -237,3 +237,30 @@ async def test_a_database_outage_mid_turn_is_a_retryable_unavailable_frame(stack
     monkeypatch.undo()  # the database is back: the same message, retried, is answered
     frames = await stack.send(user, chat["session_id"], "Hello!", client_msg_id="outage-0000000000000000000001")
     assert frames[-1]["type"] == "final"
+
+
+async def test_jobs_claimed_by_a_stopped_replica_are_delivered_at_once(database_url: str, db) -> None:
+    """Found by SIGKILLing an orchestrator replica under `rapport up --replicas 2`: the post-process jobs it had
+    claimed waited out the claim's two-minute lease (post-process settled 104 s after the last reply)."""
+    stack = await start_stack(database_url)
+    try:
+        memory = stack.services.pop("memory")
+        address = memory.address
+        await memory.stop(grace=0.1)
+        user = uuid.uuid4()
+        chat = await stack.start_chat(user)
+        await stack.send(user, chat["session_id"], "I live in Porto.")
+        gone = uuid.uuid4()  # a replica that was killed while delivering the job
+        await db.execute("INSERT INTO chat.replicas (id, heartbeat_at) VALUES ($1, now() - interval '1 minute')",
+                         gone)
+        await db.execute("UPDATE chat.outbox SET claimed_by = $1, claimed_until = now() + interval '2 minutes', "
+                         "next_attempt_at = now() + interval '2 minutes' WHERE target = 'memory'", gone)
+        stack.services["memory"] = await start_service("memory", Env({**stack.env, "BIND_ADDR": address}),
+                                                       pool_size=3)
+
+        async def memory_done() -> bool:
+            return await db.fetchval("SELECT status FROM chat.outbox WHERE target = 'memory'") == "done"
+
+        await wait_for(memory_done, timeout=20)  # not the two minutes of the claim
+    finally:
+        await stack.stop()

@@ -13,6 +13,7 @@ import asyncpg
 from google.protobuf.message import Message
 
 from . import conversations
+from .replicas import live_replica
 from .rows import Conn, rows_to
 
 
@@ -73,9 +74,12 @@ async def insert_jobs(
     )
 
 
-async def claim(conn: Conn, batch_size: int, lease_seconds: float) -> list[ClaimedJob]:
-    """Due jobs, each leased for `lease_seconds` (a crashed worker's job becomes due again) and counted as an
-    attempt. A session's jobs for one peer are delivered in order: a job waits while an earlier one is pending."""
+async def claim(
+    conn: Conn, batch_size: int, lease_seconds: float, claimed_by: uuid.UUID | None = None
+) -> list[ClaimedJob]:
+    """Due jobs, each leased for `lease_seconds` (a crashed worker's job becomes due again) by the replica
+    `claimed_by`, and counted as an attempt. A session's jobs for one peer are delivered in order: a job waits
+    while an earlier one is pending."""
     rows = await conn.fetch(
         """WITH due AS (
                SELECT o.id FROM chat.outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= now()
@@ -83,14 +87,36 @@ async def claim(conn: Conn, batch_size: int, lease_seconds: float) -> list[Claim
                                AND e.target = o.target AND e.status = 'pending' AND e.id < o.id)
                ORDER BY o.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
            UPDATE chat.outbox o SET attempts = o.attempts + 1,
-               next_attempt_at = now() + make_interval(secs => $2), claimed_until = now() + make_interval(secs => $2)
+               next_attempt_at = now() + make_interval(secs => $2), claimed_until = now() + make_interval(secs => $2),
+               claimed_by = $3
            FROM due WHERE o.id = due.id
            RETURNING o.id, o.turn_id, o.target, o.call, o.request, o.payload, o.trace_context, o.attempts,
                      o.created_at, o.session_id, o.user_id""",
         batch_size,
         lease_seconds,
+        claimed_by,
     )
     return rows_to(ClaimedJob, rows)
+
+
+async def release_abandoned_claims(
+    conn: Conn, *, replica_id: uuid.UUID, in_flight: Sequence[int], lease_seconds: float
+) -> int:
+    """Claimed jobs nobody delivers any more are due again now: those of a replica that stopped or whose
+    heartbeat is older than the lease, and those of this replica that it is not delivering (its worker lost
+    them, e.g. in a database outage) → how many."""
+    result = await conn.execute(
+        """UPDATE chat.outbox o SET claimed_until = NULL, claimed_by = NULL, next_attempt_at = now()
+           WHERE o.status = 'pending' AND o.claimed_until > now() AND o.claimed_by IS NOT NULL
+             AND ((o.claimed_by = $1 AND NOT (o.id = ANY($2::bigint[])))
+                  OR (o.claimed_by <> $1 AND NOT """
+        + live_replica("o.claimed_by", "$3")
+        + "))",
+        replica_id,
+        list(in_flight),
+        lease_seconds,
+    )
+    return int(result.split()[-1])
 
 
 async def mark_done(pool: asyncpg.Pool, job: ClaimedJob, effects: dict[str, Any] | None = None) -> float:

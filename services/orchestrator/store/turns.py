@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from . import conversations, new_message_id, outbox
+from .replicas import live_replica
 from .rows import AssistantMessage, BranchRow, Conn, TurnAttempt, TurnRow, row_to, rows_to
 
 _TURN_COLUMNS = (
@@ -359,9 +360,9 @@ async def fail_abandoned_turns(
            WHERE t.status = 'running'
              AND ((t.owner IS NULL AND t.started_at < now() - make_interval(secs => $3))
                   OR (t.owner = $1 AND NOT (t.id = ANY($2::text[])))
-                  OR (t.owner <> $1 AND NOT EXISTS (
-                        SELECT 1 FROM chat.replicas r WHERE r.id = t.owner AND r.stopped_at IS NULL
-                        AND r.heartbeat_at >= now() - make_interval(secs => $3))))""",
+                  OR (t.owner <> $1 AND NOT """
+        + live_replica("t.owner", "$3")
+        + "))",
         replica_id,
         list(live_turn_ids),
         lease_seconds,
