@@ -47,6 +47,7 @@ from .openai_compat import BeginTurn, ChatCompletions
 from .outbox import OutboxWorker
 from .peers import Peers
 from .store import catalog, conversations, sessions, turns
+from .store import outbox as outbox_store
 from .store.rows import PersonaRow, SessionRow, TurnRow
 from .turn import TurnEngine, TurnInput
 from .user_data import delete_user_data, export_user_data
@@ -650,6 +651,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         await ctx.health.set(POST_PROCESS_QUEUE, serving)
 
     outbox.report_counts = report_dead_jobs
+    await report_dead_jobs(await outbox_store.counts(ctx.pool))  # known from the start, not after the first round
     hidden = frozenset(k.strip() for k in (env.str("OPENROUTER_USAGE_HIDDEN_KEYS") or "").split(",") if k.strip())
     engine = TurnEngine(
         pool=ctx.pool,

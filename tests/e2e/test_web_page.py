@@ -140,7 +140,7 @@ async def test_web_page_swipes_edits_on_a_branch_switches_back_and_deletes_with_
     for n, text in enumerate(TURNS, start=1):
         await page.get_by_label("Your message").fill(text)
         await page.get_by_label("Your message").press("Enter")
-        await expect(replies).to_have_count(n)
+        await expect(replies).to_have_count(n, timeout=15_000)  # 5 s was too short once in a loaded CI run
         await expect(replies.last.get_by_role("button", name=re.compile("^Regenerate reply"))).to_be_visible(
             timeout=15_000)
         await outbox_settled(db)
