@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -39,19 +40,8 @@ from services.orchestrator.store import conversations, new_message_id, turns
 from services.orchestrator.store.rows import AssistantMessage
 from services.servicekit.config import Env
 from services.servicekit.embedded_pg import EmbeddedPostgres
+from services.servicekit.grpc_runtime import outbound_interceptors
 from services.servicekit.service import RunningService, start_service
-
-
-class WithMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Every call carries the internal credential (the services refuse anything else)."""
-
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.metadata = metadata
-
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        details = details._replace(metadata=(*(details.metadata or ()), *self.metadata))
-        return await continuation(details, request)
-
 
 SECTION_TITLE = "## The conversation's event log (`rapport bench event-log`)"
 
@@ -136,7 +126,9 @@ async def run(turn_count: int, switches: int) -> dict[str, float]:
             "DREAMING_DISABLED": "1",
             "SNAPSHOT_DISABLED": "1",
             "SHUTDOWN_GRACE_SECS": "1",
+            "RAPPORT_INTERNAL_TOKEN": secrets.token_urlsafe(48),  # the bench calls the services as Rapport does
         }
+        internal = outbound_interceptors(None, (("x-rapport-internal-token", base["RAPPORT_INTERNAL_TOKEN"]),))
         for name in ("affinity", "memory", "insight"):
             running.append(await start_service(name, Env(base), pool_size=4))
         peers = {f"{s.name.upper()}_ADDR": s.address for s in running}
@@ -144,8 +136,8 @@ async def run(turn_count: int, switches: int) -> dict[str, float]:
         running.append(orchestrator)
         user = uuid.uuid4()
         async with (
-            grpc.aio.insecure_channel(orchestrator.address) as channel,
-            grpc.aio.insecure_channel(peers["AFFINITY_ADDR"]) as affinity_channel,
+            grpc.aio.insecure_channel(orchestrator.address, interceptors=internal) as channel,
+            grpc.aio.insecure_channel(peers["AFFINITY_ADDR"], interceptors=internal) as affinity_channel,
         ):
             stub = pb_grpc.OrchestratorServiceStub(channel)
             affinity = affinity_pb2_grpc.AffinityServiceStub(affinity_channel)
@@ -204,8 +196,8 @@ def render(figures: dict[str, float], turn_count: int, switches: int) -> str:
         [
             SECTION_TITLE,
             "",
-            f"Run on {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores (1-minute load average {load:.1f} at the end; "
-            "other engineers' test runs shared the machine), embedded PostgreSQL with fsync off, the services in one "
+            f"Run on {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores (1-minute load average {load:.1f} at the end: "
+            "anything else running moves the figures), embedded PostgreSQL with fsync off, the services in one "
             f"process on loopback gRPC. A session of {turn_count} turns; {switches} branch switches alternating between "
             f"the {turn_count}-turn branch and a {turn_count // 2}-turn branch forked half-way.",
             "",
