@@ -6,6 +6,7 @@ trying for its horizon and resumes as soon as a peer is back, a retried gift app
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import asyncpg
@@ -110,6 +111,25 @@ async def test_a_turn_whose_failure_could_not_be_recorded_is_finished_by_the_swe
                          session, uuid.uuid4(), leases.replica_id)  # ours, but we no longer run it
         assert await leases.sweep() == 1
         assert await db.fetchval("SELECT status FROM chat.turns WHERE id = 'lost'") == "failed"
+    finally:
+        await pool.close()
+
+
+async def test_a_turn_whose_replica_went_away_ends_unavailable_not_internal(database_url: str, db) -> None:
+    """A replica that stopped is a transient outage, not a bug: the frame a retry or an attacher replays says
+    `unavailable` (retryable), as a database outage mid-turn does — before it said `internal`."""
+    pool = await create_pool(database_url, max_size=4)
+    try:
+        leases = TurnLeases(pool, LiveTurns())
+        await leases.start()
+        session = await _session(db)
+        await db.execute("INSERT INTO chat.turns (id, session_id, user_id, client_msg_id, user_message_id, status, "
+                         "owner) VALUES ('gone', $1, $2, 'cm-g', 'msg-g', 'running', $3)",
+                         session, uuid.uuid4(), uuid.uuid4())  # owned by a replica that never beat
+        assert await leases.sweep() == 1
+        frame = await db.fetchval("SELECT frames->-1 FROM chat.turns WHERE id = 'gone'")
+        frame = json.loads(frame) if isinstance(frame, str) else frame
+        assert frame["type"] == "error" and frame["code"] == "unavailable" and frame["retryable"] is True
     finally:
         await pool.close()
 

@@ -354,7 +354,7 @@ async def fail_abandoned_turns(
     result = await conn.execute(
         """UPDATE chat.turns t SET status = 'failed',
                error = 'interrupted: the orchestrator running it stopped', finished_at = now(),
-               frames = t.frames || jsonb_build_array(jsonb_build_object('type', 'error', 'code', 'internal',
+               frames = t.frames || jsonb_build_array(jsonb_build_object('type', 'error', 'code', 'unavailable',
                    'retryable', true, 'message', 'generation interrupted',
                    'user_message', 'The reply was interrupted. Please send your message again.'))
            WHERE t.status = 'running'
