@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 from rapport.orchestrator.v1 import orchestrator_pb2 as pb
 from rapport.orchestrator.v1 import orchestrator_pb2_grpc as pb_grpc
 from services.servicekit.embedded_pg import free_port
+from tests.e2e.test_rapport_up import stop_with_ctrl_c
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,10 +100,4 @@ def test_the_example_client_streams_a_turn_against_rapport_up(tmp_path: Path) ->
                                        metadata=[("authorization", f"Bearer {key}"), ("x-rapport-user", user)])
             assert [s.persona_name for s in theirs.sessions] == ["Kai"]
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0, "".join(seen)[-3000:]
+        stop_with_ctrl_c(process, seen)

@@ -61,6 +61,17 @@ def _serving(address: str, name: str) -> bool:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def stop_with_ctrl_c(process: subprocess.Popen, seen: list[str]) -> None:  # type: ignore[type-arg]
+    """Ctrl-C as a user would; `rapport up` must exit 0 within a minute (else it is killed and the test fails)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.returncode == 0, "".join(seen)[-3000:]
+
+
 def test_rapport_up_serves_a_turn_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUPABASE_JWT_SECRET", "OPENROUTER_API_KEY",
@@ -100,13 +111,7 @@ def test_rapport_up_serves_a_turn_and_stops_cleanly(tmp_path: Path) -> None:
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 6  # postgres, offline LLM, four services, gateway (and postgres workers)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0, "".join(seen)[-3000:]
+        stop_with_ctrl_c(process, seen)
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if p.info["cmdline"] and str(tmp_path) in " ".join(p.info["cmdline"])]
     assert leftovers == []

@@ -25,7 +25,7 @@ import pytest
 
 from services.servicekit.embedded_pg import free_port
 from services.servicekit.identity import LocalIdentity, mint_token
-from tests.e2e.test_rapport_up import _read_lines, _wait_for_line
+from tests.e2e.test_rapport_up import _read_lines, _wait_for_line, stop_with_ctrl_c
 from tests.integration.post_process_audit import audit_post_process, outbox_settled
 from tests.stack import wait_for
 
@@ -198,10 +198,4 @@ async def test_rapport_up_outlives_a_killed_process_of_each_kind_and_a_postgres_
     finally:
         if db is not None:
             await db.close()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0, "".join(seen)[-3000:]
+        stop_with_ctrl_c(process, seen)
