@@ -756,6 +756,11 @@ async function runChange(change) {
     setComposerEnabled(page.session !== null);
     restoreFocus(focus);
   }
+  if (page.waitingMessage && page.session) {
+    const content = page.waitingMessage;
+    page.waitingMessage = null;
+    sendMessage(content);
+  }
 }
 
 // After the active branch (or what is on it) changed: the branch list, and the state that follows it.
@@ -1315,7 +1320,13 @@ function wireEvents() {
     event.preventDefault();
     const input = $("composer-input");
     const content = input.value.trim();
-    if (!content || page.busy || !page.session) return;
+    if (!content || !page.session) return;
+    if (page.busy) {
+      // A change is still finishing (e.g. the history being placed): send this once it has, never drop it.
+      page.waitingMessage = content;
+      input.value = "";
+      return;
+    }
     input.value = "";
     sendMessage(content);
   });
