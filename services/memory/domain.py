@@ -1294,6 +1294,10 @@ _REFERS_BACK = re.compile(
     re.IGNORECASE,
 )
 RECENT_TURNS_FOR_QUERY = 2  # the recent messages a short or back-referring query is read with
+# Each of them contributes at most its last RECENT_WORDS_FOR_QUERY words (the part the new message
+# answers): the query is embedded on the reply's critical path at a cost that grows with its length,
+# and a persona's reply can run to paragraphs (docs/benchmarks.md, "Performance budget").
+RECENT_WORDS_FOR_QUERY = 24
 _SHORT_QUERY_WORDS = 4
 
 
@@ -1303,10 +1307,15 @@ def needs_recent_turns(query: str) -> bool:
     return len(_WORD.findall(query)) <= _SHORT_QUERY_WORDS or bool(_REFERS_BACK.search(query.replace("’", "'")))
 
 
+def _last_words(text: str, count: int) -> str:
+    """The text with its whitespace collapsed, cut to its last `count` words."""
+    return " ".join(text.split()[-count:])
+
+
 def recall_query_text(query: str, recent_turns: Sequence[str]) -> str:
     """The text Recall searches with: the query, preceded by the last RECENT_TURNS_FOR_QUERY recent
     messages (oldest first) when the query needs them (spec: the query uses the recent turns)."""
-    context = [_collapse_whitespace(t) for t in recent_turns[-RECENT_TURNS_FOR_QUERY:] if t.strip()]
+    context = [_last_words(t, RECENT_WORDS_FOR_QUERY) for t in recent_turns[-RECENT_TURNS_FOR_QUERY:] if t.strip()]
     if not context or not needs_recent_turns(query):
         return query
     return " ".join([*context, query])

@@ -18,6 +18,7 @@ from services.memory.domain import (
     may_merge,
     mentioned_dates,
     merged_content,
+    RECENT_WORDS_FOR_QUERY,
     needs_recent_turns,
     persona_statements,
     query_dates,
@@ -226,6 +227,19 @@ def test_a_short_or_back_referring_query_is_read_with_the_recent_turns() -> None
     assert recall_query_text("What is my dog Biscuit's favourite toy?", recent) == (
         "What is my dog Biscuit's favourite toy?")
     assert recall_query_text("and her?", []) == "and her?"
+
+
+def test_a_long_recent_message_adds_only_its_last_words_to_the_query() -> None:
+    """The query is embedded on the reply's critical path, at a cost that grows with its length: a
+    persona's reply of paragraphs must not make every back-referring question slow to recall."""
+    reply = " ".join(f"word{i}" for i in range(300)) + " Where should we take your sister Marta?"
+    searched = recall_query_text("and her?", ["My sister Marta is visiting.", reply])
+    assert searched == (
+        "My sister Marta is visiting. "
+        + " ".join(f"word{i}" for i in range(283, 300))
+        + " Where should we take your sister Marta? and her?"
+    )
+    assert len(searched.split()) == 5 + RECENT_WORDS_FOR_QUERY + 2
 
 
 @pytest.mark.parametrize(("query", "about_persona"), [
