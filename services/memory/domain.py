@@ -1301,10 +1301,65 @@ RECENT_WORDS_FOR_QUERY = 24
 _SHORT_QUERY_WORDS = 4
 
 
+# Where those words point inside the message, not back at the conversation: a time said from today, "that"
+# and "then" joining clauses, "there is", the weather's "it" — masked before looking for a reference.
+_ONLY_LOOKS_BACK = re.compile(
+    r"\bthis\s+(?:morning|afternoon|evening|night|week|weekend|month|year|spring|summer|autumn|fall|winter|"
+    + "|".join(_WEEKDAYS)
+    + r")\b|"
+    r"\b(?:think|thought|know|knew|say|says|said|hope|hoped|feel|felt|guess|sure|glad|reali[sz]ed|believe|"
+    r"mean|so|such|now)\s+that\b|"
+    r"\bthat(?=\s+(?:i|i'm|you|he|she|we|they|it|my|your|the|a|an)\b)|"
+    r"\b(?:and|but)\s+then\b|"
+    r"\bthere(?:'s|\s+is|\s+are|\s+was|\s+were|\s+will\s+be|\s+has\s+been|\s+have\s+been)\b|"
+    r"\bit(?:'s|\s+is|\s+was|\s+has\s+been)?\s+(?:rain|snow|pour|drizzl|hail)\w*",
+    re.IGNORECASE,
+)
+_PERSON_PRONOUN = {
+    **dict.fromkeys(("she", "her", "hers"), "female"),
+    **dict.fromkeys(("he", "him", "his"), "male"),
+    **dict.fromkeys(("they", "them"), "plural"),
+}
+_RELATION_GENDER = {
+    **dict.fromkeys(
+        "mother mom mum sister wife girlfriend fiancée daughter grandma grandmother aunt niece".split(), "female"
+    ),
+    **dict.fromkeys(
+        "father dad brother husband boyfriend fiancé son grandpa grandfather uncle nephew".split(), "male"
+    ),
+}
+# Someone a person pronoun can stand for, named earlier in the same message: "my sister", "our neighbour",
+# or a name (a capitalized word inside a sentence)
+_ANTECEDENT = re.compile(
+    rf"(?i:\b(?:my|our|your)\s+(?P<relation>{_RELATIONS}|manager|teacher|doctor|therapist|coach)\b)|"
+    r"(?<![.!?…]\s)(?<=\s)(?!I\b|I'|(?:" + "|".join(w.capitalize() for w in _WEEKDAYS) + r")\b)[A-Z][a-z]+",
+)
+
+
+def _has_antecedent(text: str, pronoun: str, before: int) -> bool:
+    """Whether someone the pronoun can stand for ("her": "my sister", "Marta"; not "my brother") is named
+    in text[:before]."""
+    wanted = _PERSON_PRONOUN[pronoun]
+    for found in _ANTECEDENT.finditer(text, 0, before):
+        relation = (found.group("relation") or "").lower()
+        gender = _RELATION_GENDER.get(relation.split("-")[-1].split()[-1] if relation else "", "")
+        if wanted == "plural" or not gender or gender == wanted:
+            return True
+    return False
+
+
 def needs_recent_turns(query: str) -> bool:
-    """A short query ("and her?") or one that refers back ("where does she live?") is read with the
-    conversation it continues."""
-    return len(_WORD.findall(query)) <= _SHORT_QUERY_WORDS or bool(_REFERS_BACK.search(query.replace("’", "'")))
+    """A short query ("and her?") or one that points outside itself ("where does she live?") is read with
+    the conversation it continues; "take her" after "my sister", or "this weekend", does not need it."""
+    text = query.replace("’", "'")
+    if len(_WORD.findall(text)) <= _SHORT_QUERY_WORDS:
+        return True
+    masked = _ONLY_LOOKS_BACK.sub(lambda m: " " * len(m.group()), text)
+    for found in _REFERS_BACK.finditer(masked):
+        word = found.group().lower()
+        if word not in _PERSON_PRONOUN or not _has_antecedent(text, word, found.start()):
+            return True
+    return False
 
 
 def _last_words(text: str, count: int) -> str:

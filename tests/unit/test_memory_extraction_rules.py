@@ -229,6 +229,36 @@ def test_a_short_or_back_referring_query_is_read_with_the_recent_turns() -> None
     assert recall_query_text("and her?", []) == "and her?"
 
 
+@pytest.mark.parametrize("query", [
+    "I went hiking this weekend and saw a fox near the lake",  # a time said from today
+    "Next week is going to be busy, last month was worse",
+    "My sister is visiting next week and I have no idea where to take her",  # she is named first
+    "I saw Marta today, she says hi",
+    "It rained all day here",  # the weather's "it"
+    "I think that cooking is relaxing, and then I eat",  # "that" and "then" joining clauses
+    "I told Tom that he was wrong",
+    "There is a new bakery on my street",  # "there is"
+])
+def test_a_word_that_only_looks_back_does_not_bring_in_the_recent_turns(query: str) -> None:
+    """The recent turns make the query longer to embed, on the reply's critical path, and pull it towards
+    the last reply: only a message that points outside itself is read with them."""
+    assert not needs_recent_turns(query)
+    assert recall_query_text(query, ["My sister Marta came over.", "Oh nice, how is she?"]) == query
+
+
+@pytest.mark.parametrize("query", [
+    "I finally finished that novel you recommended",
+    "Where does she live again?",
+    "My brother met her yesterday",  # "her" is not "my brother"
+    "What did they say about it?",
+    "I went there this weekend",
+    "Back then it was different",
+    "This weekend she is coming",  # the time aside, "she" is still nobody in this message
+])
+def test_a_message_that_points_outside_itself_is_read_with_the_recent_turns(query: str) -> None:
+    assert needs_recent_turns(query)
+
+
 def test_a_long_recent_message_adds_only_its_last_words_to_the_query() -> None:
     """The query is embedded on the reply's critical path, at a cost that grows with its length: a
     persona's reply of paragraphs must not make every back-referring question slow to recall."""
