@@ -1298,6 +1298,10 @@ RECENT_TURNS_FOR_QUERY = 2  # the recent messages a short or back-referring quer
 # answers): the query is embedded on the reply's critical path at a cost that grows with its length,
 # and a persona's reply can run to paragraphs (docs/benchmarks.md, "Performance budget").
 RECENT_WORDS_FOR_QUERY = 24
+# The query vector is made from at most the last QUERY_WORDS_FOR_EMBEDDING words of the searched text (the full-text
+# half reads all of it): the local embedder costs about 1.5 ms a word on one core, on the reply's critical path
+# (a 256-word roleplay message: 430 ms), and a vector of paragraphs averages what any one memory shares with it.
+QUERY_WORDS_FOR_EMBEDDING = 64
 _SHORT_QUERY_WORDS = 4
 
 
@@ -1365,6 +1369,14 @@ def needs_recent_turns(query: str) -> bool:
 def _last_words(text: str, count: int) -> str:
     """The text with its whitespace collapsed, cut to its last `count` words."""
     return " ".join(text.split()[-count:])
+
+
+def query_embedding_text(searched: str) -> str:
+    """What of the searched text (recall_query_text) the query vector is made from: all of it up to
+    QUERY_WORDS_FOR_EMBEDDING words, otherwise its last words (the recent turns go first, then the message's
+    beginning)."""
+    words = searched.split()
+    return searched if len(words) <= QUERY_WORDS_FOR_EMBEDDING else " ".join(words[-QUERY_WORDS_FOR_EMBEDDING:])
 
 
 def recall_query_text(query: str, recent_turns: Sequence[str]) -> str:

@@ -561,7 +561,7 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
                 return
             started = time.perf_counter()
             searched = domain.recall_query_text(query, request.recent_turns)
-            vector = (await self._embed([searched], "query"))[0]
+            vector = (await self._embed([domain.query_embedding_text(searched)], "query"))[0]
             response.embed_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             result = await recall_memories(

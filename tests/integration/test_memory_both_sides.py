@@ -1,13 +1,17 @@
 """Issue 11 against the real memory service and Postgres: the persona's side is remembered with its
 speaker and the reply's message id, merges keep every statement and source, one ranking across
-layers, dates resolved at ingest and returned by Recall, and a short query read with the recent turns."""
+layers, dates resolved at ingest and returned by Recall, a short query read with the recent turns, and a long
+message embedded by its last words but searched by all of them."""
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from rapport.memory.v1 import memory_pb2 as pb
 
+from services.memory import embedders
+from services.memory.domain import QUERY_WORDS_FOR_EMBEDDING
 from tests.integration.test_memory_fixtures import (  # noqa: F401
     MemoryClient,
     contents,
@@ -108,3 +112,25 @@ async def test_a_short_query_is_searched_with_the_recent_turns(memory: MemoryCli
     assert await best(["I was thinking about my sister Marta today.", "Oh? Where does she live?"]) == (
         "My sister Marta moved to Porto.")
     assert await best(["Dinner tonight was nice.", "What did you cook?"]) == "I made soup for dinner."
+
+
+async def test_a_long_message_is_embedded_by_its_last_words_and_searched_by_all_of_them(
+        memory: MemoryClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query is embedded on the reply's critical path at a cost that grows with its length (a 256-word
+    message: about 430 ms on one core); a roleplay message can run to paragraphs."""
+    user, instance, session = ids()
+    await memory.ingest(user, instance, session, "My sister Marta moved to Porto.")
+    embedded: list[str] = []
+    encode = embedders._E5Worker.encode
+
+    def recording(worker: embedders._E5Worker, texts: list[str], is_query: bool) -> object:
+        if is_query:
+            embedded.extend(texts)
+        return encode(worker, texts, is_query)
+
+    monkeypatch.setattr(embedders._E5Worker, "encode", recording)
+    words = [f"word{i}" for i in range(300)]
+    message = "Marta " + " ".join(words) + " do you remember that?"
+    recalled = await memory.recall(user, instance, message, top=1, memory_scope="relationship_only")
+    assert embedded == [" ".join([*words[-(QUERY_WORDS_FOR_EMBEDDING - 4):], "do you remember that?"])]
+    assert contents(recalled.relationship) == ["My sister Marta moved to Porto."]  # "Marta", word 1: full text

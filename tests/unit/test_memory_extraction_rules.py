@@ -19,7 +19,9 @@ from services.memory.domain import (
     mentioned_dates,
     merged_content,
     RECENT_WORDS_FOR_QUERY,
+    QUERY_WORDS_FOR_EMBEDDING,
     needs_recent_turns,
+    query_embedding_text,
     persona_statements,
     query_dates,
     recall_query_text,
@@ -257,6 +259,14 @@ def test_a_word_that_only_looks_back_does_not_bring_in_the_recent_turns(query: s
 ])
 def test_a_message_that_points_outside_itself_is_read_with_the_recent_turns(query: str) -> None:
     assert needs_recent_turns(query)
+
+
+def test_the_query_vector_is_made_from_the_last_words_of_the_searched_text() -> None:
+    """Recent turns first, then the message: a long text loses its oldest words first; a short one is
+    embedded exactly as searched (its whitespace kept)."""
+    assert query_embedding_text("Where does she\nlive?") == "Where does she\nlive?"
+    long = " ".join(f"w{i}" for i in range(200))
+    assert query_embedding_text(long) == " ".join(f"w{i}" for i in range(200 - QUERY_WORDS_FOR_EMBEDDING, 200))
 
 
 def test_a_long_recent_message_adds_only_its_last_words_to_the_query() -> None:
