@@ -1328,9 +1328,7 @@ _RELATION_GENDER = {
     **dict.fromkeys(
         "mother mom mum sister wife girlfriend fiancée daughter grandma grandmother aunt niece".split(), "female"
     ),
-    **dict.fromkeys(
-        "father dad brother husband boyfriend fiancé son grandpa grandfather uncle nephew".split(), "male"
-    ),
+    **dict.fromkeys("father dad brother husband boyfriend fiancé son grandpa grandfather uncle nephew".split(), "male"),
 }
 # Someone a person pronoun can stand for, named earlier in the same message: "my sister", "our neighbour",
 # or a name (a capitalized word inside a sentence)
