@@ -375,6 +375,8 @@ def memory_as_said_to_user(line: str) -> str:
         return ("you" if first.lower() == "they" else "your") + tail
     if first.lower() in _SUBJECTLESS_VERBS:
         return "you " + _second_person_verb(first) + tail
+    if _FIRST_PERSON_WORD.search(text) and not re.search(r"[\"“”]", text):  # a moment in the user's own words
+        return "that " + reflect_pronouns(_lower_sentence_start(text))
     return "that " + _lower_function_word(_address_user(text))
 
 
@@ -383,14 +385,35 @@ def _strip_bullet(line: str) -> str:
 
 
 def _strip_metadata(text: str) -> str:
-    """Drop a leading date and trailing "(importance 0.8)" / "[fact]" annotations and end punctuation."""
+    """Drop a leading date ("2024-05-01: ", or "(today) " / "(on Monday, 3 days ago) " as the orchestrator
+    places a memory in time), trailing "(importance 0.8)" / "[fact]" annotations and end punctuation."""
     text = re.sub(r"^\d{4}-\d{2}-\d{2}(?:[T ][\d:]+)?[:\s-]+", "", text)
+    text = re.sub(r"^\((?:today|yesterday|tomorrow|on [^()]+)\)\s+", "", text)
     while True:
         trimmed = re.sub(r"\s*[(\[][^()\[\]]*[)\]]\s*$", "", text)
         if trimmed == text:
             break
         text = trimmed
     return text.rstrip(" .!;:")
+
+
+_FIRST_PERSON_WORD = re.compile(r"\b(?:I|I'm|I've|I'd|I'll|my|me|mine|myself)\b", re.IGNORECASE)
+
+
+# Words a message often starts with, lowered to follow "that" (any other capital, a name's, is kept)
+_COMMON_STARTERS = frozenset(
+    "a an the this that these those it its there here so and but then after before when while finally "
+    "honestly actually just also still maybe today tonight yesterday tomorrow everything nothing work school "
+    "dinner lunch breakfast we our us they their he she his her".split()
+)
+
+
+def _lower_sentence_start(text: str) -> str:
+    """ "Work was long" → "work was long" (to follow "that"); "Marta called" keeps its capital."""
+    first = text.split(" ", 1)[0]
+    if first.lower().strip(",") in _COMMON_STARTERS:
+        return first.lower() + text[len(first) :]
+    return text
 
 
 def _lower_function_word(text: str) -> str:

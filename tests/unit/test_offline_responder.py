@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.memory.domain import persona_statements
 from services.offline_llm.responder import (
     MAX_REPLY_WORDS,
     OFFLINE_MODEL_ID,
@@ -276,6 +277,11 @@ def test_turn_style_counts_as_mood(turn_style: str, register: str) -> None:
     ("User doesn't like horror films", "you don't like horror films"),
     ('User was upset with the persona: "you forgot"', 'you were upset with me: "you forgot"'),
     ('Plan made together: "Saturday flea market"', 'we made a plan: "Saturday flea market"'),
+    # a moment, in the user's own words, placed in time the way the orchestrator renders it
+    ("(today) Work was exhausting today, my manager moved the deadline again",
+     "that work was exhausting today, your manager moved the deadline again"),
+    ("(on Monday, 3 days ago) I went hiking and saw a fox [Saturday 28 November]", "you went hiking and saw a fox"),
+    ("(yesterday) My sister is visiting next week", "your sister is visiting next week"),
 ])
 def test_memory_lines_are_rephrased_for_the_user(line: str, said: str) -> None:
     assert memory_as_said_to_user(line) == said
@@ -498,3 +504,15 @@ def test_the_personas_own_prompt_keeps_the_short_name() -> None:
     assert brief.persona_name == "Kai"
     assert brief.assistant_names == ("Kai Nakamura-Reid", "Kai")
     assert kai_reply("What's your name?").startswith("I'm Kai.")
+
+
+@pytest.mark.parametrize("mood", [STRANGER_MOOD, FRIEND_MOOD])
+def test_a_recalled_moment_is_said_back_as_the_users_not_as_the_personas_own(mood: tuple[str, ...]) -> None:
+    """A moment is stored in the user's words and placed in time by the prompt ("(today) …"): said back
+    verbatim ("I remember that (today) … my manager moved the deadline"), the persona told the user's news as
+    its own, and memory stored it as something the persona disclosed about itself."""
+    moment = "(today) Work was exhausting today, my manager moved the deadline again"
+    for attempt in range(4):
+        reply = kai_reply(f"Work was exhausting again, my manager is impossible ({attempt})", shared=(moment,), mood=mood)
+        assert "(today)" not in reply and "my manager" not in reply
+        assert persona_statements(reply, "Kai") == []
