@@ -397,6 +397,8 @@ def _strip_metadata(text: str) -> str:
     return text.rstrip(" .!;:")
 
 
+# What the persona itself said, as memory attributes it ('Kai told you: "…"'): nothing to tell the user back
+_PERSONA_SAID = re.compile(r"^[^:\"]{1,40} (?:told you|promised you|recommended|made a plan with you): ")
 _FIRST_PERSON_WORD = re.compile(r"\b(?:I|I'm|I've|I'd|I'll|my|me|mine|myself)\b", re.IGNORECASE)
 
 
@@ -823,6 +825,7 @@ def compose_reply(messages: list[dict[str, Any]], model: str) -> str:
         line
         for line in brief.lines("shared_memories") + brief.lines("user_profile")
         if not re.match(r"^(training[ _]level|confidence)\b", _strip_bullet(line), re.IGNORECASE)
+        and not _PERSONA_SAID.match(_strip_metadata(_strip_bullet(line)))
     )
     rng = random.Random(_seed(messages, model))
     message = without_vocatives(last_user, brief.assistant_names)

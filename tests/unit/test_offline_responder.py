@@ -516,3 +516,13 @@ def test_a_recalled_moment_is_said_back_as_the_users_not_as_the_personas_own(moo
         reply = kai_reply(f"Work was exhausting again, my manager is impossible ({attempt})", shared=(moment,), mood=mood)
         assert "(today)" not in reply and "my manager" not in reply
         assert persona_statements(reply, "Kai") == []
+
+
+@pytest.mark.parametrize("mood", [STRANGER_MOOD, FRIEND_MOOD])
+def test_what_the_persona_itself_said_is_not_told_back_as_the_users(mood: tuple[str, ...]) -> None:
+    """Memory keeps the persona's side attributed ('Kai told you: "…"'); read as a "key: value" profile line
+    it came back as 'your kai told you is "…"'."""
+    own = '(yesterday) Kai told you: "I grew up by the sea in a fishing town."'
+    for attempt in range(4):
+        reply = kai_reply(f"I grew up by the sea too ({attempt})", shared=(own,), mood=mood)
+        assert "told you" not in reply and "your kai" not in reply.lower()
