@@ -1313,7 +1313,7 @@ _ONLY_LOOKS_BACK = re.compile(
     + r")\b|"
     r"\b(?:think|thought|know|knew|say|says|said|hope|hoped|feel|felt|guess|sure|glad|reali[sz]ed|believe|"
     r"mean|so|such|now)\s+that\b|"
-    r"\bthat(?=\s+(?:i|i'm|you|he|she|we|they|it|my|your|the|a|an)\b)|"
+    r"\bthat(?=\s+(?:i|i'm|he|she|we|they)\s)|"
     r"\b(?:and|but)\s+then\b|"
     r"\bthere(?:'s|\s+is|\s+are|\s+was|\s+were|\s+will\s+be|\s+has\s+been|\s+have\s+been)\b|"
     r"\bit(?:'s|\s+is|\s+was|\s+has\s+been)?\s+(?:rain|snow|pour|drizzl|hail)\w*",

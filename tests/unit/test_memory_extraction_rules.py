@@ -256,6 +256,8 @@ def test_a_word_that_only_looks_back_does_not_bring_in_the_recent_turns(query: s
     "I went there this weekend",
     "Back then it was different",
     "This weekend she is coming",  # the time aside, "she" is still nobody in this message
+    "Was that a joke or not?",  # "that" pointing at the last reply
+    "Is that your dog in the photo?",
 ])
 def test_a_message_that_points_outside_itself_is_read_with_the_recent_turns(query: str) -> None:
     assert needs_recent_turns(query)
