@@ -2,6 +2,7 @@
 served over HTTP; both paths measured, the report shaped as docs/benchmarks.md expects."""
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from datetime import UTC, datetime
@@ -11,9 +12,11 @@ from tools.bench.turn import (  # the benchmark moved to tools/ (issue 9)
     BenchReport,
     BenchTarget,
     LevelResult,
+    TurnOutcome,
     PathFigures,
     capacity_note,
     cpu_seconds,
+    drive_paced,
     machine_description,
     merge_section,
     percentile,
@@ -112,3 +115,32 @@ def test_the_capacity_note_names_the_cpu_limit_and_a_saturated_goal_level() -> N
 
     report.levels[1] = level(16, 3.0, 50.0, 90.0)  # far below the limit: no saturation claimed
     assert "saturated" not in capacity_note(report, cpus=2)
+
+
+async def test_a_paced_session_waits_its_think_time_between_messages(monkeypatch) -> None:
+    """One session offered 0.5 turns/s sends every 2 s. The measured turns' schedule started from a start time the
+    sessions could read before it was set (0.0), so a lone session ran closed loop (8 turns/s "paced at 0.5").
+    A fake clock: the bench's sleeps advance it, nothing waits for real."""
+    import tools.bench.turn as bench
+
+    now = [1000.0]
+    sent: list[float] = []
+    yield_to_loop = asyncio.sleep
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+        await yield_to_loop(0)
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(bench.asyncio, "sleep", fake_sleep)
+
+    class Session:
+        async def send(self, text: str) -> TurnOutcome:
+            sent.append(now[0])
+            now[0] += 0.1  # the reply takes 100 ms
+            return TurnOutcome(ttft_ms=10.0)
+
+    figures = await drive_paced([Session()], warmup=1, turns=3, rate=0.5)
+    measured = sent[1:]
+    assert [round(b - a, 3) for a, b in zip(measured, measured[1:])] == [2.0, 2.0]
+    assert figures.turns == 3 and round(figures.seconds, 3) == 4.1

@@ -385,7 +385,9 @@ async def drive_paced(
     figures = PathFigures()
     warm = asyncio.Barrier(len(sessions) + 1)
     interval = len(sessions) / rate
-    start = 0.0
+    # when the measured turns start, set once all sessions are warm (a session released by the barrier
+    # may run before the code that set a plain variable after it)
+    started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     async def converse(index: int, session: ChatSession) -> None:
         try:
@@ -393,7 +395,7 @@ async def drive_paced(
                 await session.send(user_line(index, turn, run))
         finally:
             await warm.wait()
-        due = start + index * interval / len(sessions)
+        due = await started + index * interval / len(sessions)
         for turn in range(warmup, warmup + turns):
             delay = due - time.perf_counter()
             if delay > 0:
@@ -404,6 +406,7 @@ async def drive_paced(
     tasks = [asyncio.create_task(converse(index, session)) for index, session in enumerate(sessions)]
     await warm.wait()
     start = time.perf_counter()
+    started.set_result(start)
     await asyncio.gather(*tasks)
     figures.seconds = time.perf_counter() - start
     return figures
