@@ -17,6 +17,7 @@ from tools.bench.turn import (  # the benchmark moved to tools/ (issue 9)
     capacity_note,
     cpu_seconds,
     drive_paced,
+    level_rate,
     machine_description,
     merge_section,
     percentile,
@@ -144,3 +145,11 @@ async def test_a_paced_session_waits_its_think_time_between_messages(monkeypatch
     measured = sent[1:]
     assert [round(b - a, 3) for a, b in zip(measured, measured[1:])] == [2.0, 2.0]
     assert figures.turns == 3 and round(figures.seconds, 3) == 4.1
+
+
+def test_a_smaller_paced_level_keeps_the_think_time_of_the_goal_level() -> None:
+    """The paced rate is what 16 sessions offer together; one session offering all of it alone sent every
+    0.15 s — closed loop again, its query always colliding with its own last post-process."""
+    assert level_rate(6.4, 16) == 6.4
+    assert level_rate(6.4, 1) == 0.4  # the same 2.5 s between a session's messages
+    assert level_rate(6.4, 64) == 6.4  # a larger level shares the rate (the goal level's is the reference)

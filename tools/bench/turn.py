@@ -542,6 +542,13 @@ async def read_timings(
     return {name: percentile(values, 50) for name, values in sorted(timings.items())}
 
 
+def level_rate(rate: float, sessions: int) -> float:
+    """The turns/s a paced level offers: `rate` is what the goal level's GOAL_SESSIONS sessions offer
+    together; a level with fewer sessions keeps their think time (each session's interval), so one session
+    is not paced into a closed loop; a level with more shares `rate`."""
+    return rate * min(1.0, sessions / GOAL_SESSIONS)
+
+
 def paced_rate(report: BenchReport, share: float = PACED_SHARE) -> float | None:
     """`share` of the capacity measured by the report's closed levels (the busiest one), or None."""
     closed = [level for level in report.levels if level.pacing == "closed" and level.cpu_ms_per_turn]
@@ -593,6 +600,7 @@ async def run_bench(
             if offered is None:
                 progress(f"{count_sessions(sessions)} paced: no capacity measured yet (run closed first or --rate)")
                 continue
+            offered = level_rate(offered, sessions)
         how = f"paced at {offered:.1f} turns/s" if offered else "closed loop"
         progress(f"{count_sessions(sessions)} in flight × {turns} turns (+{warmup} warm-up), {llm_mode} LLM, {how} …")
         level = await measure_level(
@@ -955,8 +963,10 @@ def render_section(report: BenchReport, machine: dict[str, str], command: str, w
             "offline LLM server (`openai.AsyncOpenAI` stream, persona prompt + history, first content chunk), "
             "in the same run. *sessions* = conversations in flight; each sends "
             f"{report.warmup} warm-up turns then {report.turns} measured turns, as a new user: in a closed loop "
-            "(the next message the moment the reply ends), or paced (every session sends at a fixed interval "
-            "so that all together offer the stated rate, by default half the capacity the closed loop measured). "
+            "(the next message the moment the reply ends), or paced (every session sends at a fixed interval, "
+            f"its think time, so that {GOAL_SESSIONS} sessions together offer half the capacity the closed loop "
+            "measured, unless a rate was given; a level with fewer sessions keeps that think time, so it offers "
+            "less). "
             "*instant LLM*: the offline responder answering at once; *realistic LLM*: the same responder paced "
             "like a hosted model (tools/bench/paced_llm.py: a first token after a delay, then a steady rate). "
             "Added = gateway − direct. Turns/s = whole turns (to `final`) over the measured window. "
@@ -1101,7 +1111,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--rate",
         type=float,
         default=None,
-        help=f"turns/s all paced sessions offer together (default: {PACED_SHARE:g} × the capacity measured closed)",
+        help=f"turns/s {GOAL_SESSIONS} paced sessions offer together (default: {PACED_SHARE:g} × the capacity measured "
+        f"closed); a level with fewer sessions keeps their think time",
     )
     parser.add_argument(
         "--llm",
