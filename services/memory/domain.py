@@ -1373,8 +1373,8 @@ def query_embedding_text(searched: str) -> str:
     """What of the searched text (recall_query_text) the query vector is made from: all of it up to
     QUERY_WORDS_FOR_EMBEDDING words, otherwise its last words (the recent turns go first, then the message's
     beginning)."""
-    words = searched.split()
-    return searched if len(words) <= QUERY_WORDS_FOR_EMBEDDING else " ".join(words[-QUERY_WORDS_FOR_EMBEDDING:])
+    fits = len(searched.split()) <= QUERY_WORDS_FOR_EMBEDDING
+    return searched if fits else _last_words(searched, QUERY_WORDS_FOR_EMBEDDING)
 
 
 def recall_query_text(query: str, recent_turns: Sequence[str]) -> str:
