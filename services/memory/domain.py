@@ -1331,10 +1331,11 @@ _RELATION_GENDER = {
     **dict.fromkeys("father dad brother husband boyfriend fiancé son grandpa grandfather uncle nephew".split(), "male"),
 }
 # Someone a person pronoun can stand for, named earlier in the same message: "my sister", "our neighbour",
-# or a name (a capitalized word inside a sentence)
+# or a name (a capitalized word inside a sentence that is not "I", a day or a month)
+_NOT_A_NAME = "|".join(name.capitalize() for name in (*_WEEKDAYS, *_MONTHS))
 _ANTECEDENT = re.compile(
     rf"(?i:\b(?:my|our|your)\s+(?P<relation>{_RELATIONS}|manager|teacher|doctor|therapist|coach)\b)|"
-    r"(?<![.!?…]\s)(?<=\s)(?!I\b|I'|(?:" + "|".join(w.capitalize() for w in _WEEKDAYS) + r")\b)[A-Z][a-z]+",
+    rf"(?<![.!?…]\s)(?<=\s)(?!I\b|I'|(?:{_NOT_A_NAME})\b)[A-Z][a-z]+",
 )
 
 

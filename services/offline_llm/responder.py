@@ -376,7 +376,7 @@ def memory_as_said_to_user(line: str) -> str:
     if first.lower() in _SUBJECTLESS_VERBS:
         return "you " + _second_person_verb(first) + tail
     if _FIRST_PERSON_WORD.search(text) and not re.search(r"[\"“”]", text):  # a moment in the user's own words
-        return "that " + reflect_pronouns(_lower_sentence_start(text))
+        return "that " + reflect_pronouns(_lower_function_word(text))
     return "that " + _lower_function_word(_address_user(text))
 
 
@@ -402,7 +402,8 @@ _PERSONA_SAID = re.compile(r"^[^:\"]{1,40} (?:told you|promised you|recommended|
 _FIRST_PERSON_WORD = re.compile(r"\b(?:I|I'm|I've|I'd|I'll|my|me|mine|myself)\b", re.IGNORECASE)
 
 
-# Words a message often starts with, lowered to follow "that" (any other capital, a name's, is kept)
+# Words a sentence often starts with, lowered to go inside another ("that work was long"); any other
+# capital, a name's, is kept
 _COMMON_STARTERS = frozenset(
     "a an the this that these those it its there here so and but then after before when while finally "
     "honestly actually just also still maybe today tonight yesterday tomorrow everything nothing work school "
@@ -410,17 +411,11 @@ _COMMON_STARTERS = frozenset(
 )
 
 
-def _lower_sentence_start(text: str) -> str:
-    """ "Work was long" → "work was long" (to follow "that"); "Marta called" keeps its capital."""
-    first = text.split(" ", 1)[0]
-    if first.lower().strip(",") in _COMMON_STARTERS:
-        return first.lower() + text[len(first) :]
-    return text
-
-
 def _lower_function_word(text: str) -> str:
+    """ "The old maps" / "Work was long" → lowered first word, to follow "that" or go inside a sentence;
+    "Marta called" keeps its capital."""
     first = text.split(" ", 1)[0]
-    if first in ("The", "A", "An", "We", "It", "Our", "She", "He", "His", "Her", "There"):
+    if first[:1].isupper() and first.lower().rstrip(",") in _COMMON_STARTERS:
         return first.lower() + text[len(first) :]
     return text
 
